@@ -1,0 +1,28 @@
+# Every target sets up .venv/ itself first (seconds when it is already there).
+PY := .venv/bin/python
+
+.PHONY: setup test test-all demo lint bundle clean
+
+setup:
+	@tools/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: setup
+	$(PY) tools/demo.py --out output/demo
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+# Offline wheelhouse for another machine: make bundle BUNDLE_PYTHON=3.12
+BUNDLE_PYTHON ?= 3.12
+bundle: setup
+	$(PY) tools/build_bundle.py --python-version $(BUNDLE_PYTHON) --out dist/wheelhouse-py$(BUNDLE_PYTHON)
+
+clean:
+	rm -rf .venv .cache output dist build *.egg-info

@@ -1,0 +1,101 @@
+"""The paper's complexity template (Sec. 3.1, Table 2) and parameter/FLOP counting.
+
+Counting follows the paper: parameters are those of the convolutions and the classifier (norm
+scales and biases are not counted; with ``FrozenBN`` they are buffers anyway), and one
+multiply-add is one FLOP (fvcore's convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from .backbone import ResNeXtSpec, make_resnext
+
+__all__ = [
+    "block_params",
+    "equal_complexity_width",
+    "Complexity",
+    "count_complexity",
+    "backbone_complexity",
+    "PAPER_CARDINALITIES",
+]
+
+# Table 2 of the paper: cardinalities at ResNet-50's budget (bottleneck widths 64, 40, 24, 14, 4).
+PAPER_CARDINALITIES = (1, 2, 4, 8, 32)
+
+
+def block_params(cardinality: int, width: int, channels: int = 256) -> int:
+    """Parameters of a res2 block with ``channels`` in and out: C * (c*d + 3*3*d*d + d*c)."""
+    return cardinality * (channels * width + 9 * width * width + width * channels)
+
+
+def equal_complexity_width(
+    cardinality: int, *, reference_width: int = 64, channels: int = 256
+) -> int:
+    """The bottleneck width d whose C-path block has the parameters closest to the reference.
+
+    The reference is the ResNet block (C=1, d=``reference_width``) with the same input/output
+    ``channels``. Blocks in every stage scale alike (widths double together), so matching res2's
+    block matches the whole network of any depth. For ResNet-50's budget this gives the paper's
+    C = 1, 2, 4, 8, 32 -> d = 64, 40, 24, 14, 4. Ties go to the smaller width.
+    """
+    for name, value in (("cardinality (MODEL.RESNETS.NUM_GROUPS)", cardinality),
+                        ("reference_width", reference_width), ("channels", channels)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    target = block_params(1, reference_width, channels)
+    # params grow monotonically in d, so the best d is at most the reference width.
+    return min(range(1, reference_width + 1),
+               key=lambda d: (abs(block_params(cardinality, d, channels) - target), d))
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int  # conv + linear parameters, as the paper counts them
+    flops: int  # multiply-adds, fvcore's count
+    input_size: tuple[int, int]
+
+    @property
+    def mparams(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / 1e9
+
+
+def _counted_params(model: nn.Module) -> int:
+    layers = (nn.Conv2d, nn.Linear)
+    return sum(p.numel() for m in model.modules() if isinstance(m, layers)
+               for p in m.parameters(recurse=False))
+
+
+def count_complexity(model: nn.Module, input_size: tuple[int, int]) -> Complexity:
+    """Parameters and FLOPs of ``model`` on one 3 x H x W image (the model is not changed)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            image = torch.zeros(1, 3, *input_size)
+            analysis = FlopCountAnalysis(model, image)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            # Norms, ReLUs, pooling and additions are not multiply-adds: the paper counts convs/fc.
+            flops = sum(v for k, v in analysis.by_operator().items() if k in ("conv", "linear",
+                                                                               "addmm", "matmul"))
+    finally:
+        model.train(was_training)
+    return Complexity(_counted_params(model), int(flops), tuple(input_size))
+
+
+def backbone_complexity(
+    spec: ResNeXtSpec, input_size: tuple[int, int] = (224, 224), *, classifier: bool = True
+) -> Complexity:
+    """Complexity of ``spec``'s network: with a 1000-way fc at ImageNet shape (the paper's
+    numbers), or res2..res5 alone at a detection shape (``classifier=False``)."""
+    model = make_resnext(spec.replace(block_form="grouped", norm="FrozenBN"),
+                         num_classes=1000 if classifier else None)
+    return count_complexity(model, input_size)
