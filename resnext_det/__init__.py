@@ -30,3 +30,36 @@ from .backbone import (  # noqa: E402  (registers the builders)
 )
 from .blocks import BLOCK_FORMS, to_grouped_state_dict  # noqa: E402
 from .config import add_resnext_config  # noqa: E402
+
+# The rest of the public API is imported on first use, so `import resnext_det` (which registers
+# the backbones) stays light. Name -> module that defines it.
+_LAZY = {
+    "equal_complexity_width": "resnext_det.complexity",
+    "backbone_complexity": "resnext_det.complexity",
+    "load_pretrained": "resnext_det.weights",
+    "configure_for_weights": "resnext_det.weights",
+    "optimize_for_inference": "resnext_det.speed",
+    "export_backbone": "resnext_det.export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'resnext_det' has no attribute {name!r}")
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BLOCK_FORMS",
+    "ResNeXt",
+    "ResNeXtSpec",
+    "add_resnext_config",
+    "build_resnext_backbone",
+    "build_resnext_fpn_backbone",
+    "make_resnext",
+    "to_grouped_state_dict",
+    *_LAZY,
+]

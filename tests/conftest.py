@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny configs for wiring tests, real shapes where equivalence is the point."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnext_det
+from detectron2.config import get_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+RACCOON = Path(os.environ.get("RESNEXT_DET_SHARED", REPO.parent / "shared")) / "data" / "raccoon"
+
+
+def randomize_norm_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every norm non-trivial statistics and affine terms, so that a test of equal outputs
+    cannot pass by norms that are the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if all(hasattr(m, k) for k in ("running_mean", "running_var", "weight", "bias")):
+            if m.running_mean is None:
+                continue
+            with torch.no_grad():
+                n = m.running_mean.numel()
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def tiny_cfg(**resnets):
+    """A detectron2 config of a ResNeXt-FPN Faster R-CNN small enough for wiring tests on a CPU."""
+    cfg = get_cfg()
+    resnext_det.add_resnext_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / "Base-RCNN-FPN.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "build_resnext_fpn_backbone"
+    r = cfg.MODEL.RESNETS
+    r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP = 26, 2, 4
+    r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS = 8, 16
+    r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    for k, v in resnets.items():
+        setattr(r, k, v)
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 256
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 96
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    cfg.INPUT.MAX_SIZE_TEST = 96
+    return cfg
+
+
+@pytest.fixture
+def tiny_detector_cfg():
+    return tiny_cfg()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
