@@ -12,8 +12,9 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by tests/test_env.py in a subprocess
     raise ImportError(
         "resnext_det needs detectron2, which is not installed in this Python "
-        f"({exc}). detectron2 is not on PyPI under its own name: from a checkout of resnext-det run "
-        "'tools/setup_env.sh' (it builds detectron2 0.6 from the pb1-detectron2 sdist), or install "
+        f"({exc}). detectron2 is not on PyPI under its own name: from a checkout of resnext-det "
+        "run 'tools/setup_env.sh' (it builds detectron2 0.6 from the pb1-detectron2 sdist), or "
+        "install "
         "detectron2 from source ('pip install --no-build-isolation "
         "git+https://github.com/facebookresearch/detectron2.git') and then 'pip install -e .'."
     ) from exc

@@ -30,8 +30,8 @@ __all__ = [
     "build_resnext_fpn_backbone",
 ]
 
-# Blocks per stage (res2..res5) for each depth. 50/101/152 are the paper's; 26 (timm's resnet26) is a
-# small one for fast experiments; 200 is the deepest ResNet of He et al. 2016.
+# Blocks per stage (res2..res5) for each depth. 50/101/152 are the paper's; 26 (timm's resnet26)
+# is a small one for fast experiments; 200 is the deepest ResNet of He et al. 2016.
 ARCHITECTURES: dict[int, tuple[int, int, int, int]] = {
     26: (2, 2, 2, 2),
     50: (3, 4, 6, 3),
@@ -78,9 +78,7 @@ class ResNeXtSpec:
 
     def __post_init__(self) -> None:
         def bad(field: str, allowed: str) -> ValueError:
-            return ValueError(
-                f"{CFG_KEYS[field]} must be {allowed}; got {getattr(self, field)!r}"
-            )
+            return ValueError(f"{CFG_KEYS[field]} must be {allowed}; got {getattr(self, field)!r}")
 
         if self.depth not in ARCHITECTURES:
             raise bad("depth", f"one of {', '.join(map(str, ARCHITECTURES))}")
@@ -99,7 +97,8 @@ class ResNeXtSpec:
             from .complexity import equal_complexity_width
 
             width = equal_complexity_width(
-                self.cardinality, reference_width=self.res2_out_channels // 4,
+                self.cardinality,
+                reference_width=self.res2_out_channels // 4,
                 channels=self.res2_out_channels,
             )
             object.__setattr__(self, "width_per_group", width)
@@ -166,8 +165,9 @@ class ResNeXt(ResNet):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} takes (N, C, H, W) images; got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} takes (N, C, H, W) images; got shape {tuple(x.shape)}"
+            )
         if self.spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
@@ -213,7 +213,11 @@ def make_resnext(
         )
     stem = BasicStem(in_channels=in_channels, out_channels=spec.stem_out_channels, norm=spec.norm)
     block_class = BLOCK_FORMS[spec.block_form]
-    in_ch, out_ch, bottleneck = spec.stem_out_channels, spec.res2_out_channels, spec.bottleneck_channels
+    in_ch, out_ch, bottleneck = (
+        spec.stem_out_channels,
+        spec.res2_out_channels,
+        spec.bottleneck_channels,
+    )
     stages = []
     for idx, num_blocks in enumerate(ARCHITECTURES[spec.depth]):
         dilation = spec.res5_dilation if idx == 3 else 1
@@ -236,9 +240,14 @@ def make_resnext(
         # The paper's rule: when the resolution halves, the width doubles.
         in_ch, out_ch, bottleneck = out_ch, out_ch * 2, bottleneck * 2
     # detectron2's ResNet drops the stages past the last output (C4 heads build res5 themselves).
-    return ResNeXt(stem, stages, spec=spec, num_classes=num_classes,
-                   out_features=None if out_features == ["linear"] else out_features,
-                   freeze_at=freeze_at)
+    return ResNeXt(
+        stem,
+        stages,
+        spec=spec,
+        num_classes=num_classes,
+        out_features=None if out_features == ["linear"] else out_features,
+        freeze_at=freeze_at,
+    )
 
 
 @BACKBONE_REGISTRY.register()

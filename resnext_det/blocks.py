@@ -39,7 +39,7 @@ _NORM_KEYS = ("weight", "bias", "running_mean", "running_var")
 class _PathBlockBase(CNNBlockBase):
     """Shared parts of the two path forms: shortcut, per-path 1x1 -> 3x3, and the split hook."""
 
-    # Where the grouped layout's conv3 norm lives in this form (None: it is conv3.norm as in grouped).
+    # Where the grouped layout's conv3 norm lives in this form (None: conv3.norm, as in grouped).
     _conv3_norm_name: str | None = None
 
     def __init__(
@@ -65,7 +65,11 @@ class _PathBlockBase(CNNBlockBase):
         width = self.group_width
         if in_channels != out_channels:
             self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                stride=stride,
+                bias=False,
                 norm=get_norm(norm, out_channels),
             )
         else:
@@ -76,12 +80,22 @@ class _PathBlockBase(CNNBlockBase):
         for _ in range(num_groups):
             path = nn.Module()
             path.conv1 = Conv2d(
-                in_channels, width, kernel_size=1, stride=stride_1x1, bias=False,
+                in_channels,
+                width,
+                kernel_size=1,
+                stride=stride_1x1,
+                bias=False,
                 norm=get_norm(norm, width),
             )
             path.conv2 = Conv2d(
-                width, width, kernel_size=3, stride=stride_3x3, padding=dilation, bias=False,
-                dilation=dilation, norm=get_norm(norm, width),
+                width,
+                width,
+                kernel_size=3,
+                stride=stride_3x3,
+                padding=dilation,
+                bias=False,
+                dilation=dilation,
+                norm=get_norm(norm, width),
             )
             self.paths.append(path)
         for layer in self._convs():
@@ -100,8 +114,9 @@ class _PathBlockBase(CNNBlockBase):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if f"{prefix}conv1.weight" in state_dict:
-            _split_grouped_keys(state_dict, prefix, self.num_groups, self._split_conv3,
-                                self._conv3_norm_name)
+            _split_grouped_keys(
+                state_dict, prefix, self.num_groups, self._split_conv3, self._conv3_norm_name
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     _split_conv3 = False
@@ -135,12 +150,25 @@ class AggregatedBottleneckBlock(_PathBlockBase):
 class ConcatBottleneckBlock(_PathBlockBase):
     """Form (b): C paths of 1x1 -> 3x3, concatenated, then one 1x1 conv with norm (``conv3``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm: str = "BN",
-                 bottleneck_channels: int, **kwargs):
-        super().__init__(in_channels, out_channels, norm=norm,
-                         bottleneck_channels=bottleneck_channels, **kwargs)
-        self.conv3 = Conv2d(bottleneck_channels, out_channels, kernel_size=1, bias=False,
-                            norm=get_norm(norm, out_channels))
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: str = "BN",
+        bottleneck_channels: int,
+        **kwargs,
+    ):
+        super().__init__(
+            in_channels, out_channels, norm=norm, bottleneck_channels=bottleneck_channels, **kwargs
+        )
+        self.conv3 = Conv2d(
+            bottleneck_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
+            norm=get_norm(norm, out_channels),
+        )
         weight_init.c2_msra_fill(self.conv3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +183,7 @@ BLOCK_FORMS: dict[str, type[CNNBlockBase]] = {
 
 
 def _split_grouped_keys(state_dict, prefix, groups, split_conv3, conv3_norm_name):
-    """Rewrite one block's grouped keys (``conv1/conv2[/conv3]...``) into per-path keys, in place."""
+    """Rewrite one block's grouped conv1/conv2/conv3 keys into per-path keys, in place."""
     for conv in ("conv1", "conv2"):
         for name in ("weight", *(f"norm.{k}" for k in _NORM_KEYS)):
             key = f"{prefix}{conv}.{name}"
@@ -177,7 +205,7 @@ def _split_grouped_keys(state_dict, prefix, groups, split_conv3, conv3_norm_name
                 state_dict[f"{prefix}paths.{i}.conv3.weight"] = chunk
         for k in list(state_dict):
             if k.startswith(f"{prefix}conv3.norm."):
-                state_dict[f"{prefix}{conv3_norm_name}." + k[len(f"{prefix}conv3.norm."):]] = (
+                state_dict[f"{prefix}{conv3_norm_name}." + k[len(f"{prefix}conv3.norm.") :]] = (
                     state_dict.pop(k)
                 )
 
@@ -199,8 +227,8 @@ def to_grouped_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 
     Keys of the grouped form pass through unchanged, so this is safe to call on any checkpoint of
     the project or of detectron2's ResNet. Path keys ``<block>.paths.{i}.<conv>.<name>`` are
-    concatenated in path order (outputs for conv1/conv2, inputs for the aggregated form's conv3), and
-    the aggregated form's ``<block>.norm3.*`` becomes ``<block>.conv3.norm.*``.
+    concatenated in path order (outputs for conv1/conv2, inputs for the aggregated form's conv3),
+    and the aggregated form's ``<block>.norm3.*`` becomes ``<block>.conv3.norm.*``.
     """
     out: dict[str, torch.Tensor] = {}
     groups: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
@@ -224,5 +252,5 @@ def to_grouped_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
         out[f"{block}{rest}"] = torch.cat([parts[i] for i in range(len(parts))], dim=dim)
     for block in aggregated_blocks:
         for key in [k for k in out if k.startswith(f"{block}norm3.")]:
-            out[f"{block}conv3.norm.{key[len(f'{block}norm3.'):]}"] = out.pop(key)
+            out[f"{block}conv3.norm.{key[len(f'{block}norm3.') :]}"] = out.pop(key)
     return out

@@ -43,14 +43,19 @@ def equal_complexity_width(
     block matches the whole network of any depth. For ResNet-50's budget this gives the paper's
     C = 1, 2, 4, 8, 32 -> d = 64, 40, 24, 14, 4. Ties go to the smaller width.
     """
-    for name, value in (("cardinality (MODEL.RESNETS.NUM_GROUPS)", cardinality),
-                        ("reference_width", reference_width), ("channels", channels)):
+    for name, value in (
+        ("cardinality (MODEL.RESNETS.NUM_GROUPS)", cardinality),
+        ("reference_width", reference_width),
+        ("channels", channels),
+    ):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     target = block_params(1, reference_width, channels)
     # params grow monotonically in d, so the best d is at most the reference width.
-    return min(range(1, reference_width + 1),
-               key=lambda d: (abs(block_params(cardinality, d, channels) - target), d))
+    return min(
+        range(1, reference_width + 1),
+        key=lambda d: (abs(block_params(cardinality, d, channels) - target), d),
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,12 @@ class Complexity:
 
 def _counted_params(model: nn.Module) -> int:
     layers = (nn.Conv2d, nn.Linear)
-    return sum(p.numel() for m in model.modules() if isinstance(m, layers)
-               for p in m.parameters(recurse=False))
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, layers)
+        for p in m.parameters(recurse=False)
+    )
 
 
 def count_complexity(model: nn.Module, input_size: tuple[int, int]) -> Complexity:
@@ -84,8 +93,11 @@ def count_complexity(model: nn.Module, input_size: tuple[int, int]) -> Complexit
             analysis = FlopCountAnalysis(model, image)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             # Norms, ReLUs, pooling and additions are not multiply-adds: the paper counts convs/fc.
-            flops = sum(v for k, v in analysis.by_operator().items() if k in ("conv", "linear",
-                                                                               "addmm", "matmul"))
+            flops = sum(
+                v
+                for k, v in analysis.by_operator().items()
+                if k in ("conv", "linear", "addmm", "matmul")
+            )
     finally:
         model.train(was_training)
     return Complexity(_counted_params(model), int(flops), tuple(input_size))
@@ -96,6 +108,43 @@ def backbone_complexity(
 ) -> Complexity:
     """Complexity of ``spec``'s network: with a 1000-way fc at ImageNet shape (the paper's
     numbers), or res2..res5 alone at a detection shape (``classifier=False``)."""
-    model = make_resnext(spec.replace(block_form="grouped", norm="FrozenBN"),
-                         num_classes=1000 if classifier else None)
+    model = make_resnext(
+        spec.replace(block_form="grouped", norm="FrozenBN"),
+        num_classes=1000 if classifier else None,
+    )
     return count_complexity(model, input_size)
+
+
+def complexity_rows(
+    specs: dict[str, ResNeXtSpec], detection_size: tuple[int, int] = (800, 1333)
+) -> list[dict[str, object]]:
+    """One row per named spec: params/GFLOPs at ImageNet shape (with fc, the paper's numbers) and
+    of res2..res5 at ``detection_size``."""
+    rows = []
+    for name, spec in specs.items():
+        imagenet = backbone_complexity(spec, (224, 224), classifier=True)
+        detection = backbone_complexity(spec, detection_size, classifier=False)
+        rows.append(
+            {
+                "model": name,
+                "depth": spec.depth,
+                "C": spec.cardinality,
+                "d": spec.width_per_group,
+                "params_M (224, fc)": round(imagenet.mparams, 2),
+                "GFLOPs (224, fc)": round(imagenet.gflops, 2),
+                "params_M (backbone)": round(detection.mparams, 2),
+                f"GFLOPs ({detection_size[0]}x{detection_size[1]})": round(detection.gflops, 1),
+            }
+        )
+    return rows
+
+
+def equal_complexity_sweep(
+    depth: int = 50, cardinalities: tuple[int, ...] = PAPER_CARDINALITIES, **spec_fields
+) -> dict[str, ResNeXtSpec]:
+    """The paper's Table 2: for each C, the width d that keeps the ResNet's complexity."""
+    specs = {}
+    for c in cardinalities:
+        spec = ResNeXtSpec(depth=depth, cardinality=c, width_per_group=0, **spec_fields)
+        specs[f"{c}x{spec.width_per_group}d"] = spec
+    return specs

@@ -27,6 +27,19 @@ def add_resnext_config(cfg: CN) -> CN:
     # Store activations and weights in channels_last (NHWC) memory format. Same numbers, and grouped
     # 3x3 convs run faster in NHWC on recent CPUs and GPUs (see docs/benchmarks.md).
     cfg.MODEL.RESNEXT.CHANNELS_LAST = False
+    # At inference (tools/train_net.py --eval-only, resnext_det.speed.apply_inference_config): fold
+    # FrozenBN / eval-mode BN into the convolutions and use channels_last, i.e.
+    # resnext_det.optimize_for_inference. Same fp32 outputs (within 1e-4 relative), faster; set
+    # False only to time or debug the unmodified model.
+    cfg.MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE = True
+    # Mixed precision at inference: "" (fp32), "bfloat16" or "float16". Changes results slightly
+    # (see docs/benchmarks.md for the measured differences); bfloat16 pays off on CPUs with
+    # AVX-512 BF16 / AMX and on Ampere or newer GPUs, float16 on GPUs. Training AMP is detectron2's
+    # SOLVER.AMP.ENABLED.
+    cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE = ""
+    # torch.compile the backbone at inference. Compiles once per input shape (minutes on a small
+    # CPU; needs a C compiler), so use it for long evaluations with fixed-size inputs.
+    cfg.MODEL.RESNEXT.COMPILE = False
 
     # Datasets in COCO format registered by name before the model is built, each a list
     # [name, json_file, image_root]; the same as tools/train_net.py --register NAME JSON ROOT.

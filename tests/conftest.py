@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 
 import resnext_det
-from detectron2.config import get_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 RACCOON = Path(os.environ.get("RESNEXT_DET_SHARED", REPO.parent / "shared")) / "data" / "raccoon"

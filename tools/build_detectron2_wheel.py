@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build an installable detectron2 0.6 wheel (Python code only) from the PyPI sdist ``pb1-detectron2``.
+"""Build an installable detectron2 0.6 wheel (Python code only) from the sdist ``pb1-detectron2``.
 
 detectron2 is not on PyPI under its own name. ``pb1-detectron2==0.6`` holds detectron2 0.6's Python
 code but not its C++/CUDA sources, so its ``setup.py`` cannot build. This script (standard library
@@ -103,7 +103,7 @@ def __getattr__(name):
     )
 '''
 
-SETUP_PY = '''\
+SETUP_PY = """\
 # Written by resnext-det's tools/build_detectron2_wheel.py: detectron2 0.6 without compiled ops.
 from setuptools import find_packages, setup
 
@@ -119,7 +119,7 @@ setup(
     python_requires=">=3.8",
     install_requires={requirements!r},
 )
-'''
+"""
 
 NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|object)\b(?![_0-9])")
 
@@ -136,7 +136,9 @@ def fetch_sdist(dest: Path, index_url: str) -> Path:
         return target
     dest.mkdir(parents=True, exist_ok=True)
     page = f"{index_url.rstrip('/')}/{SDIST_NAME}/"
-    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             files = json.load(response)["files"]
@@ -179,7 +181,9 @@ def patch_tree(root: Path) -> int:
             replaced += count
     configs = list((package / "model_zoo" / "configs").rglob("*.yaml"))
     if not configs:
-        raise SystemExit(f"{package / 'model_zoo' / 'configs'} holds no yaml: is this the 0.6 sdist?")
+        raise SystemExit(
+            f"{package / 'model_zoo' / 'configs'} holds no yaml: is this the 0.6 sdist?"
+        )
     return replaced
 
 
@@ -195,8 +199,17 @@ def build(sdist: Path, out: Path, python: str) -> Path:
         replaced = patch_tree(root)
         print(f"patched {root.name}: stand-in _C, setup.py, {replaced} NumPy aliases")
         subprocess.run(
-            [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out),
-             str(root)],
+            [
+                python,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(out),
+                str(root),
+            ],
             check=True,
         )
     wheels = sorted(out.glob("detectron2-0.6+pb1nocsrc-*.whl"))
