@@ -1,0 +1,34 @@
+"""Data sets: checked COCO registration, Pascal VOC conversion, the generated demo set, and a
+DatasetMapper whose image errors name the file.
+
+Every reader raises :class:`AnnotationError` (a ``ValueError``) naming the file, the record and
+the field for malformed annotations; the policies are in each module's docstring.
+"""
+
+from __future__ import annotations
+
+from .coco import (
+    CocoSummary,
+    check_dataset_names,
+    get_dataset_dicts_checked,
+    load_coco_json_checked,
+    register_coco_dataset,
+    register_from_config,
+    validate_coco_dict,
+)
+from .errors import AnnotationError
+from .synthetic import SYNTHETIC_CLASSES, SyntheticCOCO, make_synthetic_coco
+
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "AnnotationError",
+    "CocoSummary",
+    "SyntheticCOCO",
+    "check_dataset_names",
+    "get_dataset_dicts_checked",
+    "load_coco_json_checked",
+    "make_synthetic_coco",
+    "register_coco_dataset",
+    "register_from_config",
+    "validate_coco_dict",
+]
