@@ -1,0 +1,254 @@
+"""Inference and training speed-ups that keep results equal, and the ones that trade precision.
+
+Grouped 3x3 convolutions do few FLOPs but run slowly in PyTorch's default (NCHW) layout, which is
+why ResNeXt is often passed over for ResNet. What this module does about it, measured by
+``tools/benchmark.py`` (``docs/benchmarks.md``):
+
+* :func:`fold_batchnorm`: absorb every frozen / eval-mode BatchNorm into the convolution before it
+  (detectron2's ``Conv2d`` applies its ``.norm`` in ``forward``; after folding ``.norm`` is None).
+  Same outputs up to float rounding, one pass over each activation fewer.
+* :func:`to_channels_last`: store weights (and so activations) in NHWC, where oneDNN and cuDNN run
+  grouped convolutions much faster. Same numbers.
+* :func:`optimize_for_inference`: both of the above plus ``eval()``; the fp32-equal default.
+* :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
+* :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
+
+from .backbone import ResNeXt
+from .blocks import AggregatedBottleneckBlock
+
+__all__ = [
+    "AMP_DTYPES",
+    "fold_batchnorm",
+    "to_channels_last",
+    "optimize_for_inference",
+    "autocast",
+    "compile_module",
+    "apply_inference_config",
+    "max_relative_error",
+]
+
+logger = logging.getLogger(__name__)
+
+# Names accepted for mixed precision (config values and command-line choices) -> dtype.
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "": None,
+    "float32": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _fold_scale_shift(norm: nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The per-channel ``(scale, shift)`` with ``norm(x) == x * scale + shift``, in float64; None
+    when ``norm`` is not a BatchNorm that can be folded (GroupNorm, Identity, ...)."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        mean, var, eps = norm.running_mean, norm.running_var, norm.eps
+    elif isinstance(norm, nn.BatchNorm2d):  # also SyncBatchNorm's and detectron2's NaiveSyncBN
+        if norm.training:
+            raise ValueError(
+                f"fold_batchnorm: '{name}' is a {type(norm).__name__} in training mode, whose "
+                "output depends on the batch; call model.eval() first (or use FrozenBN)"
+            )
+        if norm.running_mean is None:
+            raise ValueError(
+                f"fold_batchnorm: '{name}' has track_running_stats=False, so it normalises with "
+                "batch statistics even in eval mode and cannot be folded into a convolution"
+            )
+        mean, var, eps = norm.running_mean, norm.running_var, norm.eps
+    else:
+        return None
+    # float64, so that the folded weights are rounded to fp32 once instead of after every step.
+    scale = torch.rsqrt(var.double() + eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.double()
+    shift = -mean.double() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.double()
+    return scale, shift
+
+
+@torch.no_grad()
+def _absorb(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor | None) -> None:
+    """``conv(x) * scale + shift`` as one convolution: scale the output channels' weights and add
+    the shift to the bias (created when ``conv`` had none)."""
+    weight = conv.weight
+    folded = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    weight.copy_(folded.to(weight.dtype))
+    if shift is None:
+        return
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    bias = bias.to(weight.dtype)
+    if conv.bias is None:
+        conv.bias = nn.Parameter(bias, requires_grad=weight.requires_grad)
+    else:
+        conv.bias.copy_(bias)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every FrozenBatchNorm2d and eval-mode BatchNorm2d into the convolution it follows.
+
+    Covers detectron2's ``Conv2d`` (which holds its norm as ``.norm``: the stem, every block's
+    convs and shortcut, the concat form's ``conv3``, FPN/box-head convs built with a norm) and the
+    aggregated form's ``norm3``, which acts on the sum of the C paths' ``conv3``: each path's conv3
+    takes the scale, path 0 alone takes the shift. Folded norms become ``None`` (``nn.Identity`` for
+    ``norm3``), so calling this again changes nothing. GroupNorm and other norms are left alone.
+
+    Outputs are equal up to float rounding; the folded network is for inference (its convs now
+    carry the norms' frozen statistics as trainable weights).
+
+    Args:
+        module: any module (a detector, an FPN, a ResNeXt, detectron2's ResNet, ...); changed in
+            place.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        ValueError: a BatchNorm to fold is in training mode or keeps no running statistics.
+    """
+    folded = 0
+    for name, m in module.named_modules():
+        norm = getattr(m, "norm", None)
+        if isinstance(m, nn.Conv2d) and isinstance(norm, nn.Module):
+            terms = _fold_scale_shift(norm, f"{name}.norm")
+            if terms is not None:
+                _absorb(m, *terms)
+                m.norm = None  # detectron2's Conv2d skips a None norm
+                folded += 1
+        if isinstance(m, AggregatedBottleneckBlock):
+            terms = _fold_scale_shift(m.norm3, f"{name}.norm3")
+            if terms is not None:
+                scale, shift = terms
+                for i, path in enumerate(m.paths):
+                    _absorb(path.conv3, scale, shift if i == 0 else None)
+                m.norm3 = nn.Identity()
+                folded += 1
+    logger.debug("fold_batchnorm: folded %d norms", folded)
+    return module
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store ``module``'s 4-d weights in channels_last (NHWC) format, in place; returns it.
+
+    A convolution whose weight is channels_last returns channels_last outputs, so the format
+    spreads through the network from the first conv without converting the input. ResNeXt
+    backbones inside ``module`` also get ``spec.channels_last = True`` (their ``forward`` then
+    converts the input, as ``MODEL.RESNEXT.CHANNELS_LAST`` does). Values are unchanged.
+    """
+    module.to(memory_format=torch.channels_last)
+    for m in module.modules():
+        if isinstance(m, ResNeXt) and not m.spec.channels_last:
+            m.spec = m.spec.replace(channels_last=True)
+    return module
+
+
+def optimize_for_inference(model: nn.Module) -> nn.Module:
+    """Apply every inference optimisation that keeps fp32 outputs equal; in place, idempotent.
+
+    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last`. Works on a detector
+    (``GeneralizedRCNN``), an FPN or a backbone (this project's ``ResNeXt`` of any block form, or
+    detectron2's ResNet). Outputs stay within 1e-4 (relative to the largest output) of the model
+    before the call; ``tests/test_speed.py`` checks this against detectron2's own ResNet.
+    Mixed precision (:func:`autocast`) and ``torch.compile`` (:func:`compile_module`) are not
+    applied: the first changes results, the second costs minutes of compilation.
+
+    Args:
+        model: the model to optimise (its BatchNorms are put in eval mode and folded).
+
+    Returns:
+        ``model``, for chaining: ``model = optimize_for_inference(build_model(cfg))``.
+    """
+    model.eval()
+    fold_batchnorm(model)
+    to_channels_last(model)
+    return model
+
+
+@contextlib.contextmanager
+def autocast(device: str | torch.device, dtype: str | torch.dtype | None) -> Iterator[None]:
+    """``torch.autocast`` for ``device`` in ``dtype`` ("bfloat16", "float16"); a no-op for None,
+    "" or "float32". On CPU bf16 uses AVX-512 BF16 / AMX where the CPU has them; fp16 autocast on
+    CPU works but is slow on CPUs without native fp16 arithmetic.
+    """
+    if isinstance(dtype, str):
+        if dtype not in AMP_DTYPES:
+            raise ValueError(
+                f"mixed-precision dtype must be one of {[k for k in AMP_DTYPES if k]} (or '' for "
+                f"fp32); got {dtype!r}"
+            )
+        dtype = AMP_DTYPES[dtype]
+    if dtype is None or dtype == torch.float32:
+        yield
+        return
+    device_type = torch.device(device).type
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        yield
+
+
+def compile_module(module: nn.Module, **kwargs) -> nn.Module:
+    """``module.compile(**kwargs)`` (``torch.compile`` in place: the module keeps its type and
+    attributes, so detectron2 code that reads ``backbone.output_shape()`` keeps working); returns
+    ``module``. The first call of each input shape compiles (minutes on a small CPU)."""
+    module.compile(**kwargs)
+    return module
+
+
+def apply_inference_config(model: nn.Module, cfg) -> nn.Module:
+    """Apply the inference switches of ``cfg.MODEL.RESNEXT`` to ``model`` (in place; returns it).
+
+    ``OPTIMIZE_FOR_INFERENCE`` -> :func:`optimize_for_inference`; ``COMPILE`` ->
+    :func:`compile_module` on ``model.backbone`` (or on ``model`` when it has none). Mixed
+    precision (``INFERENCE_AMP_DTYPE``) is a context, not a model change: wrap the forward in
+    ``autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE)``.
+    """
+    x = cfg.MODEL.RESNEXT
+    if x.get("OPTIMIZE_FOR_INFERENCE", True):
+        optimize_for_inference(model)
+    if x.get("COMPILE", False):
+        compile_module(getattr(model, "backbone", model))
+    return model
+
+
+def max_relative_error(actual, expected) -> float:
+    """``max |actual - expected| / max |expected|`` over all tensors of two equal structures
+    (tensors, dicts, lists, detectron2 ``Instances``' fields), each tensor scaled by its own peak.
+
+    This is the measure behind "fp32 outputs equal within 1e-4 (relative)": relative to the size
+    of the outputs, so that near-zero elements do not dominate.
+    """
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
+            raise ValueError(
+                f"outputs differ in structure: expected a tensor of shape "
+                f"{tuple(expected.shape)}, got {type(actual).__name__} "
+                f"{tuple(getattr(actual, 'shape', ()))}"
+            )
+        if expected.numel() == 0:
+            return 0.0
+        ref = expected.detach().double()
+        diff = (actual.detach().double() - ref).abs().max()
+        return float(diff / ref.abs().max().clamp_min(1e-12))
+    if isinstance(expected, dict):
+        if set(actual) != set(expected):
+            raise ValueError(f"outputs differ in keys: {sorted(actual)} vs {sorted(expected)}")
+        return max((max_relative_error(actual[k], expected[k]) for k in expected), default=0.0)
+    if isinstance(expected, (list, tuple)):
+        if len(actual) != len(expected):
+            raise ValueError(f"outputs differ in length: {len(actual)} vs {len(expected)}")
+        return max((max_relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
+    if hasattr(expected, "get_fields"):  # detectron2 Instances / Boxes-holding structures
+        fields = {k: getattr(v, "tensor", v) for k, v in expected.get_fields().items()}
+        got = {k: getattr(v, "tensor", v) for k, v in actual.get_fields().items()}
+        return max_relative_error(got, fields)
+    raise ValueError(f"cannot compare outputs of type {type(expected).__name__}")

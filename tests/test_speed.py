@@ -1,0 +1,219 @@
+"""resnext_det.speed: every optimisation keeps outputs equal (or within a stated tolerance).
+
+No timing here: timed claims live in tools/benchmark.py and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_norm_stats, tiny_cfg
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_backbone, build_model
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
+
+import resnext_det
+from resnext_det import ResNeXtSpec, make_resnext
+from resnext_det.speed import (
+    apply_inference_config,
+    autocast,
+    fold_batchnorm,
+    max_relative_error,
+    optimize_for_inference,
+    to_channels_last,
+)
+
+# fp32 outputs of an optimised model stay within this of the original (max |diff| / max |ref|).
+FP32_TOL = 1e-4
+# bf16 autocast on CPU, X-50-32x4d at real width, random weights and norm statistics: measured
+# 0.8-1.1e-2 (fp16: 1.3e-3); bf16 keeps 8 bits of mantissa and the error adds up over 50 layers.
+BF16_TOL = 5e-2
+
+SMALL = dict(depth=26, cardinality=4, width_per_group=4, stem_out_channels=16, res2_out_channels=32)
+
+
+def _norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
+
+
+def _backbone(form: str, norm: str, **kw) -> nn.Module:
+    net = make_resnext(ResNeXtSpec(**{**SMALL, **kw}, block_form=form, norm=norm))
+    return randomize_norm_stats(net.eval(), seed=1)
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+@pytest.mark.parametrize("form", ["grouped", "aggregated", "concat"])
+def test_fold_batchnorm_keeps_outputs(form, norm):
+    net = _backbone(form, norm)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(x)
+        assert _norms(net), "the test needs norms to fold"
+        fold_batchnorm(net)
+        assert _norms(net) == [], "every BatchNorm should have been folded"
+        actual = net(x)
+    assert max_relative_error(actual, expected) < FP32_TOL
+    if form == "aggregated":
+        block = net.res2[0]
+        assert isinstance(block.norm3, nn.Identity)
+        # The shift goes to one path only; the others must stay bias-free or it would count C times.
+        assert block.paths[0].conv3.bias is not None and block.paths[1].conv3.bias is None
+
+
+def test_fold_is_exact_for_one_conv():
+    """One conv + FrozenBN, with detectron2's eps, against the formula written out by hand."""
+    from detectron2.layers import Conv2d
+
+    conv = Conv2d(4, 6, 3, padding=1, bias=False, norm=FrozenBatchNorm2d(6))
+    randomize_norm_stats(conv, seed=3)
+    x = torch.randn(1, 4, 8, 8)
+    bn = conv.norm
+    ref = torch.nn.functional.conv2d(x.double(), conv.weight.double(), padding=1)
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + 1e-5)
+    ref = (ref - bn.running_mean.double()[:, None, None]) * scale[:, None, None] + bn.bias.double()[
+        :, None, None
+    ]
+    fold_batchnorm(conv)
+    assert conv.norm is None and conv.bias is not None
+    torch.testing.assert_close(conv(x).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_leaves_groupnorm_and_refuses_training_bn():
+    net = _backbone("grouped", "GN", cardinality=32, width_per_group=1, stem_out_channels=32)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(x)
+        fold_batchnorm(net)
+        assert max_relative_error(net(x), expected) == 0.0
+    training = make_resnext(ResNeXtSpec(**SMALL, norm="BN")).train()
+    with pytest.raises(ValueError, match=r"stem\.conv1\.norm.*training mode.*eval"):
+        fold_batchnorm(training)
+
+
+def test_fold_fpn_backbone():
+    cfg = tiny_cfg()
+    cfg.MODEL.FPN.NORM = "BN"  # FPN convs with norms, so that they are folded too
+    fpn = randomize_norm_stats(build_backbone(cfg).eval(), seed=2)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = fpn(x)
+        fold_batchnorm(fpn)
+        assert _norms(fpn) == []
+        assert max_relative_error(fpn(x), expected) < FP32_TOL
+
+
+def _calibrated_detector(form: str) -> nn.Module:
+    """A tiny Faster R-CNN whose norm statistics match its activations (as after training), with
+    FrozenBN. Random statistics would blow activations up until the heads saturate, and then
+    rounding-level differences move boxes by more than any tolerance says anything about."""
+    cfg = tiny_cfg(NORM="BN")
+    cfg.MODEL.RESNEXT.BLOCK_FORM = form
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # keep many detections to compare
+    model = randomize_norm_stats(build_model(cfg), seed=4)  # random affine terms
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+    model.backbone.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.backbone(torch.randn(4, 3, 64, 96))
+    return FrozenBatchNorm2d.convert_frozen_batchnorm(model.eval())
+
+
+@pytest.mark.parametrize("form", ["grouped", "aggregated", "concat"])
+def test_optimize_tiny_detector_detections(form):
+    """Whole Faster R-CNN: the same detections (boxes, scores, classes) before and after."""
+    model = _calibrated_detector(form)
+    inputs = [{"image": torch.rand(3, 64, 96) * 255}]
+    with torch.no_grad():
+        expected = model(inputs)[0]["instances"]
+        optimize_for_inference(model)
+        assert _norms(model) == []
+        actual = model(inputs)[0]["instances"]
+    assert len(actual) == len(expected) > 10
+    # Match each detection to its nearest of the same class: many scores tie at this scale, and
+    # NMS/top-k may order tied detections differently after a rounding-level change.
+    boxes_e, boxes_a = expected.pred_boxes.tensor, actual.pred_boxes.tensor
+    same_class = expected.pred_classes[:, None] == actual.pred_classes[None, :]
+    dist = (boxes_e[:, None] - boxes_a[None]).abs().amax(-1).masked_fill(~same_class, float("inf"))
+    nearest = dist.argmin(1)
+    assert dist.min(1).values.max() < FP32_TOL * 96  # image width: 1e-4 of the image
+    assert (actual.scores[nearest] - expected.scores).abs().max() < FP32_TOL
+
+
+def test_channels_last_keeps_outputs():
+    net = _backbone("grouped", "FrozenBN")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(x)
+        to_channels_last(net)
+        actual = net(x)
+    assert net.spec.channels_last
+    assert all(v.is_contiguous(memory_format=torch.channels_last) for v in actual.values())
+    assert max_relative_error(actual, expected) < FP32_TOL
+
+
+def _detectron2_x50() -> nn.Module:
+    """detectron2's own build_resnet_backbone, X-50-32x4d, with non-trivial norm statistics."""
+    cfg = get_cfg()
+    r = cfg.MODEL.RESNETS
+    r.NUM_GROUPS, r.WIDTH_PER_GROUP, r.STRIDE_IN_1X1 = 32, 4, False
+    r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    return randomize_norm_stats(build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval(), seed=5)
+
+
+@pytest.fixture(scope="module")
+def x50_pair():
+    ref = _detectron2_x50()
+    ours = make_resnext(ResNeXtSpec(depth=50, cardinality=32, width_per_group=4)).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x)
+    return ref, ours, x, expected
+
+
+def test_optimize_for_inference_matches_detectron2_and_is_idempotent(x50_pair):
+    ref, ours, x, expected = x50_pair
+    assert optimize_for_inference(ours) is ours
+    with torch.no_grad():
+        once = ours(x)
+        state = copy.deepcopy(ours.state_dict())
+        optimize_for_inference(ours)
+        twice = ours(x)
+    assert max_relative_error(once, expected) < FP32_TOL
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in state.items())
+    assert max_relative_error(twice, once) == 0.0
+    # The public name resolves lazily to the same function.
+    assert resnext_det.optimize_for_inference is optimize_for_inference
+
+
+def test_bf16_autocast_within_tolerance(x50_pair):
+    _, ours, x, expected = x50_pair
+    optimize_for_inference(ours)
+    with torch.no_grad(), autocast("cpu", "bfloat16"):
+        actual = ours(x)
+    assert actual["res5"].dtype == torch.bfloat16
+    err = max_relative_error({k: v.float() for k, v in actual.items()}, expected)
+    assert 0.0 < err < BF16_TOL
+
+
+def test_autocast_rejects_unknown_dtype():
+    bad = r"one of \['float32', 'bfloat16', 'float16'\].*'fp8'"
+    with pytest.raises(ValueError, match=bad), autocast("cpu", "fp8"):
+        pass
+
+
+def test_apply_inference_config():
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    assert cfg.MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE and not cfg.MODEL.RESNEXT.COMPILE
+    apply_inference_config(model, cfg)
+    assert not model.training and _norms(model) == []
+    assert model.backbone.bottom_up.spec.channels_last
