@@ -10,9 +10,11 @@ only, so it runs before anything else is installed):
    installed as package data, the run-time requirements without the ``black`` pin;
 3. adds a stand-in ``detectron2/_C.py`` whose every op raises a RuntimeError that names the op
    (``detectron2.layers`` imports ``_C`` at import time; axis-aligned Faster R-CNN never calls it);
-4. replaces the NumPy aliases removed in NumPy 1.24 (``np.bool``, ``np.int``, ...) by the builtins
-   they always were, so that ``build_detection_train_loader`` runs on a current NumPy;
-5. builds ``detectron2-0.6+pb1nocsrc-py3-none-any.whl`` into ``--out``.
+4. replaces names removed from its dependencies by what they always stood for: NumPy 1.24's
+   ``np.bool``/``np.int``/``np.float``/``np.object`` (the builtins; ``build_detection_train_loader``
+   uses one) and Pillow 10's ``Image.LINEAR`` (``Image.BILINEAR``), so that current NumPy and
+   Pillow work (old Pillow has no wheels for Python 3.12);
+5. builds ``detectron2-0.6+pb1nocsrcN-py3-none-any.whl`` into ``--out``.
 
 The wheel is pure Python, so the same file serves every Python version and platform (the offline
 bundle reuses it). A detectron2 built from source with its compiled ops is always preferable on GPU.
@@ -36,12 +38,13 @@ from pathlib import Path
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-WHEEL_VERSION = "0.6+pb1nocsrc"
+# Bump the local part whenever the patches below change, so that set-up replaces an older build.
+WHEEL_VERSION = "0.6+pb1nocsrc3"
 
 # detectron2 0.6's own install_requires, less black (a formatter, not needed at run time), plus the
-# upper bounds its code needs today.
+# upper bound its code needs today (pkg_resources left setuptools in 81).
 REQUIREMENTS = [
-    "Pillow>=7.1,<10",
+    "Pillow>=7.1",
     "matplotlib",
     "pycocotools>=2.0.2",
     "termcolor>=1.1",
@@ -82,25 +85,45 @@ COMPILED_OPS = [
 STAND_IN_C = '''\
 """Stand-in for detectron2's compiled ops (this detectron2 was built without its C++ sources).
 
-Every op raises a RuntimeError naming itself. Axis-aligned Faster R-CNN needs none of them (NMS and
-ROIAlign come from torchvision). For rotated boxes, deformable convs or the fast COCO evaluator,
-build detectron2 from source and re-run tools/setup_env.sh with --detectron2-src DIR.
+Every op raises a RuntimeError naming itself, both as ``detectron2._C.<op>`` and as
+``torch.ops.detectron2.nms_rotated`` (the one op detectron2 0.6 calls through torch.ops).
+Axis-aligned Faster R-CNN needs none of them (NMS and ROIAlign come from torchvision). For rotated
+boxes, deformable convs or the fast COCO evaluator, build detectron2 from source and re-run
+tools/setup_env.sh with --detectron2-src DIR.
 """
+
+import torch
 
 IS_STAND_IN = True
 COMPILED_OPS = {ops!r}
 
 
-def __getattr__(name):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    raise RuntimeError(
+def _missing(name):
+    return RuntimeError(
         f"detectron2 compiled op '{{name}}' is not available: this detectron2 was installed from "
         "the pb1-detectron2 sdist without its C++/CUDA sources. Build detectron2 from source "
         "(git clone https://github.com/facebookresearch/detectron2) and run "
         "'tools/setup_env.sh --detectron2-src /path/to/detectron2' to get it. For COCO evaluation "
         "use COCOEvaluator(..., use_fast_impl=False)."
     )
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _missing(name)
+
+
+def _nms_rotated(boxes, scores, iou_threshold):
+    raise _missing("nms_rotated")
+
+
+try:
+    _LIBRARY = torch.library.Library("detectron2", "DEF")
+    _LIBRARY.define("nms_rotated(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
+    _LIBRARY.impl("nms_rotated", _nms_rotated, "CompositeExplicitAutograd")
+except RuntimeError:  # already defined (e.g. a module reload)
+    pass
 '''
 
 SETUP_PY = """\
@@ -121,7 +144,10 @@ setup(
 )
 """
 
-NUMPY_ALIAS = re.compile(r"\bnp\.(bool|int|float|object)\b(?![_0-9])")
+REMOVED_NAMES = [
+    (re.compile(r"\bnp\.(bool|int|float|object)\b(?![_0-9])"), r"\1"),
+    (re.compile(r"\bImage\.LINEAR\b"), "Image.BILINEAR"),
+]
 
 
 def fetch_sdist(dest: Path, index_url: str) -> Path:
@@ -175,10 +201,10 @@ def patch_tree(root: Path) -> int:
     replaced = 0
     for source in package.rglob("*.py"):
         text = source.read_text()
-        new, count = NUMPY_ALIAS.subn(r"\1", text)
-        if count:
-            source.write_text(new)
+        for pattern, replacement in REMOVED_NAMES:
+            text, count = pattern.subn(replacement, text)
             replaced += count
+        source.write_text(text)
     configs = list((package / "model_zoo" / "configs").rglob("*.yaml"))
     if not configs:
         raise SystemExit(
@@ -197,7 +223,7 @@ def build(sdist: Path, out: Path, python: str) -> Path:
             tar.extractall(tmp, filter="data")
         root = Path(tmp) / f"{SDIST_NAME}-{SDIST_VERSION}"
         replaced = patch_tree(root)
-        print(f"patched {root.name}: stand-in _C, setup.py, {replaced} NumPy aliases")
+        print(f"patched {root.name}: stand-in _C, setup.py, {replaced} removed NumPy/Pillow names")
         subprocess.run(
             [
                 python,
@@ -212,7 +238,7 @@ def build(sdist: Path, out: Path, python: str) -> Path:
             ],
             check=True,
         )
-    wheels = sorted(out.glob("detectron2-0.6+pb1nocsrc-*.whl"))
+    wheels = sorted(out.glob(f"detectron2-{WHEEL_VERSION}-*.whl"))
     if not wheels:
         raise SystemExit(f"pip wheel wrote no detectron2 wheel into {out}")
     return wheels[-1]
@@ -223,8 +249,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(".cache/wheels"), help="wheel directory")
     parser.add_argument("--sdist", type=Path, help="a local pb1-detectron2-0.6.tar.gz")
     parser.add_argument("--python", default=sys.executable, help="python whose pip builds it")
+    parser.add_argument("--print-version", action="store_true", help="print the wheel's version")
     args = parser.parse_args()
-    existing = sorted(args.out.glob("detectron2-0.6+pb1nocsrc-*.whl"))
+    if args.print_version:
+        print(WHEEL_VERSION)
+        return
+    existing = sorted(args.out.glob(f"detectron2-{WHEEL_VERSION}-*.whl"))
     if existing:
         print(existing[-1])
         return

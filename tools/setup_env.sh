@@ -47,11 +47,20 @@ pip=("$py" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade "pip>=23" -c constraints.txt
 
 echo "setup_env: torch + torchvision (constraints.txt)"
-"${pip[@]}" install -q -c constraints.txt torch torchvision "setuptools<81" "Pillow<10" wheel
+"${pip[@]}" install -q -c constraints.txt torch torchvision "setuptools<81" wheel
 
+# A detectron2 of ours (version 0.6+pb1nocsrc*) older than the builder's is replaced; any other
+# working detectron2 is kept.
+ours="$("$py" tools/build_detectron2_wheel.py --print-version)"
+installed="$("$py" -c 'import importlib.metadata as m; print(m.version("detectron2"))' 2>/dev/null || true)"
 if [[ -n "$d2_src" ]]; then
     echo "setup_env: detectron2 from source $d2_src (with compiled ops)"
     "${pip[@]}" install -q --no-build-isolation -c constraints.txt "$d2_src"
+elif [[ "$installed" != "$ours" && "$installed" == 0.6+pb1nocsrc* ]]; then
+    echo "setup_env: replacing detectron2 $installed by $ours"
+    wheel="$("$py" tools/build_detectron2_wheel.py --out .cache/wheels | tail -n 1)"
+    "${pip[@]}" install -q --force-reinstall --no-deps "$wheel"
+    "${pip[@]}" install -q -c constraints.txt "$wheel"
 elif "$py" -c "import detectron2, detectron2.layers" 2>/dev/null; then
     echo "setup_env: keeping the detectron2 already in .venv ($("$py" -c 'import detectron2; print(detectron2.__version__)'))"
 else

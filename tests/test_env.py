@@ -1,0 +1,135 @@
+"""The foundation: imports, the detectron2 build without compiled ops, the offline wheelhouse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, tiny_cfg
+from detectron2 import model_zoo
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+
+def test_everything_imports_and_model_zoo_configs_are_installed():
+    import cv2  # noqa: F401
+    import detectron2.layers  # noqa: F401
+    import fvcore  # noqa: F401
+    import pycocotools  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import resnext_det  # noqa: F401
+
+    path = model_zoo.get_config_file("COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+    assert path.endswith("faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+
+
+def test_missing_detectron2_gives_a_clear_message():
+    code = "import sys; sys.modules['detectron2'] = None; import resnext_det"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "resnext_det needs detectron2" in result.stderr
+    assert "tools/setup_env.sh" in result.stderr
+
+
+def test_env_report():
+    out = subprocess.run(
+        [sys.executable, "-m", "resnext_det.env"], capture_output=True, text=True, check=True
+    ).stdout
+    for key in (
+        "Python",
+        "torch",
+        "torchvision",
+        "detectron2",
+        "CUDA available",
+        "detectron2 compiled ops",
+    ):
+        assert key in out
+    assert torch.__version__ in out
+
+
+def _is_stand_in() -> bool:
+    from detectron2 import _C
+
+    return bool(getattr(_C, "IS_STAND_IN", False))
+
+
+@pytest.mark.skipif(not _is_stand_in(), reason="detectron2 was built with its compiled ops")
+def test_compiled_ops_raise_naming_the_op():
+    from detectron2 import _C
+    from detectron2.layers import nms_rotated
+
+    with pytest.raises(RuntimeError, match="compiled op 'deform_conv_forward' is not available"):
+        _C.deform_conv_forward  # noqa: B018
+    boxes = torch.tensor([[10.0, 10.0, 5.0, 5.0, 0.0]])
+    with pytest.raises(RuntimeError, match="'nms_rotated'"):
+        nms_rotated(boxes, torch.ones(1), 0.5)
+    assert not hasattr(_C, "__wrapped__")  # dunder probes stay AttributeErrors
+
+
+@pytest.mark.skipif(not _is_stand_in(), reason="detectron2 was built with its compiled ops")
+def test_faster_rcnn_never_reaches_a_compiled_op(monkeypatch):
+    """Training and inference of axis-aligned Faster R-CNN touch no attribute of detectron2._C."""
+    from detectron2 import _C
+
+    reached = []
+    original = _C.__getattr__
+
+    def record(name):
+        reached.append(name)
+        return original(name)
+
+    monkeypatch.setattr(_C, "__getattr__", record)
+    model = build_model(tiny_cfg())
+    inst = Instances((64, 80))
+    inst.gt_boxes = Boxes(torch.tensor([[5.0, 6.0, 40.0, 50.0]]))
+    inst.gt_classes = torch.tensor([1])
+    with EventStorage(0):
+        losses = model([{"image": torch.rand(3, 64, 80) * 255, "instances": inst}])
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        model([{"image": torch.rand(3, 64, 80) * 255}])
+    assert reached == []
+
+
+@pytest.mark.slow
+def test_offline_wheelhouse_for_python_312(tmp_path):
+    """The bundle for Python 3.12 builds (from the package index) and holds every distribution
+    resnext-det and detectron2 need there, torch/torchvision excepted."""
+    from resnext_det.bundle import verify_wheelhouse
+
+    out = tmp_path / "wheelhouse"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "build_bundle.py"),
+            "--python-version",
+            "3.12",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=REPO,
+    )
+    names = verify_wheelhouse(out, python_version="3.12")
+    for needed in (
+        "resnext-det",
+        "detectron2",
+        "fvcore",
+        "pycocotools",
+        "opencv-python-headless",
+        "numpy",
+        "iopath",
+        "omegaconf",
+        "hydra-core",
+        "antlr4-python3-runtime",
+    ):
+        assert needed in names
+    assert not any("torch" in n for n in names)
+    (next(out.glob("pycocotools-*.whl"))).unlink()
+    with pytest.raises(RuntimeError, match="lacks wheels for Python 3.12.*pycocotools"):
+        verify_wheelhouse(out, python_version="3.12")
