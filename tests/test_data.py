@@ -653,8 +653,16 @@ def test_coco_validation_warnings():
     d = _coco_dict()
     d["annotations"][0]["bbox"] = [35, 2, 10, 0]  # outside the 40-wide image, and empty
     d["images"][1]["file_name"] = "a.png"
+    del d["annotations"][1]["area"]
+    d["annotations"][1]["segmentation"] = [[1, 2, 3, 4]]  # < 3 points: detectron2 drops it
     s = validate_coco_dict(d, "f.json")
-    assert s.warnings == {"boxes_outside_image": 1, "duplicate_file_names": 1, "empty_boxes": 1}
+    assert s.warnings == {
+        "boxes_outside_image": 1,
+        "dropped_by_detectron2_no_valid_polygon": 1,
+        "duplicate_file_names": 1,
+        "empty_boxes": 1,
+        "missing_area": 1,
+    }
     assert s.thing_classes == ["cat", "dog"] and s.category_ids == [3, 7]
 
 

@@ -25,11 +25,16 @@ annotation without int ``id``; duplicate id            error naming the annotati
 or height
 ``iscrowd`` not 0/1; ``ignore`` non-zero (detectron2   error naming the annotation id
 does not support it); malformed ``segmentation``
+(polygons or RLE) or ``keypoints``
 zero-width/height box                                  counted warning (detectron2's mapper drops
                                                        empty boxes)
 box partly outside its image                           counted warning (detectron2 clips boxes to
                                                        the image)
 two images with the same ``file_name``                 counted warning
+annotation without ``area``                            counted warning (detectron2 trains without
+                                                       it; COCO evaluation needs it)
+``segmentation`` whose polygons all have < 3 points    counted warning (detectron2's loader drops
+                                                       the whole instance, box included)
 =====================================================  =========================================
 """
 
@@ -98,6 +103,39 @@ def _is_number(v: Any) -> bool:
 def _short(v: Any, limit: int = 80) -> str:
     s = repr(v)
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _check_segmentation(segm: Any, where: str, warnings: Counter[str]) -> None:
+    if segm is None or segm == []:
+        return
+    if isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if not (
+            isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)
+        ):
+            raise AnnotationError(
+                f"{where}: RLE 'segmentation' needs 'size' [height, width] of two integers, got "
+                f"{_short(size)}"
+            )
+        if not (
+            isinstance(counts, str)
+            or (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts))
+        ):
+            raise AnnotationError(
+                f"{where}: RLE 'segmentation' needs 'counts' as a string or a list of integers "
+                f">= 0, got {_short(counts)}"
+            )
+        return
+    if not isinstance(segm, list) or not all(
+        isinstance(p, list) and all(map(_is_number, p)) for p in segm
+    ):
+        raise AnnotationError(
+            f"{where}: 'segmentation' must be a list of polygons (lists of numbers) or an RLE dict "
+            f"with 'counts' and 'size', got {_short(segm)}"
+        )
+    if not any(len(p) % 2 == 0 and len(p) >= 6 for p in segm):
+        # detectron2's load_coco_json drops such an instance entirely, box included.
+        warnings["dropped_by_detectron2_no_valid_polygon"] += 1
 
 
 def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
@@ -230,18 +268,23 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
                 f"{where}: 'ignore' is {_short(ann['ignore'])}; detectron2 does not support "
                 "'ignore' annotations: drop them, or mark them 'iscrowd': 1"
             )
-        if "area" in ann and (not _is_number(ann["area"]) or ann["area"] < 0):
+        if "area" not in ann:
+            # detectron2 trains without it, but COCOeval reads it for the small/medium/large split.
+            warnings["missing_area"] += 1
+        elif not _is_number(ann["area"]) or ann["area"] < 0:
             raise AnnotationError(
                 f"{where}: 'area' must be a number >= 0, got {_short(ann['area'])}"
             )
-        segm = ann.get("segmentation")
-        if segm is not None and not (
-            (isinstance(segm, list) and all(isinstance(p, list) for p in segm))
-            or (isinstance(segm, dict) and "counts" in segm and "size" in segm)
+        _check_segmentation(ann.get("segmentation"), where, warnings)
+        keypoints = ann.get("keypoints")
+        if keypoints and (
+            not isinstance(keypoints, list)
+            or len(keypoints) % 3
+            or not all(map(_is_number, keypoints))
         ):
             raise AnnotationError(
-                f"{where}: 'segmentation' must be a list of polygons or an RLE dict with "
-                f"'counts' and 'size', got {_short(segm)}"
+                f"{where}: 'keypoints' must be a list of numbers [x1, y1, v1, ...], got "
+                f"{_short(keypoints)}"
             )
 
     cat_ids = sorted(cat_names)
