@@ -1,0 +1,318 @@
+"""Models mode of the comparison: build each detector, run it on the same images, time it.
+
+Each model is built from its config (``get_cfg`` + :func:`~resnext_det.add_resnext_config` +
+``merge_from_file``), loaded with :func:`~resnext_det.load_pretrained`, counted (backbone params and
+FLOPs, before BatchNorm folding changes the parameter set) and put through
+:func:`~resnext_det.optimize_for_inference`. Inference uses detectron2's test loader and mapper,
+so resizing is the config's ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` as in detectron2's own
+evaluation; detections go to COCO json with detectron2's ``instances_to_coco_json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from tqdm import tqdm
+
+from .compare import compare_results
+
+__all__ = [
+    "build_detector",
+    "compare_models",
+    "config_complexity",
+    "dataset_ground_truth",
+    "run_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelSpec = tuple  # (config path or CfgNode, weights path or None)
+DatasetLike = Union[str, tuple]
+
+
+def build_detector(config: Any, weights: str | os.PathLike | None, device: str = "cpu"):
+    """Build a detector from a yaml path (or a CfgNode) and load ``weights``.
+
+    Returns:
+        (model in eval mode, frozen cfg, the weights path used or None).
+    """
+    from detectron2.config import CfgNode
+    from detectron2.modeling import build_model
+
+    import resnext_det
+
+    _, cfg, _ = _config_only(config)
+    cfg.MODEL.DEVICE = device
+    weights = str(weights) if weights else (cfg.MODEL.WEIGHTS or None)
+    if weights:
+        cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    model = build_model(cfg)
+    model.eval()
+    if weights:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file {weights!r} does not exist")
+        try:
+            load_pretrained = resnext_det.load_pretrained
+        except (AttributeError, ImportError):  # resnext_det.weights not available
+            load_pretrained = None
+        if load_pretrained is not None:
+            load_pretrained(model, weights)
+        else:
+            from detectron2.checkpoint import DetectionCheckpointer
+
+            DetectionCheckpointer(model).load(weights)
+    else:
+        logger.warning(
+            "no weights for config %s: the model keeps its random initialisation",
+            config if not isinstance(config, CfgNode) else "<CfgNode>",
+        )
+    return model, cfg, weights
+
+
+def dataset_ground_truth(dataset: DatasetLike) -> tuple[str, Any, list[dict], dict[int, int]]:
+    """The registered name, COCO ground truth, records and contiguous->dataset category ids.
+
+    Args:
+        dataset: a name registered in detectron2's DatasetCatalog, or ``(json_file, image_root)``
+            (registered here under a name derived from the paths).
+    """
+    from detectron2.data import MetadataCatalog
+
+    from ..data import get_dataset_dicts_checked, register_coco_dataset
+
+    if isinstance(dataset, (tuple, list)):
+        json_file, image_root = map(str, dataset)
+        digest = hashlib.sha1(
+            f"{os.path.abspath(json_file)}|{os.path.abspath(image_root)}".encode()
+        )
+        name = f"compare_{Path(json_file).stem}_{digest.hexdigest()[:8]}"
+        register_coco_dataset(name, json_file, image_root)
+    else:
+        name = dataset
+    dicts = get_dataset_dicts_checked(name)
+    meta = MetadataCatalog.get(name)
+    json_file = getattr(meta, "json_file", None) if "json_file" in meta.as_dict() else None
+    if json_file and Path(json_file).is_file():
+        gt: Any = json_file
+    else:
+        # A data set registered from records, not a json: convert with detectron2's own writer.
+        from detectron2.data.datasets.coco import convert_to_coco_dict
+
+        gt = convert_to_coco_dict(name)
+    id_map = meta.as_dict().get("thing_dataset_id_to_contiguous_id")
+    reverse = {v: k for k, v in id_map.items()} if id_map else {}
+    return name, gt, dicts, reverse
+
+
+def run_inference(
+    model: torch.nn.Module,
+    cfg: Any,
+    dicts: list[dict],
+    category_map: dict[int, int],
+    *,
+    desc: str = "inference",
+    progress: bool = True,
+    warmup: int = 2,
+) -> tuple[list[dict], dict[str, float]]:
+    """Run ``model`` on every record, one image at a time, and time the forward passes.
+
+    The first ``warmup`` images are run but not timed (allocator and kernel selection make them
+    slow; detectron2's ``inference_on_dataset`` skips 5 the same way).
+
+    Returns:
+        (COCO results list, {"seconds_per_image" (mean), "median_seconds_per_image",
+        "timed_images", "device"}).
+    """
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+
+    from ..data import CheckedDatasetMapper
+
+    loader = build_detection_test_loader(dicts, mapper=CheckedDatasetMapper(cfg, is_train=False))
+    warmup = min(warmup, max(len(dicts) - 1, 0))
+    cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
+    results, times = [], []
+    with torch.inference_mode():
+        for i, inputs in enumerate(
+            tqdm(loader, total=len(dicts), desc=desc, disable=not progress, leave=False)
+        ):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outputs = model(inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+            for inp, out in zip(inputs, outputs):
+                dets = instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"])
+                for d in dets:
+                    d["category_id"] = category_map.get(d["category_id"], d["category_id"])
+                results.extend(dets)
+    timing = {
+        "seconds_per_image": statistics.fmean(times) if times else math.nan,
+        "median_seconds_per_image": statistics.median(times) if times else math.nan,
+        "timed_images": len(times),
+        "device": str(cfg.MODEL.DEVICE),
+    }
+    return results, timing
+
+
+def _flops_size(cfg: Any, model: torch.nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The input FLOPs are counted at: ``size``, or the test resolution (short side
+    MIN_SIZE_TEST, long side MAX_SIZE_TEST), rounded up to the backbone's size divisibility
+    (an FPN needs sides divisible by 32, which is what detectron2 pads to)."""
+    if size is None:
+        short = cfg.INPUT.MIN_SIZE_TEST
+        short = short[0] if isinstance(short, (list, tuple)) else short
+        size = (int(short), int(cfg.INPUT.MAX_SIZE_TEST))
+    div = max(int(getattr(model.backbone, "size_divisibility", 0) or 1), 1)
+    return tuple(int(math.ceil(s / div) * div) for s in size)
+
+
+def _file_name(name: str) -> str:
+    return "results_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".json"
+
+
+def compare_models(
+    models: dict[str, ModelSpec],
+    dataset: DatasetLike,
+    out_dir: str | os.PathLike | None,
+    *,
+    baseline: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    device: str = "cpu",
+    max_images: int | None = None,
+    flops_size: tuple[int, int] | None = None,
+    optimize: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run several detectors on the same images and compare them (see :func:`compare_results`).
+
+    Args:
+        models: name -> ``(config, weights)``; config is a yaml path or a CfgNode, weights a
+            checkpoint path (detectron2 ``{"model": ...}`` or any layout ``load_pretrained``
+            reads) or None for the config's ``MODEL.WEIGHTS``.
+        dataset: a registered data set name, or ``(coco_json, image_root)``.
+        out_dir: where to write comparison.* and each model's ``results_<name>.json`` (all only
+            after every model succeeded); None writes nothing.
+        baseline: name of the baseline (default: the first model).
+        bootstrap, seed, confidence: see :func:`compare_results`.
+        device: "cpu" or "cuda"; every model runs on it, in this process, one after the other.
+        max_images: evaluate on the first N images only (ground truth restricted to them).
+        flops_size: (H, W) for the FLOP count; default the config's test resolution.
+        optimize: apply :func:`resnext_det.optimize_for_inference` (BatchNorm folding,
+            channels_last) before timing.
+        progress: tqdm bars.
+
+    Returns:
+        The report dict of :func:`compare_results`, with backbone params/GFLOPs and
+        seconds per image per model.
+    """
+    import resnext_det
+    from resnext_det.complexity import count_complexity
+
+    from .coco import load_ground_truth
+
+    if not models:
+        raise ValueError("compare_models needs at least one model")
+    name, gt, dicts, category_map = dataset_ground_truth(dataset)
+    gt = load_ground_truth(gt)
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"max_images must be >= 1; got {max_images}")
+        dicts = dicts[:max_images]
+    gt = gt.subset([d["image_id"] for d in dicts]) if len(dicts) < gt.num_images else gt
+    results, info = {}, {}
+    for model_name, spec in models.items():
+        if not isinstance(spec, (tuple, list)) or len(spec) != 2:
+            raise ValueError(f"models[{model_name!r}] must be (config, weights); got {spec!r}")
+        config, weights = spec
+        model, cfg, used = build_detector(config, weights, device)
+        size = _flops_size(cfg, model, flops_size)
+        cx = count_complexity(model.backbone, size)
+        if optimize:
+            model = resnext_det.optimize_for_inference(model)
+        dets, timing = run_inference(
+            model, cfg, dicts, category_map, desc=f"inference {model_name}", progress=progress
+        )
+        results[model_name] = dets
+        info[model_name] = {
+            "config": str(config) if not hasattr(config, "dump") else "<CfgNode>",
+            "weights": used,
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "backbone_params": cx.params,
+            "backbone_gflops": cx.gflops,
+            "flops_input_size": list(size),
+            **timing,
+        }
+        del model
+    extra = {_file_name(n): r for n, r in results.items()} if out_dir is not None else None
+    for n in results:
+        if out_dir is not None:
+            info[n]["results_json"] = str(Path(out_dir) / _file_name(n))
+    report = compare_results(
+        gt,
+        results,
+        baseline=baseline,
+        bootstrap=bootstrap,
+        seed=seed,
+        confidence=confidence,
+        out_dir=out_dir,
+        model_info=info,
+        allow_missing_images=True,
+        extra_files=extra,
+        extra_report={"dataset": name},
+        progress=progress,
+    )
+    return report
+
+
+def config_complexity(config: Any, flops_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Backbone params and GFLOPs of the detector a config describes (no weights, no data): what
+    results mode reports when it is told each model's config."""
+    from detectron2.modeling import build_backbone
+
+    from resnext_det.complexity import count_complexity
+
+    _, cfg, _ = _config_only(config)
+    backbone = build_backbone(cfg)
+    size = _flops_size(cfg, type("M", (), {"backbone": backbone})(), flops_size)
+    cx = count_complexity(backbone, size)
+    return {
+        "config": str(config),
+        "backbone": cfg.MODEL.BACKBONE.NAME,
+        "backbone_params": cx.params,
+        "backbone_gflops": cx.gflops,
+        "flops_input_size": list(size),
+    }
+
+
+def _config_only(config: Any):
+    from detectron2.config import CfgNode, get_cfg
+
+    import resnext_det
+
+    if isinstance(config, CfgNode):
+        cfg = config.clone()
+        resnext_det.add_resnext_config(cfg)
+    else:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config file {str(config)!r} does not exist")
+        cfg = get_cfg()
+        resnext_det.add_resnext_config(cfg)
+        cfg.merge_from_file(str(config))
+    cfg.MODEL.DEVICE = "cpu"
+    return None, cfg, None

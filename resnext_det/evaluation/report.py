@@ -1,0 +1,322 @@
+"""Writers for a backbone comparison: markdown, json, csv, png and the terminal table.
+
+Every writer takes the report dict that :func:`~resnext_det.evaluation.compare.compare_results`
+returns. :func:`write_outputs` writes all files to temporary names in the output directory first
+and renames them only when every one was written, so a failure leaves no half-written report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .coco import METRIC_KEYS, RECALL_THRESHOLDS
+
+__all__ = [
+    "OUTPUT_FILES",
+    "format_table",
+    "render_csv",
+    "render_json",
+    "render_markdown",
+    "render_png",
+    "write_outputs",
+]
+
+OUTPUT_FILES = ("comparison.md", "comparison.json", "comparison.csv", "comparison.png")
+_LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
+
+
+def _fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _ci(ci: list | None, digits: int = 1, signed: bool = False) -> str:
+    if not ci or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in ci):
+        return ""
+    return f"[{_fmt(ci[0], digits, signed)}, {_fmt(ci[1], digits, signed)}]"
+
+
+def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The paper-style table: model, complexity, speed, AP@0.5 and AP with deltas and intervals."""
+    base = report["baseline"]
+    headers = ["model", "params (M)", "GFLOPs", "ms/img", "AP@0.5", "AP", "ΔAP@0.5", "ΔAP"]
+    rows = []
+    for name, m in report["models"].items():
+        ci, dci = m.get("ci", {}), m.get("delta_ci", {})
+        params = m.get("backbone_params")
+        row = [
+            name + (" (baseline)" if name == base else ""),
+            _fmt(params / 1e6 if params else None),
+            _fmt(m.get("backbone_gflops")),
+            _fmt(m["seconds_per_image"] * 1e3 if m.get("seconds_per_image") else None),
+            f"{_fmt(m['AP50'])} {_ci(ci.get('AP50'))}".strip(),
+            f"{_fmt(m['AP'])} {_ci(ci.get('AP'))}".strip(),
+        ]
+        for key in ("AP50", "AP"):
+            if name == base:
+                row.append("")
+            else:
+                star = "*" if m.get("delta_significant", {}).get(key) else ""
+                delta = _fmt(m["delta"][key], signed=True)
+                row.append(f"{delta}{star} {_ci(dci.get(key), signed=True)}".strip())
+        rows.append(row)
+    return headers, rows
+
+
+def format_table(report: dict, tablefmt: str = "github") -> str:
+    """The main table as text (tabulate), for the terminal or markdown."""
+    from tabulate import tabulate
+
+    headers, rows = _main_rows(report)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def render_markdown(report: dict) -> str:
+    from tabulate import tabulate
+
+    b = report["bootstrap"]
+    conf = int(round(100 * b["confidence"])) if b else 95
+    lines = [
+        "# Backbone comparison",
+        "",
+        f"Ground truth: `{report['ground_truth']}` ({report['num_images']} images, "
+        f"{report['num_categories']} categories). Baseline: **{report['baseline']}**.",
+    ]
+    flops_size = next(
+        (m.get("flops_input_size") for m in report["models"].values() if m.get("flops_input_size")),
+        None,
+    )
+    if flops_size:
+        lines.append(
+            f"Params and GFLOPs (multiply-adds) are of the backbone (ResNet/ResNeXt + FPN) "
+            f"at a {flops_size[0]}x{flops_size[1]} input."
+        )
+    if b:
+        lines.append(
+            f"Intervals: {conf}% paired bootstrap over images ({b['resamples']} resamples, seed "
+            f"{b['seed']}); `*` marks a difference whose interval excludes 0."
+        )
+    else:
+        lines.append("No bootstrap was run (no intervals).")
+    lines += ["", format_table(report), "", "## All COCO metrics", ""]
+    headers = ["model", *[_LABELS.get(k, k) for k in METRIC_KEYS]]
+    rows = []
+    for name, m in report["models"].items():
+        rows.append([name, *[_fmt(m[k]) for k in METRIC_KEYS]])
+        if name != report["baseline"]:
+            rows.append(
+                [
+                    f"  Δ vs {report['baseline']}",
+                    *[_fmt(m["delta"][k], signed=True) for k in METRIC_KEYS],
+                ]
+            )
+    lines += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if b:
+        lines += ["## Bootstrap", ""]
+        rows = []
+        for name, m in report["models"].items():
+            for key in ("AP", "AP50", "AP75"):
+                rows.append(
+                    [
+                        name,
+                        _LABELS.get(key, key),
+                        _fmt(m[key], 2),
+                        _ci(m["ci"].get(key), 2),
+                        "" if name == report["baseline"] else _fmt(m["delta"][key], 2, True),
+                        "" if name == report["baseline"] else _ci(m["delta_ci"][key], 2, True),
+                        "" if name == report["baseline"] else _fmt(m["delta_p"][key], 3),
+                    ]
+                )
+        lines += [
+            tabulate(
+                rows,
+                headers=["model", "metric", "value", f"{conf}% CI", "Δ", f"Δ {conf}% CI", "p"],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+            "",
+            f"Bootstrap time: {b['seconds']:.1f} s.",
+            "",
+        ]
+    names = list(report["models"])
+    cats = list(next(iter(report["models"].values()))["per_category_AP"])
+    if cats:
+        lines += ["## AP per category", ""]
+        rows = [
+            [c, *[_fmt(report["models"][n]["per_category_AP"][c]) for n in names]] for c in cats
+        ]
+        lines += [
+            tabulate(rows, headers=["category", *names], tablefmt="github", disable_numparse=True),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _csv_columns(report: dict) -> list[str]:
+    cols = [
+        "model",
+        "baseline",
+        "backbone_params",
+        "backbone_gflops",
+        "seconds_per_image",
+        "num_detections",
+        *METRIC_KEYS,
+    ]
+    cols += [f"delta_{k}" for k in METRIC_KEYS]
+    for k in ("AP", "AP50", "AP75"):
+        cols += [
+            f"{k}_ci_low",
+            f"{k}_ci_high",
+            f"delta_{k}_ci_low",
+            f"delta_{k}_ci_high",
+            f"delta_{k}_p",
+        ]
+    cats = list(next(iter(report["models"].values()))["per_category_AP"])
+    return cols + [f"AP[{c}]" for c in cats]
+
+
+def render_csv(report: dict) -> str:
+    cols = _csv_columns(report)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for name, m in report["models"].items():
+        row: dict[str, Any] = {"model": name, "baseline": int(name == report["baseline"])}
+        for c in ("backbone_params", "backbone_gflops", "seconds_per_image", "num_detections"):
+            row[c] = m.get(c)
+        for k in METRIC_KEYS:
+            row[k] = m[k]
+            row[f"delta_{k}"] = m["delta"][k]
+        for k in ("AP", "AP50", "AP75"):
+            lo_hi = m.get("ci", {}).get(k) or [None, None]
+            d_lo_hi = m.get("delta_ci", {}).get(k) or [None, None]
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo_hi
+            row[f"delta_{k}_ci_low"], row[f"delta_{k}_ci_high"] = d_lo_hi
+            row[f"delta_{k}_p"] = m.get("delta_p", {}).get(k)
+        for c, v in m["per_category_AP"].items():
+            row[f"AP[{c}]"] = v
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def render_json(report: dict) -> str:
+    return json.dumps(_json_safe(report), indent=2, allow_nan=False)
+
+
+def render_png(report: dict, path: str | os.PathLike) -> None:
+    """Bars of the AP metrics per model (with bootstrap intervals) and PR curves at IoU 0.5."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; safe in tests and on servers
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(report["models"])
+    keys = ["AP50", "AP", "AP75", "APs", "APm", "APl"]
+    fig, (ax, ax_pr) = plt.subplots(
+        1, 2, figsize=(13, 5), dpi=100, gridspec_kw={"width_ratios": [1.4, 1]}
+    )
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        m = report["models"][name]
+        vals = np.array([np.nan if m[k] is None else m[k] for k in keys], dtype=float)
+        err = np.zeros((2, len(keys)))
+        for j, k in enumerate(keys):
+            ci = m.get("ci", {}).get(k)
+            if ci and None not in ci and not np.isnan(vals[j]):
+                err[:, j] = [max(vals[j] - ci[0], 0), max(ci[1] - vals[j], 0)]
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            np.nan_to_num(vals),
+            width,
+            yerr=err,
+            capsize=3,
+            label=name,
+        )
+    ax.set_xticks(x, [_LABELS.get(k, k) for k in keys])
+    ax.set_ylabel("COCO metric (0-100)")
+    conf = report["bootstrap"]["confidence"] if report["bootstrap"] else None
+    ax.set_title("Box AP per model" + (f" ({int(conf * 100)}% bootstrap CI)" if conf else ""))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    for name in names:
+        curve = report["models"][name].get("pr_curve_50")
+        if curve:
+            y = np.array([np.nan if v is None else v for v in curve], dtype=float)
+            ax_pr.plot(
+                RECALL_THRESHOLDS,
+                y,
+                label=f"{name} (AP@0.5 {_fmt(report['models'][name]['AP50'])})",
+            )
+    ax_pr.set_xlim(0, 1)
+    ax_pr.set_ylim(0, 1.02)
+    ax_pr.set_xlabel("recall")
+    ax_pr.set_ylabel("interpolated precision")
+    ax_pr.set_title("Precision-recall at IoU 0.5 (mean over categories)")
+    ax_pr.legend(fontsize=8)
+    ax_pr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _write_text(text: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(text, encoding="utf-8")
+
+    return write
+
+
+def write_outputs(
+    report: dict, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> list[Path]:
+    """Write comparison.{md,json,csv,png} (and ``extra``: file name -> JSON-able object) into
+    ``out_dir``, all or nothing: every file goes to a temporary name in the same directory, and the
+    renames happen only after all of them were written.
+
+    Returns:
+        The paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, Callable[[Path], None]] = {
+        "comparison.md": _write_text(render_markdown(report) + "\n"),
+        "comparison.json": _write_text(render_json(report) + "\n"),
+        "comparison.csv": _write_text(render_csv(report)),
+        "comparison.png": lambda p: render_png(report, p),
+    }
+    for fname, obj in (extra or {}).items():
+        writers[fname] = _write_text(json.dumps(_json_safe(obj)))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for fname, write in writers.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=out)
+            os.close(fd)
+            staged.append((Path(tmp), out / fname))
+            write(Path(tmp))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    return [final for _, final in staged]
