@@ -44,4 +44,10 @@ def add_resnext_config(cfg: CN) -> CN:
     # Datasets in COCO format registered by name before the model is built, each a list
     # [name, json_file, image_root]; the same as tools/train_net.py --register NAME JSON ROOT.
     cfg.DATASETS.COCO_REGISTER = []
+
+    # Ask torch for deterministic kernels (torch.use_deterministic_algorithms, warn-only; cuDNN
+    # deterministic, no benchmarking). With SEED >= 0 and DATALOADER.NUM_WORKERS 0 a run killed
+    # and resumed ends with the same weights as an uninterrupted one. Slower on GPUs: use it for
+    # debugging and reproducibility checks, not for speed.
+    cfg.DETERMINISTIC = False
     return cfg

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Train or evaluate a Faster R-CNN with a ResNeXt (or ResNet) FPN backbone.
+
+The logic lives in :mod:`resnext_det.training`; this is detectron2's ``tools/train_net.py``
+shape around it.
+
+Examples::
+
+    # one process, CPU, the generated demo data
+    python tools/train_net.py --config-file configs/demo/faster_rcnn_X_demo.yaml MODEL.DEVICE cpu
+
+    # 8 GPUs on this machine (detectron2's launcher), or 2 CPU processes (gloo) without CUDA
+    python tools/train_net.py --num-gpus 8 --config-file configs/faster_rcnn_X_50_32x4d_FPN_1x.yaml
+
+    # torchrun (clusters; gloo on CPU, NCCL on GPU)
+    torchrun --nproc_per_node 2 tools/train_net.py --config-file CFG MODEL.DEVICE cpu
+
+    # continue after a crash or pre-emption, then evaluate the last checkpoint
+    python tools/train_net.py --config-file CFG --resume
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
+
+    # a COCO-format dataset of your own
+    python tools/train_net.py --config-file CFG --register mine_train ann.json images/ \\
+        DATASETS.TRAIN "('mine_train',)"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run from a checkout without installing: make the repository's package importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import resnext_det  # noqa: E402,F401  (registers the ResNeXt backbones)
+from resnext_det.training import argument_parser, evaluate, launch, train  # noqa: E402
+from resnext_det.training import setup as setup_training  # noqa: E402
+
+
+def setup(args):
+    """Create the config and do detectron2's basic setup (logging, seed, config.yaml)."""
+    return setup_training(args)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        return evaluate(cfg, resume=args.resume)
+    return train(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
