@@ -28,8 +28,9 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     as the ``resnext_det`` record :func:`~resnext_det.weights.read_weights` reads back."""
     record: dict[str, Any] = {}
     if isinstance(getattr(model, "pixel_mean", None), torch.Tensor):
-        record["pixel_mean"] = [float(v) for v in model.pixel_mean.flatten()]
-        record["pixel_std"] = [float(v) for v in model.pixel_std.flatten()]
+        # 6 significant digits undo float32 storage: 103.53, not 103.52999877929688
+        record["pixel_mean"] = [float(f"{v:.6g}") for v in model.pixel_mean.flatten().tolist()]
+        record["pixel_std"] = [float(f"{v:.6g}") for v in model.pixel_std.flatten().tolist()]
     if isinstance(getattr(model, "input_format", None), str):
         record["input_format"] = model.input_format
     spec = next((m.spec for m in model.modules() if hasattr(m, "spec")), None)
@@ -56,13 +57,9 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         weights = read_weights(filename)
         state, report = plan_load(self.model, weights)
         self.logger.info("%s", report.table())
-        # matching_heuristics False: the names are already the model's; no suffix matching.
-        return {
-            "model": state,
-            "__author__": f"resnext_det ({weights.layout} layout)",
-            "matching_heuristics": False,
-            **weights.training_state,
-        }
+        # No "matching_heuristics": the names are already the model's, so detectron2's
+        # _load_model loads them as they are (no suffix matching).
+        return {"model": state, **weights.training_state}
 
     def save(self, name: str, **kwargs: Any) -> None:
         """As fvcore's ``Checkpointer.save``, but atomic and with the model's conventions."""
