@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,9 @@ def export_backbone(
             or a yaml file path. It decides the architecture; the checkpoint must match it.
         weights: a detectron2 training checkpoint (``{"model": ..., "iteration": ...}``) of an FPN
             detector (``backbone.bottom_up.*``, ``backbone.fpn_*``) or a C4 detector
-            (``backbone.*``, ``roi_heads.res5.*``), or a bare backbone state dict; any block form.
+            (``backbone.*``, ``roi_heads.res5.*``), or a bare backbone state dict, in any block
+            form and any container :func:`resnext_det.weights.read_weights` reads (torch,
+            safetensors, pickle; torchvision/timm and Caffe2 layouts too).
         format: one of :data:`FORMATS`.
         out: the file to write; the sidecar goes to ``<out>.json``.
         fpn: include the FPN (``detectron2``: ``backbone.fpn_*`` keys; traced formats: p2..p6
@@ -137,7 +140,16 @@ def export_backbone(
 
     Raises:
         ValueError: an unknown format or option, an architecture the format cannot hold, or a
-            checkpoint with no backbone or one that does not match the config. Nothing is written.
+            checkpoint with no backbone or one that does not match the config (naming the key and
+            both shapes). Nothing is written.
+        FileNotFoundError: no such config or checkpoint.
+
+    Example::
+
+        >>> r = export_backbone("configs/X50.yaml", "output/model_final.pth", "onnx", "x50.onnx",
+        ...                     fpn=True, fold_bn=True)
+        >>> r.metadata["outputs"]["p2"], r.metadata["input"]["format"]
+        ({'channels': 256, 'stride': 4}, 'BGR')
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
@@ -233,12 +245,11 @@ def _load_config(cfg: CfgNode | str | os.PathLike, opts: Sequence[str]) -> tuple
 
 
 def _build_backbone(cfg: CfgNode, *, fpn: bool) -> tuple[nn.Module, nn.Module]:
-    """The config's backbone in the grouped form with all of res2..res5 on the CPU, unfrozen, and
-    its bottom-up ResNeXt (the backbone itself when there is no FPN).
+    """The backbone to export and its bottom-up ResNeXt (the same module without ``fpn``).
 
-    The config's own builder makes it (so a detectron2 builder name works too), with the block form
-    forced to grouped (all forms hold the same weights) and ``OUT_FEATURES`` to all four stages (a
-    C4 config stops at res4 and keeps res5 in its ROI head).
+    Always the grouped form (all forms hold the same weights), with all of res2..res5 (a C4 config
+    stops at res4 and keeps res5 in its ROI head), unfrozen, on the CPU. With ``fpn`` the config's
+    own builder makes it, so an FPN of detectron2's ``build_resnet_fpn_backbone`` works too.
     """
     spec = ResNeXtSpec.from_config(cfg)
     # Sync/naive-sync BN are BatchNorm in eval mode with the same state dict, and need no process
@@ -316,9 +327,13 @@ def _load_checked(model: nn.Module, source: Weights, what: str) -> None:
     state, report = plan_load(model, source)
     if report.shape_mismatched:
         key, got, want = report.shape_mismatched[0]
+        prefix = "bottom_up." if hasattr(model, "bottom_up") else ""
+        file_key = next(
+            (k for k in source.other if map_prefix(k, source.file_prefix, prefix) == key), key
+        )
         raise ValueError(
-            f"checkpoint {source.path} does not match {what}: '{key}' has shape {got} in the "
-            f"checkpoint but {want} in the model the config builds"
+            f"checkpoint {source.path} does not match {what}: '{key}' (checkpoint '{file_key}') "
+            f"has shape {got} in the checkpoint but {want} in the model the config builds"
         )
     if report.missing:
         hint = (
@@ -412,6 +427,19 @@ def _sample_inputs(channels: int, divisor: int) -> list[torch.Tensor]:
     return [torch.randn(s, generator=g) for s in shapes]
 
 
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence the tracer's warning about detectron2's ``Conv2d`` empty-input check (``x.numel()
+    == 0 and self.training``): it is False for every eval-mode input, and the check on a second
+    input size below would catch any shape the trace did freeze."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Converting a tensor to a Python boolean", category=Warning
+        )
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX")
+        yield
+
+
 def _traced_writer(
     format: str, model: nn.Module, *, fold_bn: bool, metadata: dict[str, Any]
 ) -> Callable[[Path], None]:
@@ -441,7 +469,7 @@ def _traced_writer(
         }
 
     def write_torchscript(path: Path) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_tracer():
             traced = torch.jit.trace(wrapper, inputs[0], check_trace=False)
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path), map_location="cpu")
@@ -450,7 +478,7 @@ def _traced_writer(
 
     def write_onnx(path: Path) -> None:
         dims = {0: "batch", 2: "height", 3: "width"}
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_tracer():
             torch.onnx.export(
                 wrapper,
                 (inputs[0],),

@@ -368,11 +368,25 @@ def test_config_with_other_fpn_width(tiny_ckpt):
     other = cfg.clone()
     other.MODEL.FPN.OUT_CHANNELS = 8
     match = (
-        r"'fpn_lateral2\.weight' has shape \(16, 16, 1, 1\) in the checkpoint but \(8, 16, 1, 1\)"
+        r"'fpn_lateral2\.weight' \(checkpoint 'backbone\.fpn_lateral2\.weight'\) has shape "
+        r"\(16, 16, 1, 1\) in the checkpoint but \(8, 16, 1, 1\)"
     )
     with pytest.raises(ValueError, match=match):
         export_backbone(other, ckpt, "onnx", ckpt.parent / "o.onnx", fpn=True)
     _assert_nothing_written(ckpt.parent, ["ck.pth"])
+
+
+def test_fpn_asked_of_a_checkpoint_without_one(tmp_path):
+    cfg = tiny_cfg()
+    backbone = build_model(cfg).backbone.bottom_up
+    torch.save(backbone.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match=r"bare backbone\) lacks .* has no FPN weights"):
+        export_backbone(cfg, tmp_path / "bare.pth", "detectron2", tmp_path / "o.pth", fpn=True)
+    _assert_nothing_written(tmp_path, ["bare.pth"])
+    # Without fpn it is a complete backbone.
+    r = export_backbone(cfg, tmp_path / "bare.pth", "detectron2", tmp_path / "o.pth")
+    assert r.metadata["source"]["layout"] == "bare backbone"
+    assert not any("FPN" in item or "heads" in item for item in r.metadata["not_included"])
 
 
 @pytest.mark.parametrize(
