@@ -5,15 +5,15 @@ detectron2 is not on PyPI under its own name. ``pb1-detectron2==0.6`` holds dete
 code but not its C++/CUDA sources, so its ``setup.py`` cannot build. This script (standard library
 only, so it runs before anything else is installed):
 
-1. fetches the sdist with pip (honouring the user's index settings) and checks its sha256;
+1. fetches the sdist from the package index ($PIP_INDEX_URL, default PyPI) and checks its sha256;
 2. writes a small ``setup.py`` of its own: no compiled extension, the model-zoo yaml files
    installed as package data, the run-time requirements without the ``black`` pin;
 3. adds a stand-in ``detectron2/_C.py`` whose every op raises a RuntimeError that names the op
    (``detectron2.layers`` imports ``_C`` at import time; axis-aligned Faster R-CNN never calls it);
 4. replaces names removed from its dependencies by what they always stood for: NumPy 1.24's
-   ``np.bool``/``np.int``/``np.float``/``np.object`` (the builtins; ``build_detection_train_loader``
-   uses one) and Pillow 10's ``Image.LINEAR`` (``Image.BILINEAR``), so that current NumPy and
-   Pillow work (old Pillow has no wheels for Python 3.12);
+   ``np.bool``/``np.int``/``np.float``/``np.object``/``np.str`` (the builtins; the train loader
+   and the VOC loader use them) and Pillow 10's ``Image.LINEAR`` (``Image.BILINEAR``), so that
+   current NumPy and Pillow work (old Pillow has no wheels for Python 3.12);
 5. builds ``detectron2-0.6+pb1nocsrcN-py3-none-any.whl`` into ``--out``.
 
 The wheel is pure Python, so the same file serves every Python version and platform (the offline
@@ -39,7 +39,7 @@ SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # Bump the local part whenever the patches below change, so that set-up replaces an older build.
-WHEEL_VERSION = "0.6+pb1nocsrc3"
+WHEEL_VERSION = "0.6+pb1nocsrc4"
 
 # detectron2 0.6's own install_requires, less black (a formatter, not needed at run time), plus the
 # upper bound its code needs today (pkg_resources left setuptools in 81).
@@ -145,7 +145,7 @@ setup(
 """
 
 REMOVED_NAMES = [
-    (re.compile(r"\bnp\.(bool|int|float|object)\b(?![_0-9])"), r"\1"),
+    (re.compile(r"\bnp\.(bool|int|float|object|str)\b(?![_0-9])"), r"\1"),
     (re.compile(r"\bImage\.LINEAR\b"), "Image.BILINEAR"),
 ]
 
