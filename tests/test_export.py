@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ import torchvision
 from conftest import REPO, randomize_norm_stats, tiny_cfg
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler, build_optimizer
 from safetensors.torch import load_file
 from torch import nn
 
@@ -323,9 +326,21 @@ def test_traced_x50_fpn_folded(x50, tmp_path, format):
 
 @pytest.fixture
 def tiny_ckpt(tmp_path):
-    """A tiny X-26-2x4d FPN detector checkpoint alone in its folder (and a pre-existing export)."""
+    """A training checkpoint as detectron2's trainer writes it (model, optimizer, scheduler,
+    iteration) of a tiny X-26-2x4d FPN detector, alone in its folder."""
     cfg = tiny_cfg()
-    _save(build_model(cfg), tmp_path / "ck.pth")
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    (tmp_path / "train").mkdir()
+    checkpointer = DetectionCheckpointer(
+        model,
+        str(tmp_path / "train"),
+        optimizer=optimizer,
+        scheduler=build_lr_scheduler(cfg, optimizer),
+    )
+    checkpointer.save("model_final", iteration=123)
+    os.replace(tmp_path / "train" / "model_final.pth", tmp_path / "ck.pth")
+    shutil.rmtree(tmp_path / "train")
     return cfg, tmp_path / "ck.pth"
 
 
