@@ -263,13 +263,17 @@ def test_torchvision_state_dict_as_input(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bn(tmp_path_factory):
-    """A tiny ResNeXt-FPN detector with eval-mode BatchNorm (foldable) and random statistics."""
-    cfg = tiny_cfg(NUM_GROUPS=4, WIDTH_PER_GROUP=4, NORM="BN")
-    model = randomize_norm_stats(build_model(cfg), seed=5).eval()
-    path = tmp_path_factory.mktemp("tiny") / "model.pth"
-    _save(model, path)
-    return cfg, model, path
+def tiny_models(tmp_path_factory):
+    """norm -> (cfg, detector, checkpoint) of tiny ResNeXt-FPN detectors with random statistics:
+    detectron2's default FrozenBN and eval-mode BatchNorm, the two norms folding handles."""
+    out = {}
+    for norm in ("FrozenBN", "BN"):
+        cfg = tiny_cfg(NUM_GROUPS=4, WIDTH_PER_GROUP=4, NORM=norm)
+        model = randomize_norm_stats(build_model(cfg), seed=5).eval()
+        path = tmp_path_factory.mktemp(norm) / "model.pth"
+        _save(model, path)
+        out[norm] = (cfg, model, path)
+    return out
 
 
 def _run_traced(format: str, path, x: torch.Tensor) -> list[torch.Tensor]:
@@ -283,9 +287,9 @@ def _run_traced(format: str, path, x: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("fold_bn", [False, True], ids=["bn", "folded"])
 @pytest.mark.parametrize("format", ["torchscript", "onnx"])
-@pytest.mark.parametrize("fpn", [True, False], ids=["fpn", "bottom_up"])
-def test_traced_matches_eager_on_two_sizes(tiny_bn, tmp_path, format, fold_bn, fpn):
-    cfg, model, ckpt = tiny_bn
+@pytest.mark.parametrize("fpn, norm", [(True, "FrozenBN"), (False, "BN")], ids=["fpn", "bottom_up"])
+def test_traced_matches_eager_on_two_sizes(tiny_models, tmp_path, format, fold_bn, fpn, norm):
+    cfg, model, ckpt = tiny_models[norm]
     out = tmp_path / f"bb.{'onnx' if format == 'onnx' else 'ts'}"
     r = export_backbone(cfg, ckpt, format, out, fpn=fpn, fold_bn=fold_bn)
     names = list(r.metadata["outputs"])
