@@ -159,6 +159,8 @@ def export_backbone(
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {weights} does not exist")
+    if out.resolve() in (weights.resolve(), _sidecar_path(weights).resolve()):
+        raise ValueError(f"out ({out}) would overwrite the checkpoint or its sidecar")
     # Any container and layout (detectron2 detector or backbone, torchvision/timm, Caffe2), read
     # without running code from the file; the ResNet comes back in the grouped layout.
     source = read_weights(weights)
@@ -203,6 +205,8 @@ def export_backbone(
 
 
 def _check_options(format: str, out: Path, *, fpn: bool, fold_bn: bool, container: str | None):
+    if out.is_dir():
+        raise ValueError(f"out must be a file path; {out} is a directory")
     if fpn and format in ("torchvision", "timm"):
         raise ValueError(
             f"{format}'s ResNet has no FPN, so fpn=True (--fpn) cannot be exported as {format}; "
@@ -229,6 +233,9 @@ def _check_options(format: str, out: Path, *, fpn: bool, fold_bn: bool, containe
 
 def _load_config(cfg: CfgNode | str | os.PathLike, opts: Sequence[str]) -> tuple[CfgNode, str]:
     """The config as a fresh CfgNode (the caller's is not changed) and the file it came from."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides come in KEY VALUE pairs; got {len(opts)} items: {opts}")
     if isinstance(cfg, CfgNode):
         node, config_file = cfg.clone(), None
         add_resnext_config(node)
@@ -238,9 +245,14 @@ def _load_config(cfg: CfgNode | str | os.PathLike, opts: Sequence[str]) -> tuple
             raise FileNotFoundError(f"config file {config_file} does not exist")
         node = get_cfg()
         add_resnext_config(node)
-        node.merge_from_file(config_file)
-    if opts:
-        node.merge_from_list(list(opts))
+    # yacs reports an unknown key or a value of the wrong type by KeyError/ValueError/assert.
+    try:
+        if config_file is not None:
+            node.merge_from_file(config_file)
+        node.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError) as exc:
+        where = f"config file {config_file}" if config_file else "the config"
+        raise ValueError(f"{where} with overrides {opts}: {exc}") from exc
     return node, config_file
 
 

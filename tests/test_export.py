@@ -426,6 +426,22 @@ def test_bad_options(tiny_ckpt, format, kwargs, match):
     _assert_nothing_written(ckpt.parent, ["ck.pth"])
 
 
+@pytest.mark.parametrize(
+    "out, opts, match",
+    [
+        ("ck.pth", [], r"would overwrite the checkpoint"),
+        (".", [], r"is a directory"),
+        ("o.pth", ["MODEL.RESNETS.NUM_GROUPS"], r"KEY VALUE pairs"),
+        ("o.pth", ["MODEL.RESNETS.NUM_GROPS", "4"], r"NUM_GROPS"),
+    ],
+)
+def test_bad_paths_and_overrides(tiny_ckpt, out, opts, match):
+    cfg, ckpt = tiny_ckpt
+    with pytest.raises(ValueError, match=match):
+        export_backbone(cfg, ckpt, "detectron2", ckpt.parent / out, opts=opts)
+    _assert_nothing_written(ckpt.parent, ["ck.pth"])
+
+
 def test_failed_write_keeps_the_old_export(tiny_ckpt, monkeypatch):
     cfg, ckpt = tiny_ckpt
     out = ckpt.parent / "o.pth"
