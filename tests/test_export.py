@@ -259,6 +259,21 @@ def test_torchvision_state_dict_as_input(tmp_path):
     assert max_relative_error(got, _torchvision_features(net, x)) <= TOL
 
 
+def test_checkpoint_of_detectron2s_own_resnext_fpn(tmp_path):
+    """A detector built by detectron2's own build_resnet_fpn_backbone (its ResNeXt, not ours):
+    the TorchScript export of its FPN reproduces detectron2's backbone."""
+    cfg = tiny_cfg(DEPTH=50)
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    model = randomize_norm_stats(build_model(cfg), seed=7).eval()
+    assert type(model.backbone.bottom_up).__name__ == "ResNet"
+    _save(model, tmp_path / "d2.pth")
+    export_backbone(cfg, tmp_path / "d2.pth", "torchscript", tmp_path / "d2.ts", fpn=True)
+    x = torch.randn(2, 3, 96, 64) * 50
+    with torch.no_grad():
+        got = dict(zip(["p2", "p3", "p4", "p5", "p6"], torch.jit.load(str(tmp_path / "d2.ts"))(x)))
+        assert max_relative_error(got, model.backbone(x)) <= TOL
+
+
 # ----------------------------------------------------------------------------- traced formats
 
 
