@@ -467,6 +467,26 @@ def test_detector_checkpoint_into_detector_backbone_and_bare_resnet(tmp_path):
         assert_close_rel(bare(x)["res5"], source.backbone.bottom_up(x)["res5"], rel=1e-5)
 
 
+def test_c4_detector_gets_res5_in_roi_heads(tmp_path):
+    cfg = tiny_cfg(DEPTH=50, OUT_FEATURES=["res4"])  # Res5ROIHeads builds 3 res5 blocks
+    cfg.MODEL.BACKBONE.NAME = "build_resnext_backbone"
+    cfg.MODEL.RPN.IN_FEATURES = cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+    cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64]]
+    model = build_model(cfg)
+    spec = ResNeXtSpec(50, 2, 4, stem_out_channels=8, res2_out_channels=16, stride_in_1x1=True)
+    source = randomize_norm_stats(make_resnext(spec), 8)
+    path = tmp_path / "x50-tiny.pth"
+    torch.save(detectron2_to_torchvision(source.state_dict()), path)
+    report = load_pretrained(model, path, strict=True)  # prefix "backbone." + "roi_heads.res5."
+    assert ("roi_heads.res5.2.conv3.weight", "layer4.2.conv3.weight", (128, 64, 1, 1)) in (
+        report.matched
+    )
+    for key, value in source.state_dict().items():
+        target = f"roi_heads.{key}" if key.startswith("res5.") else f"backbone.{key}"
+        assert torch.equal(model.state_dict()[target], value), key
+
+
 def test_checkpointer_reads_torchvision_layout_and_resumes(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_cfg()

@@ -88,8 +88,16 @@ def safe_pickle_load(data: bytes) -> Any:
     return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
-# What torch.load(weights_only=True) may additionally build: numpy arrays inside a torch file.
-_TORCH_SAFE_GLOBALS = [g for g in (_RECONSTRUCT, np.ndarray, np.dtype, _SCALAR) if g is not None]
+# What torch.load(weights_only=True) may additionally build: numpy arrays, scalars and dtypes
+# inside a torch file (a trainer's saved numpy RNG state is a uint32 array). Object arrays stay out.
+_NUMPY_DTYPES = [
+    getattr(np.dtypes, n)
+    for n in dir(getattr(np, "dtypes", object))
+    if n.endswith("DType") and n != "ObjectDType"
+]
+_TORCH_SAFE_GLOBALS = [
+    g for g in (_RECONSTRUCT, np.ndarray, np.dtype, _SCALAR, *_NUMPY_DTYPES) if g is not None
+]
 
 # torch's legacy (pre-1.6, non-zip) files start with this number, pickled.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

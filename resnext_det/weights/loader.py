@@ -173,6 +173,10 @@ def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
         ValueError: keys of a torchvision/timm variant of another architecture (names it).
     """
     path = os.fspath(path)
+    if "://" in path:  # detectron2://, https://, ...: iopath's local copy (downloads if needed)
+        from detectron2.utils.file_io import PathManager
+
+        path = PathManager.get_local_path(path)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     obj, container = read_checkpoint(path)
