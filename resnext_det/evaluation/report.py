@@ -239,19 +239,14 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
     for i, name in enumerate(names):
         m = report["models"][name]
         vals = np.array([np.nan if m[k] is None else m[k] for k in keys], dtype=float)
-        err = np.zeros((2, len(keys)))
+        pos = x + (i - (len(names) - 1) / 2) * width
+        ax.bar(pos, np.nan_to_num(vals), width, label=name)
+        # Error bars only where there is an interval (the bootstrap covers AP, AP50, AP75).
         for j, k in enumerate(keys):
             ci = m.get("ci", {}).get(k)
             if ci and None not in ci and not np.isnan(vals[j]):
-                err[:, j] = [max(vals[j] - ci[0], 0), max(ci[1] - vals[j], 0)]
-        ax.bar(
-            x + (i - (len(names) - 1) / 2) * width,
-            np.nan_to_num(vals),
-            width,
-            yerr=err,
-            capsize=3,
-            label=name,
-        )
+                err = [[max(vals[j] - ci[0], 0)], [max(ci[1] - vals[j], 0)]]
+                ax.errorbar(pos[j], vals[j], yerr=err, color="black", capsize=3, lw=1)
     ax.set_xticks(x, [_LABELS.get(k, k) for k in keys])
     ax.set_ylabel("COCO metric (0-100)")
     conf = report["bootstrap"]["confidence"] if report["bootstrap"] else None
