@@ -105,8 +105,16 @@ def test_empty_results_score_zero():
 
 def test_perfect_detections_score_100():
     gt = synthetic_ground_truth(20, seed=1)
-    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-            "score": 0.9} for a in gt["annotations"] if not a["iscrowd"]]
+    res = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+        }
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
     assert evaluate_results(gt, res)["AP"] == pytest.approx(100.0)
 
 
@@ -189,8 +197,9 @@ def test_better_model_interval_excludes_zero_and_seed_reproduces(two_models):
     assert again.intervals == bs.intervals and again.delta_intervals == bs.delta_intervals
     assert other.intervals != bs.intervals
     # Chunking (a memory bound) must not change the draws.
-    chunked = paired_bootstrap(tables, baseline="weak", resamples=300, seed=3, progress=False,
-                               max_chunk_elements=1000)
+    chunked = paired_bootstrap(
+        tables, baseline="weak", resamples=300, seed=3, progress=False, max_chunk_elements=1000
+    )
     assert chunked.delta_intervals == bs.delta_intervals
 
 
@@ -215,8 +224,12 @@ def small_gt():
 
 
 def _det(gt, **kw):
-    d = {"image_id": gt["images"][0]["id"], "category_id": gt["categories"][0]["id"],
-         "bbox": [1.0, 2.0, 30.0, 40.0], "score": 0.5}
+    d = {
+        "image_id": gt["images"][0]["id"],
+        "category_id": gt["categories"][0]["id"],
+        "bbox": [1.0, 2.0, 30.0, 40.0],
+        "score": 0.5,
+    }
     d.update(kw)
     return d
 
