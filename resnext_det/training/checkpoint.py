@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import glob
 import logging
 import os
@@ -31,9 +32,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# For crash tests only: seconds to sleep after a temporary file is written and fsynced and before
-# it is renamed into place, so that a test can SIGKILL the process inside that window.
-PAUSE_ENV = "RESNEXT_DET_TEST_PAUSE_BEFORE_RENAME_S"
+# For crash tests only: "SECONDS" or "SECONDS:GLOB" makes atomic_write sleep after a temporary
+# file is written and fsynced and before it is renamed into place (for files whose name matches
+# GLOB, default all), so that a test can SIGKILL the process inside that window.
+PAUSE_ENV = "RESNEXT_DET_TEST_PAUSE_BEFORE_RENAME"
 _TMP_MARK = ".tmp-"
 
 
@@ -51,6 +53,16 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _test_pause(name: str, tmp: str, path: str) -> None:
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return
+    seconds, _, pattern = value.partition(":")
+    if fnmatch.fnmatch(name, pattern or "*"):
+        logger.warning(f"{PAUSE_ENV}={value}: pausing before renaming {tmp} -> {path}")
+        time.sleep(float(seconds))
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
@@ -75,10 +87,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        if pause > 0:
-            logger.warning(f"{PAUSE_ENV}={pause}: pausing before renaming {tmp} -> {path}")
-            time.sleep(pause)
+        _test_pause(name, tmp, path)
         os.replace(tmp, path)
         _fsync_dir(directory)
     except BaseException as exc:
@@ -106,23 +115,29 @@ def remove_stale_temporaries(directory: str) -> list[str]:
     return removed
 
 
-def _base_checkpointer() -> type:
-    # The project's loader reads torchvision/timm/Caffe2/detectron2 layouts for MODEL.WEIGHTS;
-    # detectron2's own is the fallback for an install without the weights subpackage (any other
-    # import error is a bug and propagates).
+def _base_checkpointer() -> tuple[type, Callable[[torch.nn.Module], dict[str, Any]]]:
+    """The checkpointer class to extend, and the function that records a model's conventions.
+
+    The project's loader reads torchvision/timm/Caffe2/detectron2 layouts for MODEL.WEIGHTS and
+    records the input conventions in what it saves; detectron2's own is the fallback for an
+    install without the weights subpackage (any other import error is a bug and propagates).
+    """
     try:
-        from resnext_det.weights.checkpointer import ResNeXtCheckpointer
+        from resnext_det.weights.checkpointer import ResNeXtCheckpointer, model_metadata
     except ModuleNotFoundError as exc:
         if exc.name not in ("resnext_det.weights", "resnext_det.weights.checkpointer"):
             raise
         from detectron2.checkpoint import DetectionCheckpointer
 
         logger.warning(f"{exc}; MODEL.WEIGHTS is read by detectron2's DetectionCheckpointer")
-        return DetectionCheckpointer
-    return ResNeXtCheckpointer
+        return DetectionCheckpointer, lambda model: {}
+    return ResNeXtCheckpointer, model_metadata
 
 
-class TrainingCheckpointer(_base_checkpointer()):
+_BASE, _model_metadata = _base_checkpointer()
+
+
+class TrainingCheckpointer(_BASE):
     """The project's checkpointer (it loads every supported weight layout) with atomic saves.
 
     Saving: the checkpoint file, then ``last_checkpoint``, each through :func:`atomic_write`.
@@ -146,6 +161,11 @@ class TrainingCheckpointer(_base_checkpointer()):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        # The input conventions (pixel mean/std, format, stride place) travel with the weights.
+        model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+        metadata = _model_metadata(model)
+        if metadata:
+            data["resnext_det"] = metadata
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)

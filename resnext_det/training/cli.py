@@ -77,14 +77,23 @@ def _has_last_checkpoint(cfg: CfgNode) -> bool:
     return os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
 
 
-def configure_input_for_weights(cfg: CfgNode, *, resume: bool = False) -> None:
+def configure_input_for_weights(
+    cfg: CfgNode, *, resume: bool = False, pinned: set[str] | None = None
+) -> None:
     """Set the input conventions (INPUT.FORMAT, PIXEL_MEAN/STD, STRIDE_IN_1X1) of MODEL.WEIGHTS.
 
     Skipped when resuming from a checkpoint in OUTPUT_DIR (MODEL.WEIGHTS is then not read) and
     for remote weights (``detectron2://``, ``https://``), which keep the config's conventions.
 
+    Args:
+        cfg: the config, changed in place.
+        resume: whether ``--resume`` was given.
+        pinned: keys the user set (config file, command line); a conflict with the weights is an
+            error instead of being overwritten.
+
     Raises:
         FileNotFoundError: MODEL.WEIGHTS names a local file that does not exist.
+        ValueError: a pinned key contradicts the weights, or the architecture differs.
     """
     weights = cfg.MODEL.WEIGHTS
     if not weights or (resume and _has_last_checkpoint(cfg)) or "://" in weights:
@@ -98,7 +107,7 @@ def configure_input_for_weights(cfg: CfgNode, *, resume: bool = False) -> None:
         )
     from resnext_det.weights import configure_for_weights
 
-    configure_for_weights(cfg, weights)
+    configure_for_weights(cfg, weights, pinned=pinned)
 
 
 def make_deterministic() -> None:
@@ -169,7 +178,10 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(args.opts or [])
     for entry in getattr(args, "register", None) or []:
         cfg.DATASETS.COCO_REGISTER.append(list(entry))
-    configure_input_for_weights(cfg, resume=args.resume)
+    from resnext_det.weights import explicit_keys
+
+    pinned = explicit_keys(args.config_file or None, args.opts)
+    configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:

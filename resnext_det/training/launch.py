@@ -43,9 +43,10 @@ def torchrun_env() -> dict[str, int] | None:
         env = {v.lower(): int(os.environ[v]) for v in _TORCHRUN_VARS}
         env["local_world_size"] = int(os.environ.get("LOCAL_WORLD_SIZE", env["world_size"]))
     except ValueError as exc:
+        given = {v: os.environ.get(v) for v in (*_TORCHRUN_VARS, "LOCAL_WORLD_SIZE")}
         raise ValueError(
             "RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers (torchrun sets "
-            f"them); got { ({v: os.environ.get(v) for v in (*_TORCHRUN_VARS, 'LOCAL_WORLD_SIZE')}) }"
+            f"them); got {given}"
         ) from exc
     return env
 
