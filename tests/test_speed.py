@@ -217,3 +217,51 @@ def test_apply_inference_config():
     apply_inference_config(model, cfg)
     assert not model.training and _norms(model) == []
     assert model.backbone.bottom_up.spec.channels_last
+
+
+def test_benchmark_runs_and_writes_reports(tmp_path):
+    """A small CPU run of the benchmark: records, the baseline ratio, numerics, atomic files."""
+    import json
+
+    from resnext_det.speed import run_benchmark, write_benchmark
+
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["forward"],
+        settings=["optimized", "optimized+bf16"],
+        size=(64, 64),
+        repeats=2,
+        warmup=0,
+        progress=False,
+    )
+    rows = {r["setting"]: r for r in report["results"]}
+    assert list(rows) == ["detectron2", "optimized", "optimized+bf16"]  # baseline added, first
+    assert rows["detectron2"]["ratio_to_baseline"] == 1.0
+    assert rows["optimized"]["max_rel_err_vs_baseline"] < FP32_TOL
+    assert 0 < rows["optimized+bf16"]["max_rel_err_vs_baseline"] < BF16_TOL
+    assert rows["optimized"]["fold_bn"] and rows["optimized+bf16"]["amp"] == "bfloat16"
+    assert all(len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] for r in rows.values())
+    # fvcore's count of R-50's res2..res5 at 64x64: 4.1 GMACs at 224x224, scaled by area.
+    assert rows["detectron2"]["gmacs_per_image"] == pytest.approx(4.1 * 64**2 / 224**2, rel=0.1)
+    out = tmp_path / "b"
+    write_benchmark(report, f"{out}.json", f"{out}.md", f"{out}.png", command="cmd")
+    assert json.loads((tmp_path / "b.json").read_text())["results"][1]["setting"] == "optimized"
+    assert "| R-50" in (tmp_path / "b.md").read_text()
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.md", "b.png"]
+
+
+def test_benchmark_settings_and_errors():
+    from resnext_det.speed import SETTINGS, run_benchmark
+
+    assert not SETTINGS["optimized"].applies_to("train")  # a folded model cannot train
+    assert not SETTINGS["amp"].applies_to("forward")  # inference settings name their dtype
+    assert not SETTINGS["torchvision"].applies_to("inference")
+    assert SETTINGS["amp"].amp_dtype(torch.device("cpu")) == "bfloat16"
+    assert SETTINGS["amp"].amp_dtype(torch.device("cuda")) == "float16"
+    with pytest.raises(ValueError, match=r"unknown tasks/settings \['fastest'\]"):
+        run_benchmark(settings=["fastest"])
+    with pytest.raises(ValueError, match=r"--size must be two numbers.*\(8, 8\)"):
+        run_benchmark(size=(8, 8))
+    with pytest.raises(ValueError, match=r"--models: unknown model 'X-26'"):
+        run_benchmark(models=["X-26"], progress=False)
