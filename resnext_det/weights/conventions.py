@@ -383,11 +383,15 @@ def _check_architecture(cfg: CfgNode, weights: Any) -> None:
         "MODEL.RESNETS.DEPTH": arch.depth,
         "MODEL.RESNETS.NUM_GROUPS": arch.cardinality,
         "MODEL.RESNETS.WIDTH_PER_GROUP": arch.width_per_group,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": arch.stem_out_channels,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": arch.res2_out_channels,
     }
     cfg_values = {
         "MODEL.RESNETS.DEPTH": spec.depth,
         "MODEL.RESNETS.NUM_GROUPS": spec.cardinality,
         "MODEL.RESNETS.WIDTH_PER_GROUP": spec.width_per_group,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": spec.stem_out_channels,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": spec.res2_out_channels,
     }
     wrong = {k: (cfg_values[k], v) for k, v in file_values.items() if cfg_values[k] != v}
     if wrong:
