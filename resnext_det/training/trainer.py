@@ -129,6 +129,7 @@ def preserved_rng() -> Iterator[None]:
 
 def parameter_fingerprint(model: torch.nn.Module) -> str:
     """SHA-1 of every parameter's bytes, in name order: equal iff the parameters are bit-equal."""
+    model = getattr(model, "module", model)  # DistributedDataParallel: the same names as saved
     h = hashlib.sha1()
     for name, p in sorted(model.named_parameters()):
         h.update(name.encode())
@@ -332,6 +333,8 @@ class TrainingStateHook(hooks.HookBase):
     def state_dict(self) -> dict[str, Any]:
         if self._state is not None and self._state["iteration"] == self.trainer.iter:
             return self._state
+        if self.loaded and self.loaded.get("iteration") == self.trainer.iter:
+            return self.loaded  # re-saving a loaded checkpoint (see Trainer.train)
         # A save outside the schedule: only this rank's state can be had without a collective.
         if comm.get_world_size() == 1:
             return self._capture(self.trainer.iter, [capture_rng_state()])
@@ -511,6 +514,20 @@ class Trainer(DefaultTrainer):
         self._trainer.reset_data_loader(
             self.build_train_loader(self.cfg, seed=self.sampler_seed, start=images_seen)
         )
+
+    def train(self) -> dict[str, Any] | None:
+        """Run training from ``start_iter`` to ``SOLVER.MAX_ITER``; returns the last evaluation.
+
+        A run killed while writing ``model_final.pth`` resumes past its last iteration: then
+        ``model_final.pth`` is written from the checkpoint just loaded, which holds the same
+        state.
+        """
+        final = os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")
+        if self.start_iter >= self.max_iter and not os.path.isfile(final):
+            logger.info(f"Training had reached iteration {self.iter}; writing {final}")
+            if comm.is_main_process():
+                self.checkpointer.save("model_final", iteration=self.iter)
+        return super().train()
 
     # -- hooks -------------------------------------------------------------------------------
 
