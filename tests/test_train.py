@@ -86,9 +86,11 @@ def register_args(ds) -> list[str]:
 
 
 def run_train_net(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    # One thread: on a busy 2-core machine two OpenMP threads per process are ~10x slower.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, str(TRAIN_NET), *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, **kwargs,
     )  # fmt: skip
     assert proc.returncode == 0, f"train_net.py {' '.join(args)} failed:\n{proc.stderr[-4000:]}"
     return proc
@@ -244,6 +246,50 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
          "OUTPUT_DIR", str(tmp_path)]
     )  # fmt: skip
     with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS 'resnext50_32x4d-7cdf4587.pth'"):
+        setup(args)
+
+
+@pytest.fixture(scope="module")
+def torchvision_x50(tmp_path_factory):
+    """A torchvision ResNeXt-50 file under its published name (random weights and statistics)."""
+    import torchvision
+    from conftest import randomize_norm_stats
+
+    net = randomize_norm_stats(torchvision.models.resnext50_32x4d(), seed=3)
+    path = tmp_path_factory.mktemp("weights") / "resnext50_32x4d-7cdf4587.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def test_imagenet_config_loads_torchvision_weights_through_the_project_loader(
+    tmp_path, monkeypatch, torchvision_x50
+):
+    net, path = torchvision_x50
+    monkeypatch.chdir(path.parent)  # the config names the file relative to the working directory
+    config = str(CONFIGS / "faster_rcnn_X_50_32x4d_FPN_1x.yaml")
+    cfg = setup(argument_parser().parse_args(
+        ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"]
+    ))  # fmt: skip
+    assert cfg.INPUT.FORMAT == "RGB" and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
+    model = Trainer.build_model(cfg)
+    TrainingCheckpointer(model, str(tmp_path)).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    bottom_up = model.backbone.bottom_up
+    assert torch.equal(bottom_up.stem.conv1.weight, net.conv1.weight)
+    assert torch.equal(bottom_up.res3[0].conv2.weight, net.layer2[0].conv2.weight)
+    assert torch.equal(bottom_up.res5[2].conv3.norm.running_var, net.layer4[2].bn3.running_var)
+    assert torch.equal(bottom_up.res4[0].shortcut.weight, net.layer3[0].downsample[0].weight)
+
+
+def test_a_command_line_value_that_contradicts_the_weights_is_an_error(
+    tmp_path, monkeypatch, torchvision_x50
+):
+    _, path = torchvision_x50
+    monkeypatch.chdir(path.parent)
+    config = str(CONFIGS / "faster_rcnn_X_50_32x4d_FPN_1x.yaml")
+    args = argument_parser().parse_args(
+        ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "INPUT.FORMAT", "BGR"]
+    )
+    with pytest.raises(ValueError, match=r"INPUT.FORMAT is set to 'BGR', but the weights"):
         setup(args)
 
 

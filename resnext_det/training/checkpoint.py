@@ -23,6 +23,8 @@ from typing import IO, Any
 
 import torch
 
+from ..weights.checkpointer import ResNeXtCheckpointer, model_metadata
+
 __all__ = [
     "CheckpointWriteError",
     "TrainingCheckpointer",
@@ -115,30 +117,13 @@ def remove_stale_temporaries(directory: str) -> list[str]:
     return removed
 
 
-def _base_checkpointer() -> tuple[type, Callable[[torch.nn.Module], dict[str, Any]]]:
-    """The checkpointer class to extend, and the function that records a model's conventions.
+class TrainingCheckpointer(ResNeXtCheckpointer):
+    """The project's checkpointer (it loads every supported weight layout) with durable saves.
 
-    The project's loader reads torchvision/timm/Caffe2/detectron2 layouts for MODEL.WEIGHTS and
-    records the input conventions in what it saves; detectron2's own is the fallback for an
-    install without the weights subpackage (any other import error is a bug and propagates).
-    """
-    try:
-        from resnext_det.weights.checkpointer import ResNeXtCheckpointer, model_metadata
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("resnext_det.weights", "resnext_det.weights.checkpointer"):
-            raise
-        from detectron2.checkpoint import DetectionCheckpointer
-
-        logger.warning(f"{exc}; MODEL.WEIGHTS is read by detectron2's DetectionCheckpointer")
-        return DetectionCheckpointer, lambda model: {}
-    return ResNeXtCheckpointer, model_metadata
-
-
-_BASE, _model_metadata = _base_checkpointer()
-
-
-class TrainingCheckpointer(_BASE):
-    """The project's checkpointer (it loads every supported weight layout) with atomic saves.
+    ``ResNeXtCheckpointer`` already renames a finished temporary file into place; this adds what
+    a training job needs: fsync before the rename (else a power loss can leave an empty file
+    behind the new name), an atomic ``last_checkpoint``, errors that say what is still intact,
+    clean-up of temporaries on resume, and a pause hook for crash tests.
 
     Saving: the checkpoint file, then ``last_checkpoint``, each through :func:`atomic_write`.
     A failed save raises :class:`CheckpointWriteError` naming the file and leaves the previous
@@ -163,7 +148,7 @@ class TrainingCheckpointer(_BASE):
             data[key] = obj.state_dict()
         # The input conventions (pixel mean/std, format, stride place) travel with the weights.
         model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
-        metadata = _model_metadata(model)
+        metadata = model_metadata(model)
         if metadata:
             data["resnext_det"] = metadata
         data.update(kwargs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 from typing import Any
@@ -17,6 +16,9 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_resnext_config
+from ..data import register_from_config
+from ..speed import optimize_for_inference
+from ..weights import configure_for_weights, explicit_keys
 from .checkpoint import TrainingCheckpointer, atomic_write
 from .trainer import Trainer
 
@@ -52,25 +54,7 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
 def register_datasets(cfg: CfgNode) -> None:
     """Register every ``cfg.DATASETS.COCO_REGISTER`` entry (in each process: spawned workers do
     not inherit the parent's catalog)."""
-    if importlib.util.find_spec("resnext_det.data") is not None:
-        import resnext_det.data as data
-
-        if hasattr(data, "register_from_config"):
-            data.register_from_config(cfg)
-            return
-    # Fallback without the data subpackage: detectron2's own registration.
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    for entry in cfg.DATASETS.COCO_REGISTER:
-        if len(entry) != 3:
-            raise ValueError(
-                "DATASETS.COCO_REGISTER entries must be [name, json_file, image_root]; got "
-                f"{entry!r}"
-            )
-        name, json_file, image_root = entry
-        if name not in DatasetCatalog.list():
-            register_coco_instances(name, {}, json_file, image_root)
+    register_from_config(cfg)
 
 
 def _has_last_checkpoint(cfg: CfgNode) -> bool:
@@ -105,8 +89,6 @@ def configure_input_for_weights(
             "from https://download.pytorch.org/models/): download it and pass its path with "
             "MODEL.WEIGHTS /path/to/file, or MODEL.WEIGHTS '' to train from scratch."
         )
-    from resnext_det.weights import configure_for_weights
-
     configure_for_weights(cfg, weights, pinned=pinned)
 
 
@@ -178,8 +160,6 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(args.opts or [])
     for entry in getattr(args, "register", None) or []:
         cfg.DATASETS.COCO_REGISTER.append(list(entry))
-    from resnext_det.weights import explicit_keys
-
     pinned = explicit_keys(args.config_file or None, args.opts)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
@@ -190,14 +170,6 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def _optimize(model: torch.nn.Module) -> torch.nn.Module:
-    if importlib.util.find_spec("resnext_det.speed") is None:
-        return model
-    from resnext_det.speed import optimize_for_inference
-
-    return optimize_for_inference(model)
-
-
 def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
     """``--eval-only``: load MODEL.WEIGHTS (or, with ``resume``, the last checkpoint in
     OUTPUT_DIR), apply the inference optimisations, and run the COCO evaluation."""
@@ -205,7 +177,7 @@ def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
     TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
         cfg.MODEL.WEIGHTS, resume=resume
     )
-    model = _optimize(model.eval())
+    model = optimize_for_inference(model)
     results = Trainer.test(cfg, model)
     if comm.is_main_process():
         verify_results(cfg, results)

@@ -26,7 +26,6 @@ What :class:`Trainer` changes, and why:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import random
@@ -41,7 +40,6 @@ import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -57,6 +55,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data import CheckedDatasetMapper
 from .checkpoint import TrainingCheckpointer
 from .sampler import ResumableSampler
 
@@ -390,18 +389,6 @@ class ReplicaCheckHook(hooks.HookBase):
 # Data.
 
 
-def dataset_mapper_class() -> type:
-    """The project's DatasetMapper (clear errors on unreadable images), else detectron2's."""
-    if importlib.util.find_spec("resnext_det.data") is not None:
-        import resnext_det.data as data
-
-        for name in ("ResNeXtDatasetMapper", "CheckedDatasetMapper", "DatasetMapper"):
-            cls = getattr(data, name, None)
-            if isinstance(cls, type) and issubclass(cls, DatasetMapper):
-                return cls
-    return DatasetMapper
-
-
 _SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler")
 
 
@@ -623,12 +610,12 @@ class Trainer(DefaultTrainer):
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         sampler = build_train_sampler(cfg, dataset, seed=seed, start=start)
-        mapper = dataset_mapper_class()(cfg, is_train=True)
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset, sampler=sampler)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        mapper = dataset_mapper_class()(cfg, is_train=False)
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
