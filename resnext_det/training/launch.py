@@ -80,10 +80,10 @@ def _setup_local_process_group(machine_id: str) -> None:
 
 def _init_from_torchrun(env: dict[str, int], backend: str, timeout: timedelta) -> None:
     backend = _backend(backend)
+    if backend == "nccl":  # bind the GPU first, so that NCCL's communicators use it
+        torch.cuda.set_device(env["local_rank"])
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
-    if backend == "nccl":
-        torch.cuda.set_device(env["local_rank"])
     # torchrun sets GROUP_RANK (the node's rank); other launchers may not: fall back to the host.
     machine = os.environ.get("GROUP_RANK") or socket.gethostname()
     _setup_local_process_group(str(machine))

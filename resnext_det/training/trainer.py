@@ -436,6 +436,12 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        world = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH must be divisible by the number of processes ({world}); "
+                f"got {cfg.SOLVER.IMS_PER_BATCH}"
+            )
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
