@@ -50,7 +50,7 @@ def build_detector(config: Any, weights: str | os.PathLike | None, device: str =
 
     import resnext_det
 
-    _, cfg, _ = _config_only(config)
+    cfg = _load_config(config)
     cfg.MODEL.DEVICE = device
     weights = str(weights) if weights else (cfg.MODEL.WEIGHTS or None)
     if weights:
@@ -61,16 +61,7 @@ def build_detector(config: Any, weights: str | os.PathLike | None, device: str =
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        try:
-            load_pretrained = resnext_det.load_pretrained
-        except (AttributeError, ImportError):  # resnext_det.weights not available
-            load_pretrained = None
-        if load_pretrained is not None:
-            load_pretrained(model, weights)
-        else:
-            from detectron2.checkpoint import DetectionCheckpointer
-
-            DetectionCheckpointer(model).load(weights)
+        resnext_det.load_pretrained(model, weights)
     else:
         logger.warning(
             "no weights for config %s: the model keeps its random initialisation",
@@ -287,7 +278,7 @@ def config_complexity(config: Any, flops_size: tuple[int, int] | None = None) ->
 
     from resnext_det.complexity import count_complexity
 
-    _, cfg, _ = _config_only(config)
+    cfg = _load_config(config)
     backbone = build_backbone(cfg)
     size = _flops_size(cfg, type("M", (), {"backbone": backbone})(), flops_size)
     cx = count_complexity(backbone, size)
@@ -300,13 +291,15 @@ def config_complexity(config: Any, flops_size: tuple[int, int] | None = None) ->
     }
 
 
-def _config_only(config: Any):
+def _load_config(config: Any):
+    """A mutable copy of ``config`` (a CfgNode, frozen or not, or a yaml path), on the CPU."""
     from detectron2.config import CfgNode, get_cfg
 
     import resnext_det
 
     if isinstance(config, CfgNode):
         cfg = config.clone()
+        cfg.defrost()
         resnext_det.add_resnext_config(cfg)
     else:
         if not Path(config).is_file():
@@ -315,4 +308,4 @@ def _config_only(config: Any):
         resnext_det.add_resnext_config(cfg)
         cfg.merge_from_file(str(config))
     cfg.MODEL.DEVICE = "cpu"
-    return None, cfg, None
+    return cfg

@@ -1,0 +1,39 @@
+"""The embedded default runs end to end (the smoke schedule: every step, a few iterations)."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from PIL import Image
+
+from resnext_det import ResNeXtSpec
+from resnext_det.complexity import backbone_complexity
+from resnext_det.demo import DEMO_MODELS, demo_config, run_demo
+
+
+def test_demo_models_are_of_equal_complexity(tmp_path):
+    specs = [ResNeXtSpec.from_config(demo_config(path, tmp_path)) for path in DEMO_MODELS.values()]
+    assert [s.cardinality for s in specs] == [1, 4]
+    assert specs[1].width_per_group == 6  # the template's width for C = 4 at d0 = 16
+    params = [backbone_complexity(s, classifier=False).params for s in specs]
+    # within 2.5%, as the paper's pair (X-50-32x4d 25.0M vs R-50 25.5M, 2%)
+    assert abs(params[1] - params[0]) / params[0] < 0.025
+
+
+def test_demo_smoke(tmp_path):
+    result = run_demo(tmp_path / "demo", schedule="smoke")
+    report = json.loads((tmp_path / "demo" / "comparison" / "comparison.json").read_text())
+    assert list(report["models"]) == list(DEMO_MODELS)
+    for metrics in report["models"].values():
+        assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "backbone_gflops"} <= set(metrics)
+    for suffix in ("md", "csv"):
+        assert (tmp_path / "demo" / "comparison" / f"comparison.{suffix}").stat().st_size > 0
+    with Image.open(tmp_path / "demo" / "comparison" / "comparison.png") as image:
+        assert image.size[0] > 300
+    safetensors_path, onnx_path = result.exports
+    assert (
+        safetensors_path.exists()
+        and (safetensors_path.parent / f"{safetensors_path.name}.json").exists()
+    )
+    onnx.checker.check_model(str(onnx_path))
