@@ -65,3 +65,16 @@ def tiny_detector_cfg():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dataset_catalog():
+    """Undo the data sets a test registers: detectron2's catalogs are process-global, and a name
+    registered again with other files is (rightly) an error."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    before = set(DatasetCatalog.list())
+    yield
+    for name in set(DatasetCatalog.list()) - before:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
