@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from . import __version__
 from .backbone import ARCHITECTURES, STAGE_NAMES, ResNeXtSpec, make_resnext
 from .blocks import to_grouped_state_dict
 from .config import add_resnext_config
+from .io import staged_files
 from .speed import fold_batchnorm, max_relative_error
 from .weights.conventions import Conventions
 from .weights.detectron2 import map_prefix
@@ -193,7 +193,7 @@ def export_backbone(
     else:
         writer = _traced_writer(format, model, fold_bn=fold_bn, metadata=metadata)
 
-    with _staged([out, _sidecar_path(out)]) as (tmp_out, tmp_sidecar):
+    with staged_files([out, _sidecar_path(out)]) as (tmp_out, tmp_sidecar):
         writer(tmp_out)
         tmp_sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
     result = ExportResult(path=out, sidecar=_sidecar_path(out), metadata=metadata)
@@ -704,28 +704,3 @@ def _how_to_load(format: str, spec: ResNeXtSpec) -> dict[str, Any]:
     if format == "torchscript":
         return {"code": "torch.jit.load(path)(images) -> tuple of the 'outputs' in order"}
     return {"code": "onnxruntime.InferenceSession(path).run(None, {'images': images})"}
-
-
-@contextlib.contextmanager
-def _staged(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary files next to ``paths``, renamed onto them (in order) when the block succeeds and
-    removed when it raises, so that no half-written or stray file is ever left."""
-    temps: list[Path] = []
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-            os.close(fd)
-            temps.append(Path(name))
-            # mkstemp makes the file private (0600); an export is meant to be shared like any
-            # file the user writes, so give it the permissions the umask allows.
-            os.chmod(name, 0o666 & ~umask)
-        yield temps
-        for tmp, p in zip(temps, paths):
-            os.replace(tmp, p)
-    finally:
-        for tmp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()

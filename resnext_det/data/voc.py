@@ -68,7 +68,8 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import AnnotationError, write_json_atomic
+from ..io import write_json_atomic
+from .errors import AnnotationError
 
 __all__ = [
     "BAD_BOX_POLICIES",

@@ -12,10 +12,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ..io import staged_files
 from .coco import METRIC_KEYS, RECALL_THRESHOLDS
 
 __all__ = [
@@ -301,17 +301,7 @@ def write_outputs(
     }
     for fname, obj in (extra or {}).items():
         writers[fname] = _write_text(json.dumps(_json_safe(obj)))
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for fname, write in writers.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=out)
-            os.close(fd)
-            staged.append((Path(tmp), out / fname))
-            write(Path(tmp))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return [final for _, final in staged]
+    with staged_files([out / fname for fname in writers]) as temps:
+        for write, tmp in zip(writers.values(), temps):
+            write(tmp)
+    return [out / fname for fname in writers]

@@ -12,17 +12,19 @@ file, or does not exist yet.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fnmatch
 import glob
 import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from .. import io as atomic_io
+from ..io import TMP_MARK, AtomicWriteError
 from ..weights.checkpointer import ResNeXtCheckpointer, model_metadata
 
 __all__ = [
@@ -38,31 +40,20 @@ logger = logging.getLogger(__name__)
 # file is written and fsynced and before it is renamed into place (for files whose name matches
 # GLOB, default all), so that a test can SIGKILL the process inside that window.
 PAUSE_ENV = "RESNEXT_DET_TEST_PAUSE_BEFORE_RENAME"
-_TMP_MARK = ".tmp-"
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(AtomicWriteError):
     """A checkpoint (or ``last_checkpoint``) could not be written; the previous one is intact."""
 
-
-def _fsync_dir(path: str) -> None:
-    # The rename itself is only durable once the directory entry is on disk (POSIX); not possible
-    # on Windows, where os.replace is durable enough.
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    disk_full_hint = "free space there or point OUTPUT_DIR elsewhere"
 
 
-def _test_pause(name: str, tmp: str, path: str) -> None:
+def _test_pause(tmp: Path, path: Path) -> None:
     value = os.environ.get(PAUSE_ENV)
     if not value:
         return
     seconds, _, pattern = value.partition(":")
-    if fnmatch.fnmatch(name, pattern or "*"):
+    if fnmatch.fnmatch(path.name, pattern or "*"):
         logger.warning(f"{PAUSE_ENV}={value}: pausing before renaming {tmp} -> {path}")
         time.sleep(float(seconds))
 
@@ -70,9 +61,8 @@ def _test_pause(name: str, tmp: str, path: str) -> None:
 def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` through ``write(file)``: it is either the old file or the whole new one.
 
-    The data goes to ``.<name>.tmp-<pid>`` in the same directory (same filesystem, so the rename
-    cannot turn into a copy), is flushed and fsynced, then renamed over ``path``. On any error the
-    temporary file is removed and ``path`` is untouched.
+    :func:`resnext_det.io.atomic_write` (temporary file in the same directory, fsync, rename,
+    fsync of the directory), with the crash-test pause of :data:`PAUSE_ENV` before the rename.
 
     Args:
         path: destination file.
@@ -82,35 +72,13 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any]) -> None:
         CheckpointWriteError: the write, flush, fsync or rename failed (full disk, quota, I/O
             error, read-only filesystem); the message names ``path`` and the cause.
     """
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_pause(name, tmp, path)
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            hint = (
-                " (the disk is full: free space there or point OUTPUT_DIR elsewhere)"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else ""
-            )
-            raise CheckpointWriteError(
-                exc.errno, f"Could not write {path}: {exc.strerror or exc}{hint}"
-            ) from exc
-        raise
+    atomic_io.atomic_write(path, write, error=CheckpointWriteError, before_replace=_test_pause)
 
 
 def remove_stale_temporaries(directory: str) -> list[str]:
     """Delete the temporary files that a killed :func:`atomic_write` left in ``directory``."""
     removed = []
-    for tmp in glob.glob(os.path.join(glob.escape(directory), f".*{_TMP_MARK}*")):
+    for tmp in glob.glob(os.path.join(glob.escape(directory), f".*{TMP_MARK}*")):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
             removed.append(tmp)
@@ -120,9 +88,8 @@ def remove_stale_temporaries(directory: str) -> list[str]:
 class TrainingCheckpointer(ResNeXtCheckpointer):
     """The project's checkpointer (it loads every supported weight layout) with durable saves.
 
-    ``ResNeXtCheckpointer`` already renames a finished temporary file into place; this adds what
-    a training job needs: fsync before the rename (else a power loss can leave an empty file
-    behind the new name), an atomic ``last_checkpoint``, errors that say what is still intact,
+    ``ResNeXtCheckpointer`` already writes the checkpoint file atomically; this adds what a
+    training job needs: an atomic ``last_checkpoint``, errors that say what is still intact,
     clean-up of temporaries on resume, and a pause hook for crash tests.
 
     Saving: the checkpoint file, then ``last_checkpoint``, each through :func:`atomic_write`.

@@ -16,8 +16,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from ..io import atomic_write
 from .conventions import PRESETS, Conventions
-from .io import atomic_write, save_checkpoint
+from .io import save_checkpoint
 from .loader import Architecture, Weights, plan_load, read_weights
 
 __all__ = ["ResNeXtCheckpointer", "config_lines", "convert_checkpoint", "model_metadata"]
@@ -75,7 +76,7 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"checkpoint name must be a plain file name; got {name!r}")
         self.logger.info("Saving checkpoint to %s", save_file)
-        atomic_write(save_file, lambda tmp: torch.save(data, tmp))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
 

@@ -1,4 +1,4 @@
-"""Safe readers for the containers checkpoints come in, and atomic writers.
+"""Safe readers for the containers checkpoints come in, and an atomic checkpoint writer.
 
 Nothing here executes code from a file: torch files are read with ``torch.load(weights_only=True)``
 and pickles (Detectron's ``.pkl``) with an unpickler that can build only numpy arrays and plain
@@ -11,19 +11,18 @@ import io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..io import atomic_write, write_bytes_atomic
+
 __all__ = [
     "CheckpointError",
-    "atomic_write",
     "read_checkpoint",
     "read_sidecar",
     "safe_pickle_load",
@@ -211,25 +210,6 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place.
-
-    A crash or an error leaves either the old file or none, never a half-written checkpoint.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``obj`` atomically: a pickle of numpy arrays for ``.pkl`` (what detectron2's
     ``DetectionCheckpointer`` reads from a ``.pkl``), ``torch.save`` otherwise."""
@@ -242,15 +222,6 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
                 return {k: to_numpy(v) for k, v in value.items()}
             return value
 
-        data = pickle.dumps(to_numpy(obj), protocol=4)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-
+        write_bytes_atomic(path, pickle.dumps(to_numpy(obj), protocol=4))
     else:
-
-        def write(tmp: str) -> None:
-            torch.save(obj, tmp)
-
-    atomic_write(path, write)
+        atomic_write(path, lambda f: torch.save(obj, f))
