@@ -223,7 +223,7 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
     """A small CPU run of the benchmark: records, the baseline ratio, numerics, atomic files."""
     import json
 
-    from resnext_det.speed import run_benchmark, write_benchmark
+    from resnext_det.benchmark import run_benchmark, write_benchmark
 
     report = run_benchmark(
         models=["R-50"],
@@ -252,7 +252,7 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
 
 
 def test_benchmark_settings_and_errors():
-    from resnext_det.speed import SETTINGS, run_benchmark
+    from resnext_det.benchmark import SETTINGS, run_benchmark
 
     assert not SETTINGS["optimized"].applies_to("train")  # a folded model cannot train
     assert not SETTINGS["amp"].applies_to("forward")  # inference settings name their dtype

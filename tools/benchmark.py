@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnext_det.speed import (  # noqa: E402
+from resnext_det.benchmark import (  # noqa: E402
     BENCH_MODELS,
     DEFAULT_SETTINGS,
     SETTINGS,
