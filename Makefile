@@ -1,7 +1,7 @@
 # Every target sets up .venv/ itself first (seconds when it is already there).
 PY := .venv/bin/python
 
-.PHONY: setup test test-all demo lint bundle clean
+.PHONY: setup test test-all demo raccoon lint bundle clean
 
 setup:
 	@tools/setup_env.sh
@@ -14,6 +14,10 @@ test-all: setup
 
 demo: setup
 	$(PY) tools/demo.py --out output/demo
+
+# The real-image path (needs ../shared/data/raccoon): docs/raccoon.md
+raccoon: setup
+	tools/raccoon.sh ../shared/data/raccoon output/raccoon
 
 lint: setup
 	$(PY) -m ruff check .
