@@ -44,6 +44,11 @@ def _ci(ci: list | None, digits: int = 1, signed: bool = False) -> str:
     return f"[{_fmt(ci[0], digits, signed)}, {_fmt(ci[1], digits, signed)}]"
 
 
+def _size_digits(value: float | None) -> int:
+    """Decimals for params/GFLOPs: small demo networks (0.85M, 0.11 GFLOPs) need two."""
+    return 2 if value is not None and value < 10 else 1
+
+
 def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """The paper-style table: model, complexity, speed, AP@0.5 and AP with deltas and intervals."""
     base = report["baseline"]
@@ -54,8 +59,8 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         params = m.get("backbone_params")
         row = [
             name + (" (baseline)" if name == base else ""),
-            _fmt(params / 1e6 if params else None),
-            _fmt(m.get("backbone_gflops")),
+            _fmt(params / 1e6 if params else None, _size_digits(params / 1e6 if params else None)),
+            _fmt(m.get("backbone_gflops"), _size_digits(m.get("backbone_gflops"))),
             _fmt(m["seconds_per_image"] * 1e3 if m.get("seconds_per_image") else None),
             f"{_fmt(m['AP50'])} {_ci(ci.get('AP50'))}".strip(),
             f"{_fmt(m['AP'])} {_ci(ci.get('AP'))}".strip(),
