@@ -238,6 +238,21 @@ def test_train_resume_and_eval_only(tmp_path, synthetic):
     assert all(v != v or 0 <= v <= 100 for v in results["bbox"].values())  # NaN or a percentage
     assert (out / "eval" / "inference" / "synthetic_val" / "coco_instances_results.json").is_file()
 
+    # The inference switches of MODEL.RESNEXT reach --eval-only: bf16 autocast runs, and the
+    # unoptimised fp32 model gives the optimised one's AP@0.5.
+    for switches in (
+        ["MODEL.RESNEXT.INFERENCE_AMP_DTYPE", "bfloat16"],
+        ["MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE", "False"],
+    ):
+        cfg = setup(argument_parser().parse_args(
+            ["--eval-only", *common, "OUTPUT_DIR", str(out / "eval2"),
+             "MODEL.WEIGHTS", str(out / "model_final.pth"), *switches]
+        ))  # fmt: skip
+        other = evaluate(cfg)["bbox"]
+        if switches[-1] == "False":
+            assert other["AP50"] == pytest.approx(results["bbox"]["AP50"], abs=1e-3, nan_ok=True)
+        assert set(other) == set(results["bbox"])
+
 
 def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

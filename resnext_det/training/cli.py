@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_resnext_config
 from ..data import register_from_config
-from ..speed import optimize_for_inference
+from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
 from .checkpoint import TrainingCheckpointer, atomic_write
 from .trainer import Trainer
@@ -172,13 +172,15 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
     """``--eval-only``: load MODEL.WEIGHTS (or, with ``resume``, the last checkpoint in
-    OUTPUT_DIR), apply the inference optimisations, and run the COCO evaluation."""
+    OUTPUT_DIR), apply the inference switches of ``MODEL.RESNEXT`` (``OPTIMIZE_FOR_INFERENCE``,
+    ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO evaluation."""
     model = Trainer.build_model(cfg)
     TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
         cfg.MODEL.WEIGHTS, resume=resume
     )
-    model = optimize_for_inference(model)
-    results = Trainer.test(cfg, model)
+    model = apply_inference_config(model.eval(), cfg)
+    with autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE):
+        results = Trainer.test(cfg, model)
     if comm.is_main_process():
         verify_results(cfg, results)
     return results
