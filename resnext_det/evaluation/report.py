@@ -107,7 +107,9 @@ def render_markdown(report: dict) -> str:
     if b:
         lines.append(
             f"Intervals: {conf}% paired bootstrap over images ({b['resamples']} resamples, seed "
-            f"{b['seed']}); `*` marks a difference whose interval excludes 0."
+            f"{b['seed']}); `*` marks a difference whose interval excludes 0. They cover the "
+            "choice of test images, not training noise: compare several training runs per model "
+            "before calling a difference real."
         )
     else:
         lines.append("No bootstrap was run (no intervals).")
