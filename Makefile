@@ -1,16 +1,18 @@
 # Every target sets up .venv/ itself first (seconds when it is already there).
 PY := .venv/bin/python
 
-.PHONY: setup test test-all demo raccoon lint bundle clean
+.PHONY: setup test test-fast demo raccoon lint bundle clean
 
 setup:
 	@tools/setup_env.sh
 
+# Every test, the slow ones included (about 5 minutes on a quiet 2-core machine); README and CI.
 test: setup
-	$(PY) -m pytest -q
-
-test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The default selection (not slow; about 2 minutes).
+test-fast: setup
+	$(PY) -m pytest -q
 
 demo: setup
 	$(PY) tools/demo.py --out output/demo
