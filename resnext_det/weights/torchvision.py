@@ -29,52 +29,34 @@ __all__ = [
 ]
 
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_NORM = "(?P<field>" + "|".join(_NORM_FIELDS) + ")"
 
-# (pattern in torchvision names, replacement in detectron2 names); the first match wins.
-_TV_TO_D2: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^conv1\.weight$"), "stem.conv1.weight"),
-    (re.compile(rf"^bn1\.{_NORM}$"), r"stem.conv1.norm.\g<field>"),
-    (
-        re.compile(r"^layer(?P<s>[1-4])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight$"),
-        "res{s}.{b}.conv{k}.weight",
-    ),
-    (
-        re.compile(rf"^layer(?P<s>[1-4])\.(?P<b>\d+)\.bn(?P<k>[123])\.{_NORM}$"),
-        "res{s}.{b}.conv{k}.norm.{field}",
-    ),
-    (
-        re.compile(r"^layer(?P<s>[1-4])\.(?P<b>\d+)\.downsample\.0\.weight$"),
-        "res{s}.{b}.shortcut.weight",
-    ),
-    (
-        re.compile(rf"^layer(?P<s>[1-4])\.(?P<b>\d+)\.downsample\.1\.{_NORM}$"),
-        "res{s}.{b}.shortcut.norm.{field}",
-    ),
-    (re.compile(r"^fc\.(?P<field>weight|bias)$"), "linear.{field}"),
+# The layout, one row per parameter group: (torchvision name, detectron2 name). {s} is the stage
+# (torchvision's layer{s} is detectron2's res{s+1}; _rename shifts it), {b} the block, {k} the conv,
+# {field} a norm field, {fc} the head's weight or bias. Both directions are compiled from it.
+_LAYOUT: list[tuple[str, str]] = [
+    ("conv1.weight", "stem.conv1.weight"),
+    ("bn1.{field}", "stem.conv1.norm.{field}"),
+    ("layer{s}.{b}.conv{k}.weight", "res{s}.{b}.conv{k}.weight"),
+    ("layer{s}.{b}.bn{k}.{field}", "res{s}.{b}.conv{k}.norm.{field}"),
+    ("layer{s}.{b}.downsample.0.weight", "res{s}.{b}.shortcut.weight"),
+    ("layer{s}.{b}.downsample.1.{field}", "res{s}.{b}.shortcut.norm.{field}"),
+    ("fc.{fc}", "linear.{fc}"),
 ]
 
-_D2_TO_TV: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
-    (re.compile(rf"^stem\.conv1\.norm\.{_NORM}$"), "bn1.{field}"),
-    (
-        re.compile(r"^res(?P<s>[2-5])\.(?P<b>\d+)\.conv(?P<k>[123])\.weight$"),
-        "layer{s}.{b}.conv{k}.weight",
-    ),
-    (
-        re.compile(rf"^res(?P<s>[2-5])\.(?P<b>\d+)\.conv(?P<k>[123])\.norm\.{_NORM}$"),
-        "layer{s}.{b}.bn{k}.{field}",
-    ),
-    (
-        re.compile(r"^res(?P<s>[2-5])\.(?P<b>\d+)\.shortcut\.weight$"),
-        "layer{s}.{b}.downsample.0.weight",
-    ),
-    (
-        re.compile(rf"^res(?P<s>[2-5])\.(?P<b>\d+)\.shortcut\.norm\.{_NORM}$"),
-        "layer{s}.{b}.downsample.1.{field}",
-    ),
-    (re.compile(r"^linear\.(?P<field>weight|bias)$"), "fc.{field}"),
-]
+
+def _compile(template: str, stages: str) -> re.Pattern[str]:
+    """``layer{s}.{b}.bn{k}.{field}`` -> an anchored regex with one named group per field."""
+    groups = {"s": stages, "b": r"\d+", "k": "[123]", "field": "|".join(_NORM_FIELDS),
+              "fc": "weight|bias"}  # fmt: skip
+    parts = re.split(r"\{(\w+)\}", template)
+    body = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{groups[p]})"
+                   for i, p in enumerate(parts))  # fmt: skip
+    return re.compile(f"^{body}$")
+
+
+# (pattern of source names, template of target names); the first match wins.
+_TV_TO_D2 = [(_compile(tv, "[1-4]"), d2) for tv, d2 in _LAYOUT]
+_D2_TO_TV = [(_compile(d2, "[2-5]"), tv) for tv, d2 in _LAYOUT]
 
 # Key patterns of timm/torchvision models that share the torchvision names but not the architecture,
 # and the words that say which. Loading them by name would silently build a different network.
@@ -118,7 +100,7 @@ def _rename(
             groups = m.groupdict()
             if "s" in groups:
                 groups["s"] = str(int(groups["s"]) + shift)
-            new_key = template.format(**groups) if "{" in template else m.expand(template)
+            new_key = template.format(**groups)
             break
         else:
             unmapped.append(key)
