@@ -30,7 +30,7 @@ from .backbone import (  # noqa: E402  (registers the builders)
     make_resnext,
 )
 from .blocks import BLOCK_FORMS, to_grouped_state_dict  # noqa: E402
-from .config import add_resnext_config  # noqa: E402
+from .config import add_resnext_config, load_config  # noqa: E402
 
 # The rest of the public API is imported on first use, so `import resnext_det` (which registers
 # the backbones) stays light. Name -> module that defines it.
@@ -58,6 +58,7 @@ __all__ = [
     "ResNeXt",
     "ResNeXtSpec",
     "add_resnext_config",
+    "load_config",
     "build_resnext_backbone",
     "build_resnext_fpn_backbone",
     "make_resnext",

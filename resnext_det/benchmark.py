@@ -146,15 +146,12 @@ def _realistic_norms(model: nn.Module, seed: int) -> nn.Module:
 def _bench_config(model_name: str, device: torch.device, task: str):
     """detectron2's own Base-RCNN-FPN config for ``model_name``, with the ResNeXt conventions."""
     from detectron2 import model_zoo
-    from detectron2.config import get_cfg
 
-    from .config import add_resnext_config
+    from .config import load_config
 
     if model_name not in BENCH_MODELS:
         raise ValueError(f"--models: unknown model {model_name!r}; known: {list(BENCH_MODELS)}")
-    cfg = get_cfg()
-    add_resnext_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    cfg = load_config(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
     r = cfg.MODEL.RESNETS
     r.DEPTH, r.NUM_GROUPS, r.WIDTH_PER_GROUP = BENCH_MODELS[model_name]
     # Stride in the 3x3 (Caffe2/torchvision ResNeXt convention) for every model, so that one set

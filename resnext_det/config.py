@@ -7,7 +7,18 @@ detectron2 model-zoo ResNeXt config works by changing only ``MODEL.BACKBONE.NAME
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .errors import ConfigError
+
+BASE_KEY = "_BASE_"
 
 
 def add_resnext_config(cfg: CN) -> CN:
@@ -50,4 +61,148 @@ def add_resnext_config(cfg: CN) -> CN:
     # and resumed ends with the same weights as an uninterrupted one. Slower on GPUs: use it for
     # debugging and reproducibility checks, not for speed.
     cfg.DETERMINISTIC = False
+    return cfg
+
+
+def trusted_config_roots() -> tuple[Path, ...]:
+    """Folders whose yaml files may use Python tags: the model zoo inside the installed detectron2.
+
+    detectron2's own ``Base-RetinaNet.yaml`` computes its anchor sizes with
+    ``!!python/object/apply:eval``; it ships with detectron2 and is as trusted as its code. Any
+    other file with a Python tag needs ``allow_unsafe_yaml=True``.
+    """
+    import detectron2.model_zoo
+
+    return (Path(detectron2.model_zoo.__file__).resolve().parent / "configs",)
+
+
+def _is_trusted(path: Path) -> bool:
+    return any(path.is_relative_to(root) for root in trusted_config_roots())
+
+
+def load_yaml_tree(config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = False) -> dict:
+    """A yaml config with its ``_BASE_`` chain merged, as fvcore's ``load_yaml_with_base`` does.
+
+    Unlike detectron2's ``CfgNode.merge_from_file`` (which defaults to ``allow_unsafe=True``),
+    a Python tag (``!!python/object/apply:os.system``) is refused unless the file lies under
+    :func:`trusted_config_roots` or ``allow_unsafe_yaml`` is given. Raises :class:`ConfigError`
+    naming the file for a missing file, bad UTF-8, a yaml syntax error, an unsafe tag, a
+    ``_BASE_`` loop, or a file that is not a mapping.
+    """
+    return _load_tree(Path(config_file), allow_unsafe_yaml, ())
+
+
+def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
+    real = path.resolve()
+    if real in chain:
+        loop = " -> ".join(str(p) for p in (*chain, real))
+        raise ConfigError(f"config file {path}: its {BASE_KEY} chain loops: {loop}")
+    if not real.is_file():
+        where = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path}{where} does not exist")
+    try:
+        text = real.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        if not (allow_unsafe or _is_trusted(real)):
+            raise ConfigError(
+                f"config file {path}, line {exc.problem_mark.line + 1}: {exc.problem}. Python tags "
+                "run code "
+                "when loaded, and are refused in configs outside detectron2's model zoo; "
+                "remove the tag, or opt in with allow_unsafe_yaml=True "
+                "(--allow-unsafe-yaml) if you trust this file"
+            ) from None
+        tree = yaml.unsafe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid yaml: {exc}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"config file {path} holds a {type(tree).__name__}, not a mapping of config keys"
+        )
+    base = tree.pop(BASE_KEY, None)
+    if base is None:
+        return tree
+    merged: dict = {}
+    for name in base if isinstance(base, list) else [base]:
+        if not isinstance(name, str):
+            raise ConfigError(f"config file {path}: {BASE_KEY} entries are paths; got {name!r}")
+        name = os.path.expanduser(name)
+        base_path = Path(name) if os.path.isabs(name) else real.parent / name
+        _merge_into(_load_tree(base_path, allow_unsafe, (*chain, real)), merged, path)
+    _merge_into(tree, merged, path)
+    return merged
+
+
+def _merge_into(a: Mapping, b: dict, path: Path) -> None:
+    """Merge dict ``a`` into ``b`` (values of ``a`` win), as fvcore does for ``_BASE_``."""
+    for key, value in a.items():
+        if isinstance(value, dict) and key in b:
+            if not isinstance(b[key], dict):
+                raise ConfigError(f"config file {path}: cannot inherit key {key!r} from base")
+            _merge_into(value, b[key], path)
+        else:
+            b[key] = value
+
+
+def merge_config_file(
+    cfg: CN, config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = False
+) -> CN:
+    """``cfg.merge_from_file(config_file)`` with :func:`load_yaml_tree`'s safe loading.
+
+    Re-implements the rest of detectron2's ``merge_from_file`` (version upgrade) because that
+    method hard-wires its own unsafe-by-default loader.
+    """
+    from detectron2.config.compat import downgrade_config, guess_version, upgrade_config
+
+    loaded = type(cfg)(load_yaml_tree(config_file, allow_unsafe_yaml=allow_unsafe_yaml))
+    version = loaded.get("VERSION", None) or guess_version(loaded, str(config_file))
+    try:
+        if version == cfg.VERSION:
+            cfg.merge_from_other_cfg(loaded)
+        elif version < cfg.VERSION:
+            old = downgrade_config(cfg, to_version=version)
+            old.merge_from_other_cfg(loaded)
+            upgraded = upgrade_config(old)
+            cfg.clear()
+            cfg.update(upgraded)
+        else:
+            raise ConfigError(f"config file {config_file} is of version {version} > {cfg.VERSION}")
+    except (KeyError, AssertionError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config file {config_file}: {exc}") from None
+    return cfg
+
+
+def load_config(
+    config_file: str | os.PathLike | None = None,
+    opts: Iterable[Any] = (),
+    *,
+    base: CN | None = None,
+    allow_unsafe_yaml: bool = False,
+) -> CN:
+    """The one way the package and its tools make a config: detectron2's defaults (or a clone of
+    ``base``) + ``MODEL.RESNEXT`` + the yaml file (loaded safely) + ``KEY VALUE`` overrides.
+
+    Raises :class:`ConfigError` naming the file or the override for every bad input.
+    """
+    cfg = add_resnext_config(base.clone() if base is not None else get_cfg())
+    if cfg.is_frozen():
+        cfg.defrost()
+    if config_file is not None:
+        merge_config_file(cfg, config_file, allow_unsafe_yaml=allow_unsafe_yaml)
+    opts = [str(o) if isinstance(o, os.PathLike) else o for o in opts]
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides come in KEY VALUE pairs; got {len(opts)} items: {opts}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError, TypeError) as exc:
+        raise ConfigError(f"config overrides {opts}: {exc}") from None
     return cfg

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
-from .config import add_resnext_config
+from .config import load_config
 
 __all__ = ["DEMO_MODELS", "DemoResult", "demo_config", "run_demo"]
 
@@ -47,8 +47,7 @@ class DemoResult:
 
 def demo_config(config_file: Path, out_dir: Path, *, smoke: bool = False) -> CfgNode:
     """The demo config of one model, writing to ``out_dir``; ``smoke`` shortens the schedule."""
-    cfg = add_resnext_config(get_cfg())
-    cfg.merge_from_file(str(config_file))
+    cfg = load_config(config_file)
     cfg.OUTPUT_DIR = str(out_dir)
     # The comparison evaluates both models on the val split (with intervals); an evaluation at
     # the end of training would only repeat it.

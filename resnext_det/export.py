@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
@@ -43,7 +43,7 @@ from torch import nn
 from . import __version__
 from .backbone import ARCHITECTURES, STAGE_NAMES, ResNeXtSpec, make_resnext
 from .blocks import to_grouped_state_dict
-from .config import add_resnext_config
+from .config import load_config
 from .io import staged_files
 from .speed import fold_batchnorm, max_relative_error
 from .weights.conventions import Conventions
@@ -233,27 +233,9 @@ def _check_options(format: str, out: Path, *, fpn: bool, fold_bn: bool, containe
 
 def _load_config(cfg: CfgNode | str | os.PathLike, opts: Sequence[str]) -> tuple[CfgNode, str]:
     """The config as a fresh CfgNode (the caller's is not changed) and the file it came from."""
-    opts = list(opts)
-    if len(opts) % 2:
-        raise ValueError(f"config overrides come in KEY VALUE pairs; got {len(opts)} items: {opts}")
     if isinstance(cfg, CfgNode):
-        node, config_file = cfg.clone(), None
-        add_resnext_config(node)
-    else:
-        config_file = str(cfg)
-        if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        node = get_cfg()
-        add_resnext_config(node)
-    # yacs reports an unknown key or a value of the wrong type by KeyError/ValueError/assert.
-    try:
-        if config_file is not None:
-            node.merge_from_file(config_file)
-        node.merge_from_list(opts)
-    except (KeyError, AssertionError, ValueError) as exc:
-        where = f"config file {config_file}" if config_file else "the config"
-        raise ValueError(f"{where} with overrides {opts}: {exc}") from exc
-    return node, config_file
+        return load_config(None, opts, base=cfg), None
+    return load_config(cfg, opts), str(cfg)
 
 
 def _build_backbone(cfg: CfgNode, *, fpn: bool) -> tuple[nn.Module, nn.Module]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.config import get_cfg  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 import resnext_det  # noqa: E402
@@ -48,8 +47,7 @@ def main() -> None:
 
     specs: dict[str, resnext_det.ResNeXtSpec] = {}
     for path in args.config_file:
-        cfg = resnext_det.add_resnext_config(get_cfg())
-        cfg.merge_from_file(path)
+        cfg = resnext_det.load_config(path)
         spec = resnext_det.ResNeXtSpec.from_config(cfg)
         specs[f"{spec.name} ({Path(path).name})"] = spec
     for text in args.spec:

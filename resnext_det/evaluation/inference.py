@@ -293,19 +293,10 @@ def config_complexity(config: Any, flops_size: tuple[int, int] | None = None) ->
 
 def _load_config(config: Any):
     """A mutable copy of ``config`` (a CfgNode, frozen or not, or a yaml path), on the CPU."""
-    from detectron2.config import CfgNode, get_cfg
+    from detectron2.config import CfgNode
 
-    import resnext_det
+    from ..config import load_config
 
-    if isinstance(config, CfgNode):
-        cfg = config.clone()
-        cfg.defrost()
-        resnext_det.add_resnext_config(cfg)
-    else:
-        if not Path(config).is_file():
-            raise FileNotFoundError(f"config file {str(config)!r} does not exist")
-        cfg = get_cfg()
-        resnext_det.add_resnext_config(cfg)
-        cfg.merge_from_file(str(config))
+    cfg = load_config(base=config) if isinstance(config, CfgNode) else load_config(config)
     cfg.MODEL.DEVICE = "cpu"
     return cfg

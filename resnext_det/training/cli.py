@@ -8,14 +8,14 @@ import os
 from typing import Any
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_resnext_config
+from ..config import load_config
 from ..data import register_from_config
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
@@ -47,6 +47,12 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset under NAME before building (repeatable); the same as "
         "adding [NAME, JSON, IMAGE_ROOT] to DATASETS.COCO_REGISTER",
+    )
+    parser.add_argument(
+        "--allow-unsafe-yaml",
+        action="store_true",
+        help="let --config-file use Python yaml tags (they run code when loaded); only for a file "
+        "you trust. detectron2's own model-zoo configs need no flag",
     )
     return parser
 
@@ -151,16 +157,11 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then
     detectron2's ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
-    cfg = get_cfg()
-    add_resnext_config(cfg)
-    if args.config_file:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    unsafe = getattr(args, "allow_unsafe_yaml", False)
+    cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
         cfg.DATASETS.COCO_REGISTER.append(list(entry))
-    pinned = explicit_keys(args.config_file or None, args.opts)
+    pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
     default_setup(cfg, args)

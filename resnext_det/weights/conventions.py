@@ -25,6 +25,8 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from ..config import load_config, load_yaml_tree
+
 __all__ = [
     "CFG_KEYS",
     "PRESETS",
@@ -254,14 +256,15 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _default_cfg() -> CfgNode:
-    from detectron2.config import get_cfg
-
-    from ..config import add_resnext_config
-
-    return add_resnext_config(get_cfg())
+    return load_config()
 
 
-def explicit_keys(config_file: str | None = None, opts: Iterable[str] | None = None) -> set[str]:
+def explicit_keys(
+    config_file: str | None = None,
+    opts: Iterable[str] | None = None,
+    *,
+    allow_unsafe_yaml: bool = False,
+) -> set[str]:
     """The config keys a yaml file (with its ``_BASE_`` chain) and command-line opts set.
 
     Args:
@@ -274,7 +277,7 @@ def explicit_keys(config_file: str | None = None, opts: Iterable[str] | None = N
     """
     keys: set[str] = set()
     if config_file:
-        tree = CfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+        tree = load_yaml_tree(config_file, allow_unsafe_yaml=allow_unsafe_yaml)
 
         def walk(node: Mapping[str, Any], prefix: str) -> None:
             for k, v in node.items():

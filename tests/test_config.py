@@ -1,0 +1,112 @@
+"""resnext_det.load_config: the one config loader; yaml is loaded without running code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from detectron2 import model_zoo
+
+import resnext_det
+from resnext_det.config import load_config, load_yaml_tree
+from resnext_det.errors import BadFileError, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _evil_yaml(tmp_path: Path) -> tuple[Path, Path]:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f'OUTPUT_DIR: !!python/object/apply:os.system ["touch {marker}"]\n')
+    return path, marker
+
+
+def test_python_tag_is_refused_and_runs_nothing(tmp_path):
+    path, marker = _evil_yaml(tmp_path)
+    with pytest.raises(ConfigError, match=r"evil\.yaml.*python/object/apply:os\.system"):
+        load_config(path)
+    assert not marker.exists()
+
+
+def test_python_tag_in_a_base_is_refused(tmp_path):
+    evil, marker = _evil_yaml(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"_BASE_: {evil.name}\nSOLVER:\n  BASE_LR: 0.1\n")
+    with pytest.raises(ConfigError, match="evil.yaml"):
+        load_config(child)
+    assert not marker.exists()
+
+
+def test_train_net_refuses_python_tag_before_anything_runs(tmp_path):
+    path, marker = _evil_yaml(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "python/object/apply:os.system" in proc.stderr
+    assert not marker.exists()
+
+
+def test_opt_in_loads_a_trusted_tag(tmp_path):
+    path = tmp_path / "tagged.yaml"
+    path.write_text('SOLVER:\n  BASE_LR: !!python/object/apply:float ["0.25"]\n')
+    with pytest.raises(ConfigError):
+        load_config(path)
+    assert load_config(path, allow_unsafe_yaml=True).SOLVER.BASE_LR == 0.25
+
+
+def test_detectron2_model_zoo_retinanet_stays_loadable():
+    """Base-RetinaNet.yaml computes its anchor sizes with an eval tag; it ships with detectron2."""
+    cfg = load_config(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    assert len(cfg.MODEL.ANCHOR_GENERATOR.SIZES) == 5
+    assert cfg.MODEL.ANCHOR_GENERATOR.SIZES[0][0] == 32
+
+
+def test_project_configs_need_no_tag():
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        load_yaml_tree(path)  # raises on a Python tag
+
+
+def test_base_loop_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"_BASE_ chain loops: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
+    ):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"SOLVER:\n  BASE_LR: \xff\xfe\n", "not UTF-8"),
+        (b"SOLVER: [unclosed\n", "not valid yaml"),
+        (b"- 1\n- 2\n", "not a mapping"),
+        (b"SOLVER:\n  NOT_A_KEY: 1\n", "NOT_A_KEY"),
+        (b"_BASE_: missing.yaml\n", "missing.yaml.*does not exist"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "bad.yaml" in str(info.value)
+    assert isinstance(info.value, BadFileError)
+
+
+def test_overrides_and_base():
+    base = load_config(REPO / "configs" / "faster_rcnn_X_50_32x4d_FPN_1x.yaml")
+    assert base.MODEL.BACKBONE.NAME == "build_resnext_fpn_backbone"
+    base.freeze()
+    cfg = resnext_det.load_config(None, ["SOLVER.BASE_LR", "0.5"], base=base)
+    assert cfg.SOLVER.BASE_LR == 0.5 and base.SOLVER.BASE_LR != 0.5
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        load_config(None, ["SOLVER.BASE_LR"])
+    with pytest.raises(ConfigError, match="NO_SUCH"):
+        load_config(None, ["SOLVER.NO_SUCH", "1"])
