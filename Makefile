@@ -24,6 +24,7 @@ raccoon: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) tools/check_layers.py
 
 # Offline wheelhouse for another machine: make bundle BUNDLE_PYTHON=3.12
 BUNDLE_PYTHON ?= 3.12

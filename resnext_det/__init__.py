@@ -19,42 +19,31 @@ except ImportError as exc:  # pragma: no cover - exercised by tests/test_env.py 
         "git+https://github.com/facebookresearch/detectron2.git') and then 'pip install -e .'."
     ) from exc
 
-__version__ = "0.1.0"
-
 from .backbone import (  # noqa: E402  (registers the builders)
-    ARCHITECTURES,
     ResNeXt,
-    ResNeXtSpec,
     build_resnext_backbone,
     build_resnext_fpn_backbone,
     make_resnext,
 )
 from .blocks import BLOCK_FORMS, to_grouped_state_dict  # noqa: E402
+from .complexity import backbone_complexity  # noqa: E402
 from .config import add_resnext_config, load_config  # noqa: E402
-
-# The rest of the public API is imported on first use, so `import resnext_det` (which registers
-# the backbones) stays light. Name -> module that defines it.
-_LAZY = {
-    "equal_complexity_width": "resnext_det.complexity",
-    "backbone_complexity": "resnext_det.complexity",
-    "load_pretrained": "resnext_det.weights",
-    "configure_for_weights": "resnext_det.weights",
-    "optimize_for_inference": "resnext_det.speed",
-    "export_backbone": "resnext_det.export",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'resnext_det' has no attribute {name!r}")
-
+from .export import export_backbone  # noqa: E402
+from .spec import (  # noqa: E402
+    ARCHITECTURES,
+    VARIANTS,
+    ResNeXtSpec,
+    equal_complexity_width,
+)
+from .speed import optimize_for_inference  # noqa: E402
+from .version import __version__  # noqa: E402
+from .weights import configure_for_weights, load_pretrained  # noqa: E402
 
 __all__ = [
+    "__version__",
     "ARCHITECTURES",
     "BLOCK_FORMS",
+    "VARIANTS",
     "ResNeXt",
     "ResNeXtSpec",
     "add_resnext_config",
@@ -63,5 +52,10 @@ __all__ = [
     "build_resnext_fpn_backbone",
     "make_resnext",
     "to_grouped_state_dict",
-    *_LAZY,
+    "backbone_complexity",
+    "configure_for_weights",
+    "equal_complexity_width",
+    "export_backbone",
+    "load_pretrained",
+    "optimize_for_inference",
 ]

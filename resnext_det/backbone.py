@@ -8,9 +8,6 @@ ResNet, so a ResNet/ResNeXt comparison changes the cardinality and width and not
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
@@ -20,127 +17,17 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicStem
 
 from .blocks import BLOCK_FORMS
+from .spec import ARCHITECTURES, STAGE_NAMES, VARIANTS, ResNeXtSpec
 
 __all__ = [
     "ARCHITECTURES",
+    "VARIANTS",
     "ResNeXtSpec",
     "ResNeXt",
     "make_resnext",
     "build_resnext_backbone",
     "build_resnext_fpn_backbone",
 ]
-
-# Blocks per stage (res2..res5) for each depth. 50/101/152 are the paper's; 26 (timm's resnet26)
-# is a small one for fast experiments; 200 is the deepest ResNet of He et al. 2016.
-ARCHITECTURES: dict[int, tuple[int, int, int, int]] = {
-    26: (2, 2, 2, 2),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-    200: (3, 24, 36, 3),
-}
-STAGE_NAMES = ("res2", "res3", "res4", "res5")
-NORMS = ("FrozenBN", "BN", "SyncBN", "GN", "naiveSyncBN", "")
-
-# The config key each field comes from, for error messages.
-CFG_KEYS = {
-    "depth": "MODEL.RESNETS.DEPTH",
-    "cardinality": "MODEL.RESNETS.NUM_GROUPS",
-    "width_per_group": "MODEL.RESNETS.WIDTH_PER_GROUP",
-    "block_form": "MODEL.RESNEXT.BLOCK_FORM",
-    "norm": "MODEL.RESNETS.NORM",
-    "stem_out_channels": "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "res2_out_channels": "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    "stride_in_1x1": "MODEL.RESNETS.STRIDE_IN_1X1",
-    "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
-    "channels_last": "MODEL.RESNEXT.CHANNELS_LAST",
-}
-
-
-@dataclass(frozen=True)
-class ResNeXtSpec:
-    """The hyper-parameters of one ResNeXt (or ResNet, with ``cardinality=1, width_per_group=64``).
-
-    ``width_per_group`` is the paper's bottleneck width d of res2; 0 means "the width that matches
-    the complexity of the ResNet of the same depth" (see :mod:`resnext_det.complexity`).
-    """
-
-    depth: int = 50
-    cardinality: int = 32
-    width_per_group: int = 4
-    block_form: str = "grouped"
-    norm: str = "FrozenBN"
-    stem_out_channels: int = 64
-    res2_out_channels: int = 256
-    stride_in_1x1: bool = False
-    res5_dilation: int = 1
-    channels_last: bool = False
-
-    def __post_init__(self) -> None:
-        def bad(field: str, allowed: str) -> ValueError:
-            return ValueError(f"{CFG_KEYS[field]} must be {allowed}; got {getattr(self, field)!r}")
-
-        if self.depth not in ARCHITECTURES:
-            raise bad("depth", f"one of {', '.join(map(str, ARCHITECTURES))}")
-        if self.block_form not in BLOCK_FORMS:
-            raise bad("block_form", f"one of {', '.join(BLOCK_FORMS)}")
-        if self.norm not in NORMS:
-            raise bad("norm", f"one of {', '.join(repr(n) for n in NORMS)}")
-        for field in ("cardinality", "stem_out_channels", "res2_out_channels"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
-                raise bad(field, "a positive integer")
-        if not isinstance(self.width_per_group, int) or self.width_per_group < 0:
-            raise bad("width_per_group", "a positive integer (or 0: match the ResNet's complexity)")
-        if self.res5_dilation not in (1, 2):
-            raise bad("res5_dilation", "1 or 2")
-        if self.width_per_group == 0:
-            from .complexity import equal_complexity_width
-
-            width = equal_complexity_width(
-                self.cardinality,
-                reference_width=self.res2_out_channels // 4,
-                channels=self.res2_out_channels,
-            )
-            object.__setattr__(self, "width_per_group", width)
-
-    @property
-    def bottleneck_channels(self) -> int:
-        """Width of res2's 3x3 conv: C * d."""
-        return self.cardinality * self.width_per_group
-
-    @property
-    def name(self) -> str:
-        """The usual short name: ``R-50`` for ResNet, ``X-101-32x8d`` for ResNeXt."""
-        if self.cardinality == 1 and self.width_per_group * 4 == self.res2_out_channels:
-            return f"R-{self.depth}"
-        return f"X-{self.depth}-{self.cardinality}x{self.width_per_group}d"
-
-    @classmethod
-    def from_config(cls, cfg: CfgNode) -> ResNeXtSpec:
-        """Read and check the spec from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.RESNEXT``."""
-        r = cfg.MODEL.RESNETS
-        x = cfg.MODEL.get("RESNEXT", CfgNode())
-        if any(r.get("DEFORM_ON_PER_STAGE", [False])):
-            raise ValueError(
-                "MODEL.RESNETS.DEFORM_ON_PER_STAGE is not supported by the ResNeXt backbones "
-                "(deformable convs need detectron2's compiled ops); set it to [False]*4 or use "
-                "build_resnet_backbone"
-            )
-        return cls(
-            depth=r.DEPTH,
-            cardinality=r.NUM_GROUPS,
-            width_per_group=r.WIDTH_PER_GROUP,
-            block_form=x.get("BLOCK_FORM", "grouped"),
-            norm=r.NORM,
-            stem_out_channels=r.STEM_OUT_CHANNELS,
-            res2_out_channels=r.RES2_OUT_CHANNELS,
-            stride_in_1x1=r.STRIDE_IN_1X1,
-            res5_dilation=r.RES5_DILATION,
-            channels_last=x.get("CHANNELS_LAST", False),
-        )
-
-    def replace(self, **changes) -> ResNeXtSpec:
-        return dataclasses.replace(self, **changes)
 
 
 class ResNeXt(ResNet):
@@ -276,10 +163,13 @@ def build_resnext_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
             f"MODEL.FPN.IN_FEATURES {in_features} asks for {missing}, which "
             f"MODEL.RESNETS.OUT_FEATURES {list(cfg.MODEL.RESNETS.OUT_FEATURES)} does not produce"
         )
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if not isinstance(out_channels, int) or out_channels <= 0:
+        raise ValueError(f"MODEL.FPN.OUT_CHANNELS must be a positive integer; got {out_channels!r}")
     return FPN(
         bottom_up=bottom_up,
         in_features=in_features,
-        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,

@@ -13,7 +13,8 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from .backbone import ResNeXtSpec, make_resnext
+from .backbone import make_resnext
+from .spec import ResNeXtSpec, block_params, equal_complexity_width
 
 __all__ = [
     "block_params",
@@ -26,36 +27,6 @@ __all__ = [
 
 # Table 2 of the paper: cardinalities at ResNet-50's budget (bottleneck widths 64, 40, 24, 14, 4).
 PAPER_CARDINALITIES = (1, 2, 4, 8, 32)
-
-
-def block_params(cardinality: int, width: int, channels: int = 256) -> int:
-    """Parameters of a res2 block with ``channels`` in and out: C * (c*d + 3*3*d*d + d*c)."""
-    return cardinality * (channels * width + 9 * width * width + width * channels)
-
-
-def equal_complexity_width(
-    cardinality: int, *, reference_width: int = 64, channels: int = 256
-) -> int:
-    """The bottleneck width d whose C-path block has the parameters closest to the reference.
-
-    The reference is the ResNet block (C=1, d=``reference_width``) with the same input/output
-    ``channels``. Blocks in every stage scale alike (widths double together), so matching res2's
-    block matches the whole network of any depth. For ResNet-50's budget this gives the paper's
-    C = 1, 2, 4, 8, 32 -> d = 64, 40, 24, 14, 4. Ties go to the smaller width.
-    """
-    for name, value in (
-        ("cardinality (MODEL.RESNETS.NUM_GROUPS)", cardinality),
-        ("reference_width", reference_width),
-        ("channels", channels),
-    ):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    target = block_params(1, reference_width, channels)
-    # params grow monotonically in d, so the best d is at most the reference width.
-    return min(
-        range(1, reference_width + 1),
-        key=lambda d: (abs(block_params(cardinality, d, channels) - target), d),
-    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +116,6 @@ def equal_complexity_sweep(
     """The paper's Table 2: for each C, the width d that keeps the ResNet's complexity."""
     specs = {}
     for c in cardinalities:
-        spec = ResNeXtSpec(depth=depth, cardinality=c, width_per_group=0, **spec_fields)
+        spec = ResNeXtSpec.template(depth=depth, cardinality=c, **spec_fields)
         specs[f"{c}x{spec.width_per_group}d"] = spec
     return specs

@@ -19,6 +19,8 @@ from detectron2.config import get_cfg
 from .errors import ConfigError
 
 BASE_KEY = "_BASE_"
+# The image formats detectron2's detection_utils.read_image / convert_PIL_to_numpy produce.
+INPUT_FORMATS = ("BGR", "RGB", "L", "YUV-BT.601")
 
 
 def add_resnext_config(cfg: CN) -> CN:
@@ -205,4 +207,10 @@ def load_config(
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError, TypeError) as exc:
         raise ConfigError(f"config overrides {opts}: {exc}") from None
+    if cfg.INPUT.FORMAT not in INPUT_FORMATS:
+        where = f"config file {config_file}" if config_file is not None else "the config"
+        raise ConfigError(
+            f"{where}: INPUT.FORMAT must be one of {', '.join(INPUT_FORMATS)} (what detectron2's "
+            f"read_image converts to); got {cfg.INPUT.FORMAT!r}"
+        )
     return cfg

@@ -40,12 +40,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from . import __version__
 from .backbone import ARCHITECTURES, STAGE_NAMES, ResNeXtSpec, make_resnext
 from .blocks import to_grouped_state_dict
 from .config import load_config
 from .io import staged_files
 from .speed import fold_batchnorm, max_relative_error
+from .version import __version__
 from .weights.conventions import Conventions
 from .weights.detectron2 import map_prefix
 from .weights.loader import Weights, plan_load, read_weights

@@ -261,3 +261,102 @@ def test_add_resnext_config_is_idempotent_and_keeps_detectron2_defaults():
     assert cfg.MODEL.RESNEXT.BLOCK_FORM == "grouped"
     for key in ("RESNETS", "BACKBONE", "FPN"):
         assert cfg.MODEL[key] == base.MODEL[key]
+
+
+def test_dc5_equals_detectron2_resnet():
+    """RES5_DILATION 2 (the DC5 models): res5 keeps res4's resolution, same numbers as
+    detectron2's own build_resnet_backbone from the same weights."""
+    cfg = detectron2_cfg(50, 4, 8, "build_resnext_backbone")
+    cfg.MODEL.RESNETS.RES5_DILATION = 2
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res4", "res5"]
+    theirs = randomize_norm_stats(build_resnet_backbone(cfg, ShapeSpec(channels=3))).eval()
+    ours = build_backbone(cfg).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = ours(x), theirs(x)
+    assert a["res5"].shape[-2:] == a["res4"].shape[-2:] == (4, 6)
+    assert ours.output_shape()["res5"].stride == 16
+    for name in b:
+        assert rel_err(a[name], b[name]) <= 1e-5, name
+
+
+def test_spec_template_and_replace_resolve_the_width_without_mutation():
+    spec = ResNeXtSpec.template(depth=50, cardinality=8)
+    assert spec.width_per_group == 14  # the paper's Table 2
+    # A plain replace keeps d (the caller's choice); width 0 re-derives the template's.
+    assert spec.replace(cardinality=2).width_per_group == 14
+    assert spec.replace(cardinality=2, width_per_group=0).width_per_group == 40
+    assert (
+        spec.replace(cardinality=32, width_per_group=0) == resnext_det.VARIANTS["X-50-32x4d"].spec
+    )
+    with pytest.raises(ValueError, match="MODEL.RESNETS.WIDTH_PER_GROUP.*ResNeXtSpec.template"):
+        ResNeXtSpec(depth=50, cardinality=8, width_per_group=0)
+
+
+def test_variants_table_matches_torchvision():
+    """Each named variant with a torchvision name builds the network torchvision builds."""
+    import torchvision
+
+    from resnext_det.complexity import backbone_complexity, count_complexity
+
+    for name, variant in resnext_det.VARIANTS.items():
+        assert variant.name == name
+        if variant.torchvision and variant.spec.depth == 50:
+            theirs = getattr(torchvision.models, variant.torchvision)()
+            assert (
+                backbone_complexity(variant.spec, (32, 32)).params
+                == count_complexity(theirs, (32, 32)).params
+            ), name
+
+
+def test_block_form_names_match_the_builders():
+    from resnext_det.spec import BLOCK_FORM_NAMES
+
+    assert tuple(resnext_det.BLOCK_FORMS) == BLOCK_FORM_NAMES
+
+
+@pytest.mark.parametrize("form", ["aggregated", "concat"])
+def test_gn_with_path_forms_is_refused_naming_both_keys(form):
+    """GN over each path's d channels is not GroupNorm(32, C*d): refuse instead of computing
+    something else (issue 15, item 9)."""
+    with pytest.raises(ValueError, match=r"MODEL.RESNETS.NORM 'GN'.*MODEL.RESNEXT.BLOCK_FORM"):
+        ResNeXtSpec(depth=50, cardinality=2, width_per_group=32, norm="GN", block_form=form)
+    # The grouped form with GN builds, and equals detectron2's GN ResNet.
+    cfg = detectron2_cfg(50, 2, 32, "build_resnext_backbone")
+    cfg.MODEL.RESNETS.NORM = "GN"
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    theirs = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    ours = build_backbone(cfg).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(ours(x)["res5"], theirs(x)["res5"]) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "cardinality, width, what",
+    [(8, 14, r"res2's bottleneck \(C\*d\) is 112"), (32, 4, None)],  # X-50 8x14d; 32x4d = 128
+)
+def test_gn_widths_must_divide_by_32(cardinality, width, what):
+    if what is None:
+        ResNeXtSpec(depth=50, cardinality=cardinality, width_per_group=width, norm="GN")
+        return
+    with pytest.raises(ValueError, match=rf"MODEL.RESNETS.NORM 'GN'.*{what}.*X-50-8x14d"):
+        ResNeXtSpec(depth=50, cardinality=cardinality, width_per_group=width, norm="GN")
+
+
+def test_fpn_out_channels_must_be_positive():
+    cfg = tiny_cfg()
+    cfg.MODEL.FPN.OUT_CHANNELS = 0
+    with pytest.raises(
+        ValueError, match="MODEL.FPN.OUT_CHANNELS must be a positive integer; got 0"
+    ):
+        build_backbone(cfg)
+
+
+def test_input_format_is_checked_when_the_config_is_made():
+    from resnext_det.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="INPUT.FORMAT must be one of BGR, RGB.*'XYZ'"):
+        resnext_det.load_config(None, ["INPUT.FORMAT", "XYZ"])

@@ -74,7 +74,7 @@ def test_counts_agree_with_torchvision():
 
 @pytest.mark.parametrize("cardinality", PAPER_CARDINALITIES)
 def test_sweep_keeps_whole_network_complexity(cardinality):
-    spec = ResNeXtSpec(depth=50, cardinality=cardinality, width_per_group=0)
+    spec = ResNeXtSpec.template(depth=50, cardinality=cardinality)
     params = backbone_complexity(spec, (32, 32)).params
     reference = backbone_complexity(
         ResNeXtSpec(depth=50, cardinality=1, width_per_group=64), (32, 32)

@@ -33,6 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", action="append", default=[], help="a detectron2 config")
     parser.add_argument("--spec", action="append", default=[], help="DEPTH,C,D")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        choices=list(resnext_det.VARIANTS),
+        help="a named variant (repeatable)",
+    )
     parser.add_argument("--sweep", action="store_true", help="equal-complexity C sweep")
     parser.add_argument("--depth", type=int, default=50, help="depth for --sweep")
     parser.add_argument(
@@ -50,13 +57,15 @@ def main() -> None:
         cfg = resnext_det.load_config(path)
         spec = resnext_det.ResNeXtSpec.from_config(cfg)
         specs[f"{spec.name} ({Path(path).name})"] = spec
+    for name in args.variant:
+        specs[name] = resnext_det.VARIANTS[name].spec
     for text in args.spec:
         spec = parse_spec(text)
         specs[spec.name] = spec
     if args.sweep:
         specs.update(equal_complexity_sweep(args.depth))
     if not specs:
-        specs = {s.name: s for s in (parse_spec("50,1,64"), parse_spec("50,32,4"))}
+        specs = {name: resnext_det.VARIANTS[name].spec for name in ("R-50", "X-50-32x4d")}
     print(tabulate(complexity_rows(specs, tuple(args.size)), headers="keys", tablefmt="github"))
 
 
