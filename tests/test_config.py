@@ -110,3 +110,35 @@ def test_overrides_and_base():
         load_config(None, ["SOLVER.BASE_LR"])
     with pytest.raises(ConfigError, match="NO_SUCH"):
         load_config(None, ["SOLVER.NO_SUCH", "1"])
+
+
+def _entry_points():
+    """Every place that loads a user's yaml, as a function of the path."""
+    from resnext_det.demo import demo_config
+    from resnext_det.evaluation.inference import config_complexity
+    from resnext_det.export import export_backbone
+    from resnext_det.weights import explicit_keys
+
+    return {
+        "export": lambda p: export_backbone(p, p, "detectron2", p.with_suffix(".pth")),
+        "compare --model": lambda p: config_complexity(p),
+        "demo": lambda p: demo_config(p, p.parent / "out"),
+        "conventions' explicit keys": lambda p: explicit_keys(str(p)),
+        "complexity tool": lambda p: subprocess.run(
+            [sys.executable, str(REPO / "tools" / "complexity.py"), "--config-file", str(p)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ),
+    }
+
+
+@pytest.mark.parametrize("entry", list(_entry_points()))
+def test_every_entry_point_refuses_python_tags(tmp_path, entry):
+    path, marker = _evil_yaml(tmp_path)
+    with pytest.raises((ConfigError, subprocess.CalledProcessError)) as info:
+        _entry_points()[entry](path)
+    if isinstance(info.value, subprocess.CalledProcessError):
+        assert "python/object/apply:os.system" in info.value.stderr
+    assert not marker.exists()
