@@ -48,6 +48,7 @@ from .speed import fold_batchnorm, max_relative_error
 from .version import __version__
 from .weights.conventions import Conventions
 from .weights.detectron2 import map_prefix
+from .weights.io import SIDECAR_SHA256
 from .weights.loader import Weights, plan_load, read_weights
 from .weights.torchvision import detectron2_to_torchvision
 
@@ -195,6 +196,7 @@ def export_backbone(
 
     with staged_files([out, _sidecar_path(out)]) as (tmp_out, tmp_sidecar):
         writer(tmp_out)
+        metadata[SIDECAR_SHA256] = sha256_of(tmp_out)  # read_weights trusts a sidecar that matches
         tmp_sidecar.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n")
     result = ExportResult(path=out, sidecar=_sidecar_path(out), metadata=metadata)
     logger.info("%s", result.summary())

@@ -35,6 +35,7 @@ from resnext_det.training import (
     evaluate,
     setup,
 )
+from resnext_det.weights.hub import MIRROR_ENV, resolve_name
 
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "tests" / "faster_rcnn_tiny.yaml"
@@ -144,7 +145,7 @@ def test_imagenet_configs_are_the_model_zoo_schedule_with_torchvision_weights(na
     spec = ResNeXtSpec.from_config(ours)
     assert spec.name == name.split("faster_rcnn_")[1].split("_FPN")[0].replace("_", "-")
     weights = torchvision.models.get_model_weights(builder).IMAGENET1K_V1
-    assert os.path.basename(weights.url) == ours.MODEL.WEIGHTS
+    assert resolve_name(ours.MODEL.WEIGHTS).url == weights.url  # torchvision://NAME.IMAGENET1K_V1
     preprocess = weights.transforms()
     assert ours.INPUT.FORMAT == "RGB"
     assert pytest.approx([255 * m for m in preprocess.mean]) == ours.MODEL.PIXEL_MEAN
@@ -258,7 +259,7 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argument_parser().parse_args(
         ["--config-file", str(CONFIGS / "faster_rcnn_X_50_32x4d_FPN_1x.yaml"),
-         "OUTPUT_DIR", str(tmp_path)]
+         "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", "resnext50_32x4d-7cdf4587.pth"]
     )  # fmt: skip
     with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS 'resnext50_32x4d-7cdf4587.pth'"):
         setup(args)
@@ -266,21 +267,37 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def torchvision_x50(tmp_path_factory):
-    """A torchvision ResNeXt-50 file under its published name (random weights and statistics)."""
+    """A torchvision ResNeXt-50 file named as torchvision names its files (random weights and
+    statistics; the hash digits in the name are its own sha256's, as the name resolver checks)."""
+    import hashlib
+
     import torchvision
     from conftest import randomize_norm_stats
 
     net = randomize_norm_stats(torchvision.models.resnext50_32x4d(), seed=3)
-    path = tmp_path_factory.mktemp("weights") / "resnext50_32x4d-7cdf4587.pth"
-    torch.save(net.state_dict(), path)
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(net.state_dict(), folder / "x50.pth")
+    digest = hashlib.sha256((folder / "x50.pth").read_bytes()).hexdigest()
+    path = (folder / "x50.pth").rename(folder / f"resnext50_32x4d-{digest[:8]}.pth")
     return net, path
+
+
+def serve_from_mirror(monkeypatch, path):
+    """Make the configs' torchvision://resnext50_32x4d.IMAGENET1K_V1 name this file: torchvision's
+    enum entry points at its name, found in a mirror folder (no network)."""
+    import torchvision
+
+    entry = torchvision.models.ResNeXt50_32X4D_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(entry.value, "url", f"https://download.pytorch.org/models/{path.name}")
+    monkeypatch.setenv(MIRROR_ENV, str(path.parent))
 
 
 def test_imagenet_config_loads_torchvision_weights_through_the_project_loader(
     tmp_path, monkeypatch, torchvision_x50
 ):
     net, path = torchvision_x50
-    monkeypatch.chdir(path.parent)  # the config names the file relative to the working directory
+    serve_from_mirror(monkeypatch, path)  # the config names the weights; run from any folder
+    monkeypatch.chdir(tmp_path)
     config = str(CONFIGS / "faster_rcnn_X_50_32x4d_FPN_1x.yaml")
     cfg = setup(argument_parser().parse_args(
         ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"]
@@ -299,7 +316,7 @@ def test_a_command_line_value_that_contradicts_the_weights_is_an_error(
     tmp_path, monkeypatch, torchvision_x50
 ):
     _, path = torchvision_x50
-    monkeypatch.chdir(path.parent)
+    serve_from_mirror(monkeypatch, path)
     config = str(CONFIGS / "faster_rcnn_X_50_32x4d_FPN_1x.yaml")
     args = argument_parser().parse_args(
         ["--config-file", config, "OUTPUT_DIR", str(tmp_path), "INPUT.FORMAT", "BGR"]

@@ -7,6 +7,7 @@ the strongest checks compare against code this project did not write.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -221,7 +222,8 @@ def test_inverse_converter_loads_strict_into_torchvision_and_timm():
     from timm.models.resnet import ResNet as TimmResNet
 
     model = small_torchvision()
-    ours, mapping = torchvision_to_detectron2(model.state_dict())
+    converted = torchvision_to_detectron2(model.state_dict())
+    ours, mapping = converted.resnet, converted.mapping
     assert len(ours) == len(model.state_dict()) and set(mapping.values()) == set(model.state_dict())
     # from a path form: split into paths by the aggregated form's load hook, then back
     net = make_resnext(ResNeXtSpec(**SMALL, block_form="aggregated"), num_classes=1000)
@@ -496,6 +498,7 @@ def test_checkpointer_reads_torchvision_layout_and_resumes(tmp_path):
     (tmp_path / "backbone-tv.pth.json").write_text(
         json.dumps(
             {
+                "sha256": hashlib.sha256(tv_path.read_bytes()).hexdigest(),  # its own file's
                 "conventions": {
                     "input_format": "BGR",
                     "pixel_mean": BGR_MEAN,

@@ -19,6 +19,7 @@ from ..config import load_config
 from ..data import register_from_config
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
+from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer, atomic_write
 from .trainer import Trainer
 
@@ -73,7 +74,8 @@ def configure_input_for_weights(
     """Set the input conventions (INPUT.FORMAT, PIXEL_MEAN/STD, STRIDE_IN_1X1) of MODEL.WEIGHTS.
 
     Skipped when resuming from a checkpoint in OUTPUT_DIR (MODEL.WEIGHTS is then not read) and
-    for remote weights (``detectron2://``, ``https://``), which keep the config's conventions.
+    for iopath URLs (``detectron2://``), which keep the config's conventions; names and URLs
+    (``torchvision://``, ``timm://``, ``http(s)://``) are fetched and checked.
 
     Args:
         cfg: the config, changed in place.
@@ -86,14 +88,15 @@ def configure_input_for_weights(
         ValueError: a pinned key contradicts the weights, or the architecture differs.
     """
     weights = cfg.MODEL.WEIGHTS
-    if not weights or (resume and _has_last_checkpoint(cfg)) or "://" in weights:
+    named = weights.startswith(WEIGHTS_SCHEMES)  # torchvision://, timm://, http(s)://: fetched
+    if not weights or (resume and _has_last_checkpoint(cfg)) or ("://" in weights and not named):
         return
-    if not os.path.isfile(weights):
+    if not named and not os.path.isfile(weights):
         raise FileNotFoundError(
             f"MODEL.WEIGHTS {weights!r} does not exist (relative paths are from {os.getcwd()}). "
-            "The ImageNet configs name torchvision's files (e.g. resnext50_32x4d-1a0047aa.pth "
-            "from https://download.pytorch.org/models/): download it and pass its path with "
-            "MODEL.WEIGHTS /path/to/file, or MODEL.WEIGHTS '' to train from scratch."
+            "Name ImageNet weights instead (MODEL.WEIGHTS torchvision://resnext50_32x4d, fetched "
+            "once into torch's hub cache), pass a file's path, or MODEL.WEIGHTS '' to train from "
+            "scratch."
         )
     configure_for_weights(cfg, weights, pinned=pinned)
 

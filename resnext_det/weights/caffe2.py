@@ -17,11 +17,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from detectron2.checkpoint.c2_model_loading import convert_basic_c2_names
 
-__all__ = ["FROZEN_BN_EPS", "caffe2_to_detectron2", "is_caffe2_layout", "strip_caffe2_container"]
+from .detectron2 import RESNET_KEY
+from .io import as_tensor
+from .records import Conventions, Converted, caffe2_conventions, infer_architecture
+
+__all__ = ["FROZEN_BN_EPS", "caffe2_to_detectron2", "conventions_of", "is_caffe2_layout"]
 
 # detectron2's FrozenBatchNorm2d (and torch's BatchNorm2d) default eps. A fused file's scale must
 # be applied as it is: w / sqrt(running_var + eps) == w needs running_var = 1 - eps. detectron2's
@@ -30,7 +33,6 @@ __all__ = ["FROZEN_BN_EPS", "caffe2_to_detectron2", "is_caffe2_layout", "strip_c
 FROZEN_BN_EPS = 1e-5
 
 _C2_KEY = re.compile(r"^(conv1_w|res_conv1_(bn|gn)_|res\d+_\d+_branch)")
-_BACKBONE = re.compile(r"^(stem\.|res[2-5]\.\d+\.|linear\.)")
 # Blobs that are not parameters: solver momentum buffers (as detectron2's loader drops them).
 _NOT_PARAMS = re.compile(r"_momentum$")
 
@@ -40,51 +42,25 @@ def is_caffe2_layout(state_dict: Mapping[str, Any]) -> bool:
     return any(_C2_KEY.match(k) for k in state_dict)
 
 
-def strip_caffe2_container(obj: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a Caffe2 pickle into its blobs and its metadata (``__author__`` and other non-arrays).
-
-    Detection files keep the blobs under ``"blobs"``; ImageNet files are a bare dict.
-    """
-    blobs = obj.get("blobs", obj)
-    if not isinstance(blobs, Mapping):
-        raise ValueError(f"'blobs' must be a dict of arrays; got {type(blobs).__name__}")
-    meta = {k: v for k, v in obj.items() if k != "blobs" and not _is_array(v)}
-    arrays = {k: v for k, v in blobs.items() if _is_array(v) and not _NOT_PARAMS.search(k)}
-    meta.update({k: v for k, v in blobs.items() if not _is_array(v)})
-    return arrays, meta
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, (np.ndarray, torch.Tensor))
-
-
-def _to_tensor(key: str, value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if value.dtype == object:
-        raise ValueError(f"blob '{key}' holds Python objects (dtype=object), not numbers")
-    return torch.from_numpy(np.ascontiguousarray(value))
-
-
-def caffe2_to_detectron2(
-    blobs: Mapping[str, Any],
-) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, torch.Tensor]]:
+def caffe2_to_detectron2(blobs: Mapping[str, Any], where: str = "the checkpoint") -> Converted:
     """Rename Caffe2 ResNet/ResNeXt blobs into detectron2's bottom-up names.
 
     Args:
-        blobs: name -> numpy array (the ``_momentum`` solver buffers already removed).
+        blobs: name -> numpy array or tensor (a detector file's ``"blobs"``); the ``_momentum``
+            solver buffers are left out.
+        where: the file, for messages.
 
     Returns:
-        ``(state_dict, mapping, other)``: the backbone tensors in detectron2's grouped layout
-        (``stem.*``, ``res2``..``res5``, ``linear.*`` for ``pred_*``/``fc1000_*``); new name ->
-        blob name; and blobs that are not part of the ResNet (a Detectron detector's heads),
-        under their original names. A norm with only a fused scale and bias gets
-        ``running_mean = 0`` and ``running_var = 1 - eps``, so FrozenBN applies them exactly.
+        the backbone tensors in detectron2's grouped layout (``stem.*``, ``res2``..``res5``,
+        ``linear.*`` for ``pred_*``/``fc1000_*``), new name -> blob name, and as ``other`` the
+        blobs that are not part of the ResNet (a Detectron detector's heads) under their original
+        names. A norm with only a fused scale and bias gets ``running_mean = 0`` and
+        ``running_var = 1 - eps``, so FrozenBN applies them exactly.
 
     Raises:
         ValueError: renaming lost or merged keys (detectron2's loader asserts the same).
     """
-    names = sorted(blobs)
+    names = sorted(k for k in blobs if not _NOT_PARAMS.search(k))
     renamed = convert_basic_c2_names(names)
     # Detectron's ImageNet classifier is "pred" in most files and "fc1000" in some.
     renamed = [re.sub(r"^fc1000\.", "linear.", k) for k in renamed]
@@ -95,11 +71,11 @@ def caffe2_to_detectron2(
     mapping: dict[str, str] = {}
     other: dict[str, torch.Tensor] = {}
     for old, new in zip(names, renamed):
-        if _BACKBONE.match(new):
-            state_dict[new] = _to_tensor(old, blobs[old])
+        if RESNET_KEY.match(new):
+            state_dict[new] = as_tensor(old, blobs[old], where)
             mapping[new] = old
         else:
-            other[old] = _to_tensor(old, blobs[old])
+            other[old] = as_tensor(old, blobs[old], where)
     for key in [k for k in state_dict if k.endswith(".norm.weight")]:
         norm = key[: -len("weight")]
         if f"{norm}running_mean" in state_dict or "_gn_" in mapping[key]:
@@ -107,16 +83,22 @@ def caffe2_to_detectron2(
         scale = state_dict[key]
         state_dict[f"{norm}running_mean"] = torch.zeros_like(scale)
         state_dict[f"{norm}running_var"] = torch.full_like(scale, 1.0 - FROZEN_BN_EPS)
-    return state_dict, mapping, other
+    return Converted(state_dict, mapping, other)
 
 
-def has_fused_norms(state_dict: Mapping[str, torch.Tensor], mapping: Mapping[str, str]) -> bool:
-    """Whether the norms came as a fused scale and bias (no running statistics in the file)."""
-    return not any(
-        k.endswith((".norm.running_mean", ".norm.running_var")) and k in mapping for k in state_dict
+def conventions_of(converted: Converted, meta: Mapping[str, Any]) -> Conventions:
+    """A Caffe2 file's conventions from its content: fused or kept BN statistics, GroupNorm, C,
+    and ``__author__`` (see :func:`~resnext_det.weights.records.caffe2_conventions`)."""
+    resnet, mapping = converted.resnet, converted.mapping
+    author = meta.get("__author__")
+    architecture = infer_architecture(resnet)
+    return caffe2_conventions(
+        # fused: the norms came as a scale and bias only (no running statistics in the file)
+        fused=not any(
+            k.endswith((".norm.running_mean", ".norm.running_var")) and k in mapping for k in resnet
+        ),
+        # GroupNorm: _gn_s/_gn_b (FAIR's R-50-GN, R-101-GN)
+        group_norm=any("_gn_" in v for v in mapping.values()),
+        cardinality=architecture.cardinality if architecture else 1,
+        author=author if isinstance(author, str) else None,
     )
-
-
-def has_group_norm(mapping: Mapping[str, str]) -> bool:
-    """Whether the file's norms are GroupNorm (``_gn_s``/``_gn_b``: FAIR's R-50-GN, R-101-GN)."""
-    return any("_gn_" in v for v in mapping.values())

@@ -17,11 +17,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from ..io import atomic_write
-from .conventions import PRESETS, Conventions
-from .io import save_checkpoint
-from .loader import Architecture, Weights, plan_load, read_weights
+from .hub import resolve_weights_path
+from .loader import plan_load, read_weights
 
-__all__ = ["ResNeXtCheckpointer", "config_lines", "convert_checkpoint", "model_metadata"]
+__all__ = ["ResNeXtCheckpointer", "model_metadata"]
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
@@ -54,6 +53,11 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     Args: as :class:`detectron2.checkpoint.DetectionCheckpointer`.
     """
 
+    def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # torchvision://, timm:// and http(s):// names: a verified file in torch's hub cache,
+        # before fvcore's load hands them to iopath (which knows neither names nor hashes).
+        return super().load(resolve_weights_path(path) if path else path, *args, **kwargs)
+
     def _load_file(self, filename: str) -> dict[str, Any]:
         weights = read_weights(filename)
         state, report = plan_load(self.model, weights)
@@ -78,97 +82,3 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         self.logger.info("Saving checkpoint to %s", save_file)
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
-
-
-def config_lines(path: str, conventions: Conventions, architecture: Architecture | None) -> str:
-    """The yaml to go with converted weights: WEIGHTS, input conventions and architecture."""
-    fmt = lambda v: "[" + ", ".join(f"{x:g}" for x in v) + "]"  # noqa: E731
-    lines = ["MODEL:", f'  WEIGHTS: "{path}"']
-    if conventions.pixel_mean is not None:
-        lines.append(f"  PIXEL_MEAN: {fmt(conventions.pixel_mean)}")
-    if conventions.pixel_std is not None:
-        lines.append(f"  PIXEL_STD: {fmt(conventions.pixel_std)}")
-    lines.append("  RESNETS:")
-    if architecture is not None:
-        depth = architecture.depth
-        lines.append(
-            f"    DEPTH: {depth}"
-            if depth
-            else f"    # DEPTH: blocks per stage {list(architecture.blocks)} match no depth"
-        )
-        lines.append(f"    NUM_GROUPS: {architecture.cardinality}")
-        lines.append(f"    WIDTH_PER_GROUP: {architecture.width_per_group}")
-        if architecture.stem_out_channels != 64:
-            lines.append(f"    STEM_OUT_CHANNELS: {architecture.stem_out_channels}")
-        if architecture.res2_out_channels not in (256, -1):
-            lines.append(f"    RES2_OUT_CHANNELS: {architecture.res2_out_channels}")
-    if conventions.stride_in_1x1 is not None:
-        lines.append(f"    STRIDE_IN_1X1: {conventions.stride_in_1x1}")
-    if conventions.input_format is not None:
-        lines += ["INPUT:", f'  FORMAT: "{conventions.input_format}"']
-    return "\n".join(lines)
-
-
-def convert_checkpoint(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    format: str = "auto",
-    preset: str | None = None,
-) -> tuple[Weights, str]:
-    """Write ``src`` (any supported layout) as a detectron2-ready file, atomically.
-
-    The file is ``{"model": tensors, "__author__", "matching_heuristics": True, "resnext_det":
-    {conventions, architecture, source}}``: ImageNet weights under bottom-up names (``stem.*``,
-    ``res2.*``, ...), a detector's under its full names; grouped block layout. Stock detectron2
-    loads it by suffix matching (``matching_heuristics``), :class:`ResNeXtCheckpointer` exactly.
-    A ``.pkl`` ``out`` holds numpy arrays (what detectron2 reads from ``.pkl``), anything else is a
-    ``torch.save`` file.
-
-    Args:
-        src: the weights to convert.
-        out: where to write.
-        format: the source layout, or "auto".
-        preset: one of :data:`~resnext_det.weights.PRESETS` for weights whose conventions the
-            content cannot decide (or to override what was inferred).
-
-    Returns:
-        ``(weights, yaml)``: what was read, and the config lines to go with ``out``.
-
-    Raises:
-        ValueError: unknown preset; conventions the file cannot decide and no preset.
-    """
-    weights = read_weights(src, format)
-    conventions = weights.conventions
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
-        conventions = PRESETS[preset]
-    elif conventions.must_pin:
-        raise ValueError(
-            f"cannot tell the input conventions of '{src}' from its content: "
-            f"{conventions.undecided}. Pass a preset ({', '.join(PRESETS)}) to say which."
-        )
-    if weights.layout == "detectron2":
-        tensors = {weights.mapping[k]: v for k, v in weights.resnet.items()} | weights.other
-    else:
-        tensors = dict(weights.resnet)
-    record = {
-        "conventions": conventions.to_dict(),
-        "architecture": weights.architecture.to_dict() if weights.architecture else None,
-        "source": {
-            "file": os.path.basename(os.fspath(src)),
-            "layout": weights.layout,
-            "container": weights.container,
-        },
-    }
-    save_checkpoint(
-        {
-            "model": tensors,
-            "__author__": f"resnext_det convert_weights ({weights.layout})",
-            "matching_heuristics": True,
-            "resnext_det": record,
-        },
-        out,
-    )
-    return weights, config_lines(os.fspath(out), conventions, weights.architecture)

@@ -1,4 +1,7 @@
-"""The input conventions a set of weights was trained with, and setting the config to match.
+"""Setting a config's input conventions and architecture to what a weights file needs.
+
+The records themselves (:class:`Conventions`, :data:`PRESETS`, how a file's metadata is parsed)
+are pure and live in :mod:`~resnext_det.weights.records`; they are re-exported here.
 
 Weights are loaded as they are (the first conv's input channels are never flipped): the input
 format, pixel statistics and the place of the stride belong to the weights, and the config follows
@@ -16,16 +19,22 @@ explicitly to the default cannot be told apart from an unset one that way).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from detectron2.config import CfgNode
 
 from ..config import load_config, load_yaml_tree
+from .loader import Weights, read_weights
+from .records import (
+    CFG_KEYS,
+    PRESETS,
+    Conventions,
+    caffe2_conventions,
+    conventions_from_metadata,
+)
 
 __all__ = [
     "CFG_KEYS",
@@ -38,198 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Triple = tuple[float, float, float]
-
-# Conventions field -> the config key that carries it.
-CFG_KEYS = {
-    "input_format": "INPUT.FORMAT",
-    "pixel_mean": "MODEL.PIXEL_MEAN",
-    "pixel_std": "MODEL.PIXEL_STD",
-    "stride_in_1x1": "MODEL.RESNETS.STRIDE_IN_1X1",
-}
-
-_RGB_MEAN: Triple = (123.675, 116.28, 103.53)
-_RGB_STD: Triple = (58.395, 57.12, 57.375)
-# Caffe2/Detectron take BGR: the same statistics in BGR order.
-_BGR_MEAN: Triple = (103.53, 116.28, 123.675)
-_BGR_STD: Triple = (57.375, 57.12, 58.395)
-_UNIT_STD: Triple = (1.0, 1.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Conventions:
-    """How images must be prepared for a set of weights; ``None`` where the file cannot tell.
-
-    Attributes:
-        input_format: ``INPUT.FORMAT`` ("RGB" or "BGR").
-        pixel_mean / pixel_std: ``MODEL.PIXEL_MEAN`` / ``MODEL.PIXEL_STD``, 0-255 pixel units, in
-            the order of ``input_format``.
-        stride_in_1x1: ``MODEL.RESNETS.STRIDE_IN_1X1`` (True only for MSRA's original ResNets).
-        source: what the weights were judged to be, and from what.
-        undecided: why some fields are ``None``.
-        must_pin: the undecided fields must be pinned in the config (a guess could be silently
-            wrong); False where the config's own values are the best source (detectron2
-            checkpoints trained with that config).
-    """
-
-    input_format: str | None = None
-    pixel_mean: Triple | None = None
-    pixel_std: Triple | None = None
-    stride_in_1x1: bool | None = None
-    source: str = ""
-    undecided: str | None = None
-    must_pin: bool = False
-
-    def cfg_values(self) -> dict[str, Any]:
-        """The known values as ``{"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": [...], ...}``."""
-        out = {}
-        for field, key in CFG_KEYS.items():
-            value = getattr(self, field)
-            if value is not None:
-                out[key] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able record (what exports and converted files store beside the tensors)."""
-        out = {f: getattr(self, f) for f in CFG_KEYS}
-        out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-        out["source"] = self.source
-        return out
-
-
-PRESETS: dict[str, Conventions] = {
-    "torchvision": Conventions(
-        "RGB",
-        _RGB_MEAN,
-        _RGB_STD,
-        False,
-        source="torchvision/timm ImageNet weights (RGB, ImageNet mean/std, stride in the 3x3)",
-    ),
-    "msra": Conventions(
-        "BGR",
-        _BGR_MEAN,
-        _UNIT_STD,
-        True,
-        source="MSRA's original ResNet (Detectron's MSRA/R-*.pkl: BGR, PIXEL_STD 1, stride in "
-        "the 1x1)",
-    ),
-    "fb-resnext": Conventions(
-        "BGR",
-        _BGR_MEAN,
-        _UNIT_STD,
-        False,
-        source="Detectron's Caffe2 ResNeXt with BN fused into scale/bias (20171220/X-101-32x8d, "
-        "FBResNeXt/X-101-64x4d, X-152-32x8d-IN5k: BGR, PIXEL_STD 1, stride in the 3x3)",
-    ),
-    "fair-reconverted": Conventions(
-        "BGR",
-        _BGR_MEAN,
-        _BGR_STD,
-        False,
-        source="a Caffe2 ResNeXt with BN statistics, as detectron2's re-converted "
-        "FAIR/X-101-32x8d.pkl (BGR, PIXEL_STD (57.375, 57.12, 58.395), stride in the 3x3)",
-    ),
-    "fair-gn": Conventions(
-        "BGR",
-        _BGR_MEAN,
-        _UNIT_STD,
-        False,
-        source="FAIR's GroupNorm ResNets (R-50-GN, R-101-GN: BGR, PIXEL_STD 1, stride in the 3x3)",
-    ),
-}
-
-
-def caffe2_conventions(
-    *, fused: bool, group_norm: bool, cardinality: int, author: str | None
-) -> Conventions:
-    """Decide a Caffe2 file's conventions from what its content shows.
-
-    Args:
-        fused: its BN comes only as scale ``_bn_s`` and bias ``_bn_b`` (Detectron's own files).
-        group_norm: its norms are ``_gn_s``/``_gn_b``.
-        cardinality: C inferred from the shapes (1 for a ResNet).
-        author: the file's ``__author__``, if any.
-    """
-    how = f"(BN {'fused into scale/bias' if fused else 'with running statistics'}, C={cardinality}"
-    how += f", __author__={author!r})" if author else ")"
-    if group_norm:
-        preset = PRESETS["fair-gn"]
-    elif fused:
-        preset = PRESETS["msra"] if cardinality == 1 else PRESETS["fb-resnext"]
-    elif cardinality > 1:
-        preset = PRESETS["fair-reconverted"]
-    elif author is not None and author.upper() == "MSRA":
-        preset = PRESETS["msra"]
-    else:
-        # A plain ResNet whose BN statistics were kept: MSRA's re-converted files and torch ResNets
-        # renamed into Caffe2 blobs look the same; their std and stride differ.
-        return Conventions(
-            "BGR",
-            _BGR_MEAN,
-            None,
-            None,
-            source=f"a Caffe2-layout ResNet {how}",
-            undecided="a Caffe2 ResNet with BN statistics and no __author__ may be MSRA's "
-            "(PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True) or a converted torch model (PIXEL_STD "
-            "[57.375, 57.12, 58.395], STRIDE_IN_1X1 False)",
-            must_pin=True,
-        )
-    return dataclasses.replace(preset, source=f"{preset.source} {how}")
-
-
-def _triple(value: Any, scale: float = 1.0) -> Triple:
-    values = tuple(float(v) * scale for v in value)
-    if len(values) != 3:
-        raise ValueError(f"expected 3 per-channel values; got {list(value)}")
-    return values  # type: ignore[return-value]
-
-
-def conventions_from_metadata(meta: Mapping[str, Any], source: str) -> Conventions | None:
-    """Read conventions recorded beside weights, or None when there are none.
-
-    Accepts the record :meth:`Conventions.to_dict` writes (optionally under ``"conventions"``),
-    the config keys themselves (``"INPUT.FORMAT"``, ``"MODEL.PIXEL_MEAN"``, ...), timm's
-    ``pretrained_cfg`` (``mean``/``std`` in 0-1 units, RGB), and detectron2's
-    ``convert-torchvision-to-d2.py`` marker ``__author__: "torchvision"``.
-    """
-    record = meta.get("conventions", meta)
-    if not isinstance(record, Mapping):
-        return None
-    fields: dict[str, Any] = {}
-    for field, key in CFG_KEYS.items():
-        for name in (field, key, key.lower()):
-            if name in record:
-                fields[field] = record[name]
-                break
-    if "pixel_mean" not in fields and "mean" in record and "std" in record:
-        # timm's pretrained_cfg: 0-1 units, RGB
-        fields = {
-            "input_format": "RGB",
-            "pixel_mean": _triple(record["mean"], 255.0),
-            "pixel_std": _triple(record["std"], 255.0),
-            **fields,
-        }
-    if not fields:
-        author = meta.get("__author__")
-        if isinstance(author, str) and author.lower() in ("torchvision", "timm"):
-            preset = PRESETS["torchvision"]
-            return dataclasses.replace(preset, source=f"{preset.source}, from {source}")
-        return None
-    for field in ("pixel_mean", "pixel_std"):
-        if field in fields:
-            fields[field] = _triple(fields[field])
-    if "input_format" in fields:
-        fields["input_format"] = str(fields["input_format"]).upper()
-    if "stride_in_1x1" in fields:
-        fields["stride_in_1x1"] = bool(fields["stride_in_1x1"])
-    missing = [CFG_KEYS[f] for f in CFG_KEYS if f not in fields]
-    return Conventions(
-        **fields,
-        source=str(record.get("source") or f"conventions recorded in {source}"),
-        undecided=f"{source} does not record {missing}" if missing else None,
-        must_pin=False,
-    )
 
 
 def _get(cfg: CfgNode, key: str) -> Any:
@@ -316,8 +133,6 @@ def configure_for_weights(
             the value needed); the file cannot decide a value and it is not pinned (names the
             keys to pin); ``MODEL.RESNETS`` describes another architecture than the file holds.
     """
-    from .loader import read_weights
-
     path = os.fspath(path) if path else cfg.MODEL.WEIGHTS
     if not path:
         return {}
@@ -375,7 +190,7 @@ def configure_for_weights(
     return changes
 
 
-def _check_architecture(cfg: CfgNode, weights: Any) -> None:
+def _check_architecture(cfg: CfgNode, weights: Weights) -> None:
     from ..backbone import ResNeXtSpec
 
     arch = weights.architecture

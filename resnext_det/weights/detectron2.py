@@ -14,11 +14,19 @@ from collections.abc import Mapping
 import torch
 
 from ..blocks import to_grouped_state_dict
+from .records import Converted
 
-__all__ = ["bottom_up_prefix", "is_detectron2_layout", "map_prefix", "split_detectron2"]
+__all__ = [
+    "RESNET_KEY",
+    "bottom_up_prefix",
+    "is_detectron2_layout",
+    "map_prefix",
+    "split_detectron2",
+]
 
 _STEM = "stem.conv1.weight"
-_RESNET_KEY = re.compile(r"^(stem\.|res[2-5]\.\d+\.|linear\.)")
+# A bottom-up ResNet's own names (stem, stages, ImageNet classifier), relative to its prefix.
+RESNET_KEY = re.compile(r"^(stem\.|res[2-5]\.\d+\.|linear\.)")
 _C4_RES5 = "roi_heads.res5."
 
 
@@ -46,16 +54,14 @@ def bottom_up_prefix(keys: Mapping[str, object] | list[str], what: str) -> str:
     return stems[0]
 
 
-def split_detectron2(
-    state_dict: Mapping[str, torch.Tensor], what: str
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str], str]:
+def split_detectron2(state_dict: Mapping[str, torch.Tensor], what: str) -> Converted:
     """Split a detectron2 state_dict into its ResNet (bottom-up-relative, grouped) and the rest.
 
     Returns:
-        ``(resnet, other, mapping, prefix)``: ``resnet`` keyed ``stem.*``/``res2..5.*``/
-        ``linear.*`` (a C4 detector's ``roi_heads.res5.*`` included as ``res5.*``), ``other``
-        under the file's full names (FPN, RPN, ROI heads), relative name -> file name for the
-        ResNet, and the file's bottom-up prefix.
+        ``resnet`` keyed ``stem.*``/``res2..5.*``/``linear.*`` (a C4 detector's
+        ``roi_heads.res5.*`` included as ``res5.*``), ``other`` under the file's full names (FPN,
+        RPN, ROI heads), relative name -> file name for the ResNet, and the file's bottom-up
+        prefix.
     """
     grouped = to_grouped_state_dict(dict(state_dict))
     if len(grouped) > len(state_dict):
@@ -66,7 +72,7 @@ def split_detectron2(
     mapping: dict[str, str] = {}
     for key, value in grouped.items():
         rel = None
-        if key.startswith(prefix) and _RESNET_KEY.match(key[len(prefix) :]):
+        if key.startswith(prefix) and RESNET_KEY.match(key[len(prefix) :]):
             rel = key[len(prefix) :]
         elif key.startswith(_C4_RES5) and prefix == "backbone.":
             rel = key[len("roi_heads.") :]
@@ -77,7 +83,7 @@ def split_detectron2(
         else:
             resnet[rel] = value
             mapping[rel] = key
-    return resnet, other, mapping, prefix
+    return Converted(resnet, mapping, other, prefix)
 
 
 def map_prefix(key: str, file_prefix: str, model_prefix: str) -> str | None:

@@ -1,37 +1,124 @@
-"""Safe readers for the containers checkpoints come in, and an atomic checkpoint writer.
+"""Safe readers for the containers checkpoints come in, checks of what they hold, and a writer.
 
 Nothing here executes code from a file: torch files are read with ``torch.load(weights_only=True)``
 and pickles (Detectron's ``.pkl``) with an unpickler that can build only numpy arrays and plain
-containers. The container is recognised from the file's first bytes, never from its name.
+containers, each array's declared size checked against the file's before anything is allocated.
+The container is recognised from the file's first bytes, never from its name. Every reader turns
+values into tensors with :func:`as_tensor` and refuses NaN/Inf with :func:`check_finite`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
+import math
 import os
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import BadFileError
 from ..io import atomic_write, write_bytes_atomic
 
 __all__ = [
+    "SIDECAR_SHA256",
     "CheckpointError",
+    "as_tensor",
+    "check_finite",
+    "is_tensor",
     "read_checkpoint",
     "read_sidecar",
     "safe_pickle_load",
     "save_checkpoint",
+    "sha256_of",
 ]
 
+logger = logging.getLogger(__name__)
 
-class CheckpointError(ValueError):
+# The sidecar key holding the sha256 of the file it describes: a sidecar counts only when it
+# matches (a copied or renamed sidecar must not give another file its conventions).
+SIDECAR_SHA256 = "sha256"
+
+
+class CheckpointError(BadFileError):
     """A checkpoint file that cannot be read or does not hold what it must; names the file."""
+
+
+def is_tensor(value: Any) -> bool:
+    """Whether a checkpoint entry is a tensor (torch or numpy) rather than metadata."""
+    return isinstance(value, (torch.Tensor, np.ndarray))
+
+
+def as_tensor(key: str, value: Any, where: str) -> torch.Tensor:
+    """A checkpoint entry as a torch tensor (numpy arrays shared, not copied where possible).
+
+    Raises:
+        CheckpointError: an object array or a non-tensor (names ``where`` and ``key``).
+    """
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise CheckpointError(f"{where}: entry '{key}' holds Python objects, not numbers")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise CheckpointError(f"{where}: entry '{key}' is a {type(value).__name__}, not a tensor")
+
+
+def check_finite(state_dict: Mapping[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run's checkpoint): they would load, train
+    at a loss of NaN and evaluate to AP ``nan`` without a word.
+
+    Args:
+        state_dict: name -> tensor (non-tensors and integer tensors are skipped).
+        source: the file or model, for the message.
+
+    Raises:
+        CheckpointError: naming how many tensors hold how many non-finite values, and which.
+    """
+    bad: list[tuple[str, int, int]] = []
+    for key, value in state_dict.items():
+        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            count = int((~finite).sum())
+            bad.append((key, count, int(torch.isnan(value).sum())))
+    if bad:
+        total = sum(b[1] for b in bad)
+        shown = ", ".join(f"{k} ({n}: {nan} NaN, {n - nan} Inf)" for k, n, nan in bad[:8])
+        more = f", ... ({len(bad) - 8} more)" if len(bad) > 8 else ""
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensor(s) hold {total} NaN/Inf value(s): {shown}{more}. "
+            f"These weights come from a diverged run or a corrupt file; use an earlier checkpoint"
+        )
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks; remembered per (path, size, mtime) so that a
+    file read twice in one run (configure_for_weights, then the checkpointer) is hashed once."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _SHA256[key] = digest.hexdigest()
+    return _SHA256[key]
 
 
 def _numpy_attr(*candidates: str) -> Any:
@@ -47,32 +134,104 @@ def _numpy_attr(*candidates: str) -> Any:
     return None
 
 
-_RECONSTRUCT = _numpy_attr(
+_NP_RECONSTRUCT = _numpy_attr(
     "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct"
 )
-_SCALAR = _numpy_attr("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar")
-_FROMBUFFER = _numpy_attr("numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer")
+_NP_SCALAR = _numpy_attr("numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar")
+_NP_FROMBUFFER = _numpy_attr("numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer")
+# torch.load(weights_only=True) may build these too (a trainer's numpy RNG state).
+_RECONSTRUCT, _SCALAR = _NP_RECONSTRUCT, _NP_SCALAR
 
-# The only globals a pickle may name: what numpy needs to rebuild arrays, dtypes and scalars (at
-# any pickle protocol, from Python 2's Detectron files to protocol 5), bytes from Python 2 strings,
-# and OrderedDict. Anything else (os.system, subprocess, builtins.eval, ...) is refused.
-_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.multiarray", "scalar"): _SCALAR,
-    ("numpy._core.multiarray", "scalar"): _SCALAR,
-    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("_codecs", "encode"): __import__("codecs").encode,
-    ("collections", "OrderedDict"): OrderedDict,
-}
+
+class _PickleBomb(pickle.UnpicklingError):
+    """An array or scalar declaring more data than the file holds."""
+
+
+class _CheckedArray(np.ndarray):
+    """What a pickle's arrays are built as: ``__setstate__`` checks the declared shape and dtype
+    against the bytes left in the file before numpy allocates (an object array of a declared
+    10**8 elements crashes numpy; a 117-byte file can declare terabytes)."""
+
+    _budget: list[int]  # set by the unpickler: bytes of array data the file can still hold
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError(f"malformed numpy array state ({type(state).__name__})")
+        shape, dtype = state[-4], state[-3]
+        if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple):
+            raise pickle.UnpicklingError("malformed numpy array state (shape or dtype)")
+        if dtype.hasobject:
+            raise pickle.UnpicklingError(
+                "an array of Python objects (dtype=object): a checkpoint holds numbers"
+            )
+        count = math.prod(int(n) for n in shape) if shape else 1
+        if any(int(n) < 0 for n in shape):
+            raise pickle.UnpicklingError(f"an array of negative shape {shape}")
+        _spend(self._budget, count * dtype.itemsize, f"an array of shape {shape} and {dtype}")
+        super().__setstate__(state)
+
+
+def _spend(budget: list[int], nbytes: int, what: str) -> None:
+    if nbytes > budget[0]:
+        raise _PickleBomb(
+            f"{what} declares {nbytes} bytes of data, more than the {budget[0]} bytes the file "
+            f"still holds: a truncated or malicious pickle (nothing was allocated)"
+        )
+    budget[0] -= nbytes
+
+
+# Stands for numpy.ndarray in a pickle: an argument of _reconstruct, never called itself
+# (calling ndarray(shape) would allocate any declared shape).
+_NDARRAY = object()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays, dtypes and scalars (at any pickle protocol, from Python 2's
+    Detectron files to protocol 5), bytes from Python 2 strings, and OrderedDict; anything else
+    (os.system, subprocess, builtins.eval, ...) is refused, and no array may declare more data
+    than the file holds."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        budget = [len(data)]
+        checked = type("_Array", (_CheckedArray,), {"_budget": budget})
+
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+            if subtype is not _NDARRAY:
+                raise pickle.UnpicklingError("numpy _reconstruct of a type other than ndarray")
+            if shape != (0,):  # numpy pickles an empty shell and fills it in __setstate__
+                raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape!r}")
+            return _NP_RECONSTRUCT(checked, (0,), dtype)
+
+        def scalar(dtype: Any, *args: Any) -> Any:
+            if isinstance(dtype, np.dtype) and not dtype.hasobject:
+                _spend(budget, dtype.itemsize, f"a numpy scalar of {dtype}")
+            return _NP_SCALAR(dtype, *args)
+
+        def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+            if isinstance(dtype, np.dtype) and dtype.hasobject:
+                raise pickle.UnpicklingError("an array of Python objects (dtype=object)")
+            return _NP_FROMBUFFER(buf, dtype, shape, order)  # a view of bytes from the file
+
+        def encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+            # Python 2 byte strings arrive as latin1 text; no other codec is needed.
+            if encoding.replace("-", "").lower() != "latin1" or not isinstance(obj, str):
+                raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
+            return obj.encode("latin1", errors)
+
+        self._globals: dict[tuple[str, str], Any] = {
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): np.dtype,
+            ("collections", "OrderedDict"): OrderedDict,
+            ("_codecs", "encode"): encode,
+        }
+        for core in ("numpy.core", "numpy._core"):
+            self._globals[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+            self._globals[(f"{core}.multiarray", "scalar")] = scalar
+            self._globals[(f"{core}.numeric", "_frombuffer")] = frombuffer
+
     def find_class(self, module: str, name: str) -> Any:
-        obj = _PICKLE_GLOBALS.get((module, name))
+        obj = self._globals.get((module, name))
         if obj is None:
             raise pickle.UnpicklingError(
                 f"refused to load global '{module}.{name}': a .pkl checkpoint may hold only numpy "
@@ -82,9 +241,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return obj
 
 
+def _plain(obj: Any) -> Any:
+    """Arrays built as the checked subclass, back as plain ndarrays (views, no copies)."""
+    if isinstance(obj, np.ndarray):
+        return obj.view(np.ndarray) if type(obj) is not np.ndarray else obj
+    if isinstance(obj, dict):  # OrderedDict too
+        for k, v in obj.items():
+            obj[k] = _plain(v)
+        return obj
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    return obj
+
+
 def safe_pickle_load(data: bytes) -> Any:
-    """Unpickle ``data`` allowing only numpy arrays and plain containers (latin1 for Python 2)."""
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    """Unpickle ``data`` allowing only numpy arrays and plain containers (latin1 for Python 2),
+    with every array's declared size checked against ``len(data)`` before it is allocated."""
+    return _plain(_RestrictedUnpickler(data).load())
 
 
 # What torch.load(weights_only=True) may additionally build: numpy arrays, scalars and dtypes
@@ -174,7 +349,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
         try:
             obj = safe_pickle_load(data)
         except pickle.UnpicklingError as exc:
-            if "refused to load global" in str(exc):
+            if "refused to load global" in str(exc) or isinstance(exc, _PickleBomb):
                 raise CheckpointError(f"'{path}': {exc}") from exc
             raise fail("the file is truncated or corrupt", exc) from exc
         except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
@@ -194,19 +369,35 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata sidecar ``<path>.json`` written beside exported files, or ``{}``."""
+    """The metadata sidecar ``<path>.json`` written beside exported files, or ``{}``.
+
+    A sidecar counts only when its ``"sha256"`` is the file's: one left beside another file (a
+    re-export, a copy, a rename) is ignored with a warning instead of lending its conventions.
+    """
     sidecar = f"{os.fspath(path)}.json"
     if not os.path.isfile(sidecar):
         return {}
     try:
         with open(sidecar, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"metadata sidecar '{sidecar}' is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(
             f"metadata sidecar '{sidecar}' must hold a JSON object; got {type(data).__name__}"
         )
+    recorded = data.get(SIDECAR_SHA256)
+    actual = sha256_of(path)
+    if recorded != actual:
+        logger.warning(
+            "ignoring metadata sidecar '%s': it records sha256 %r, but '%s' has sha256 %s (the "
+            "sidecar describes another file)",
+            sidecar,
+            recorded,
+            os.fspath(path),
+            actual,
+        )
+        return {}
     return data
 
 

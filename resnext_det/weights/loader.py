@@ -10,31 +10,37 @@ them in a model by exact names, never by detectron2's suffix-matching heuristics
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from tabulate import tabulate
 from torch import nn
 
-from ..backbone import ARCHITECTURES
 from ..blocks import to_grouped_state_dict
-from . import caffe2, detectron2
-from .conventions import PRESETS, Conventions, caffe2_conventions, conventions_from_metadata
-from .io import CheckpointError, read_checkpoint, read_sidecar
+from . import caffe2, detectron2, hub
+from .io import CheckpointError, as_tensor, check_finite, is_tensor, read_checkpoint, read_sidecar
+from .records import (
+    PRESETS,
+    Architecture,
+    Conventions,
+    Converted,
+    conventions_from_metadata,
+    infer_architecture,
+)
 from .torchvision import is_torchvision_layout, torchvision_to_detectron2
 
 __all__ = [
     "FORMATS",
+    "LAYOUTS",
     "Architecture",
     "ArchitectureMismatchError",
+    "Layout",
     "LoadReport",
     "Weights",
     "infer_architecture",
@@ -45,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "torchvision", "timm", "caffe2", "detectron2")
 # Top-level entries that describe weights rather than being training state.
 _METADATA = ("matching_heuristics", "resnext_det", "conventions")
 # Model keys that are derived from the config, not learned (detectron2 ignores them too).
@@ -54,54 +59,6 @@ _NOT_LEARNED = re.compile(r"(^|\.)(pixel_mean|pixel_std)$|anchor_generator\.cell
 
 class ArchitectureMismatchError(ValueError):
     """The file holds a ResNet/ResNeXt of another depth, cardinality or width than the model."""
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A ResNet/ResNeXt as inferred from a state_dict's shapes (for checks and error messages)."""
-
-    blocks: tuple[int, ...]
-    cardinality: int
-    width_per_group: int
-    stem_out_channels: int
-    res2_out_channels: int
-
-    @property
-    def depth(self) -> int | None:
-        """The depth whose blocks per stage these are, or None if none of ``ARCHITECTURES``."""
-        return next((d for d, b in ARCHITECTURES.items() if b == self.blocks), None)
-
-    @property
-    def name(self) -> str:
-        depth = self.depth or f"?(blocks {list(self.blocks)})"
-        if self.cardinality == 1 and self.width_per_group * 4 == self.res2_out_channels:
-            return f"R-{depth}"
-        return f"X-{depth}-{self.cardinality}x{self.width_per_group}d"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "depth": self.depth, **dataclasses.asdict(self)}
-
-
-def infer_architecture(resnet: Mapping[str, torch.Tensor]) -> Architecture | None:
-    """Depth, C and d from a grouped bottom-up state_dict (``stem.*``, ``res2..5.*``); None if it
-    has no res2."""
-    if "res2.0.conv2.weight" not in resnet or "stem.conv1.weight" not in resnet:
-        return None
-    blocks = []
-    for stage in range(2, 6):
-        indices = {int(m[1]) for k in resnet if (m := re.match(rf"res{stage}\.(\d+)\.", k))}
-        if not indices:
-            break
-        blocks.append(max(indices) + 1)
-    conv2 = resnet["res2.0.conv2.weight"]  # (C*d, d, 3, 3): a grouped conv's weight
-    conv3 = resnet.get("res2.0.conv3.weight")
-    return Architecture(
-        blocks=tuple(blocks),
-        cardinality=int(conv2.shape[0] // conv2.shape[1]),
-        width_per_group=int(conv2.shape[1]),
-        stem_out_channels=int(resnet["stem.conv1.weight"].shape[0]),
-        res2_out_channels=int(conv3.shape[0]) if conv3 is not None else -1,
-    )
 
 
 @dataclass
@@ -135,152 +92,155 @@ class Weights:
     training_state: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_tensor(key: str, value: Any, path: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise CheckpointError(f"'{path}': entry '{key}' holds Python objects, not numbers")
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise CheckpointError(f"'{path}': entry '{key}' is a {type(value).__name__}, not a tensor")
-
-
-def _is_tensor(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, np.ndarray))
-
-
 def _decode_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
     """safetensors metadata values are strings; decode the ones holding JSON."""
     out = {}
     for k, v in meta.items():
         if isinstance(v, str) and v[:1] in "[{":
-            with contextlib.suppress(ValueError):  # not JSON after all: keep the string
+            with contextlib.suppress(ValueError, RecursionError):  # not JSON: keep the string
                 v = json.loads(v)
         out[k] = v
     return out
 
 
-def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
-    """Read ``path`` (any container and layout) into a :class:`Weights`.
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout: how to recognise its keys, convert them, and the conventions its
+    files need when they record none."""
 
-    Args:
-        path: the checkpoint.
-        format: "auto" (decide from the keys) or one of "torchvision", "timm", "caffe2",
-            "detectron2" to insist on a layout.
+    name: str
+    detect: Callable[[Mapping[str, Any]], bool]
+    convert: Callable[[Mapping[str, torch.Tensor], str], Converted]
+    conventions: Callable[[Converted, Mapping[str, Any]], Conventions]
 
-    Raises:
-        CheckpointError: unreadable file, or keys of no supported layout.
-        ValueError: keys of a torchvision/timm variant of another architecture (names it).
-    """
-    path = os.fspath(path)
-    if "://" in path:  # detectron2://, https://, ...: iopath's local copy (downloads if needed)
-        from detectron2.utils.file_io import PathManager
 
-        path = PathManager.get_local_path(path)
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
-    obj, container = read_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"'{path}' holds a {type(obj).__name__}; expected a state_dict or a dict holding one "
-            f"under 'model' or 'state_dict' (a whole pickled nn.Module is not supported: save its "
-            f"state_dict())"
-        )
+_D2_UNRECORDED = Conventions(
+    source="a detectron2 checkpoint without recorded conventions",
+    undecided="detectron2 checkpoints do not store INPUT.FORMAT/PIXEL_MEAN/PIXEL_STD; they are "
+    "those of the config the model was trained with",
+)
+
+# Tried in order; Caffe2 first (its blob names hold no dots, so nothing else matches them).
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("caffe2", caffe2.is_caffe2_layout, caffe2.caffe2_to_detectron2, caffe2.conventions_of),
+    Layout(
+        "torchvision",  # also timm's plain ResNet/ResNeXt, which keep torchvision's names
+        is_torchvision_layout,
+        lambda tensors, where: torchvision_to_detectron2(tensors),
+        lambda converted, meta: PRESETS["torchvision"],
+    ),
+    Layout(
+        "detectron2",
+        detectron2.is_detectron2_layout,
+        detectron2.split_detectron2,
+        lambda converted, meta: _D2_UNRECORDED,
+    ),
+)
+FORMATS = ("auto", "timm", *(layout.name for layout in LAYOUTS))
+
+
+def _unwrap(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(state, meta, training_state)`` of a file: the tensors' dict (under ``model``,
+    ``state_dict`` or ``blobs``, or the file itself), its other entries, and those of them that
+    are a training checkpoint's state (optimizer, scheduler, iteration, ...)."""
     meta: dict[str, Any] = {}
     training_state: dict[str, Any] = {}
-    state: Any = obj
     for wrapper in ("model", "state_dict", "blobs"):
         if isinstance(obj.get(wrapper), Mapping):
-            state = obj[wrapper]
             for k, v in obj.items():
                 if k == wrapper:
                     continue
                 meta[k] = v
-                # Everything else a training checkpoint holds (optimizer, scheduler, iteration,
-                # other checkpointables) goes back to the checkpointer when resuming.
                 if not k.startswith("__") and k not in _METADATA:
                     training_state[k] = v
-            break
+            return obj[wrapper], meta, training_state
+    return obj, meta, training_state
+
+
+def _recorded_conventions(path: str, meta: Mapping[str, Any]) -> Conventions | None:
+    """Conventions the file records: its sidecar's (when it matches the file), else its own."""
+    record = meta.get("resnext_det") if isinstance(meta.get("resnext_det"), Mapping) else meta
+    for source, found in ((f"sidecar '{path}.json'", read_sidecar(path)), (f"'{path}'", record)):
+        if found and (conventions := conventions_from_metadata(found, source)) is not None:
+            return conventions
+    return None
+
+
+def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
+    """Read ``path`` (any container and layout, or a weights name) into a :class:`Weights`.
+
+    Args:
+        path: the checkpoint, a name (``torchvision://resnext50_32x4d.IMAGENET1K_V1``,
+            ``timm://NAME``), an ``http(s)://`` URL (fetched into torch's hub cache and verified,
+            see :mod:`~resnext_det.weights.hub`) or another iopath URL (``detectron2://``).
+        format: "auto" (decide from the keys) or one of "torchvision", "timm", "caffe2",
+            "detectron2" to insist on a layout.
+
+    Raises:
+        CheckpointError: unreadable file, keys of no supported layout, NaN/Inf weights, or
+            conventions that do not parse or contradict the name's.
+        ValueError: keys of a torchvision/timm variant of another architecture (names it).
+        WeightsUnavailableError: a name or URL that cannot be fetched.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    named = hub.resolve_name(path)
+    path = hub.fetch(named) if named else hub.resolve_weights_path(path)
+    where = f"'{path}'"
+    obj, container = read_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{where} holds a {type(obj).__name__}; expected a state_dict or a dict holding one "
+            f"under 'model' or 'state_dict' (a whole pickled nn.Module is not supported: save its "
+            f"state_dict())"
+        )
+    state, meta, training_state = _unwrap(obj)
     meta = _decode_metadata(meta.pop("__metadata__", {})) | meta
-    meta.update({k: v for k, v in state.items() if not _is_tensor(v)})
-    tensors = {k: v for k, v in state.items() if _is_tensor(v)}
+    meta.update({k: v for k, v in state.items() if not is_tensor(v)})
+    tensors = {k: as_tensor(k, v, where) for k, v in state.items() if is_tensor(v)}
     if not tensors:
-        raise CheckpointError(f"'{path}' holds no tensors (top-level keys: {sorted(obj)[:10]})")
+        raise CheckpointError(f"{where} holds no tensors (top-level keys: {sorted(obj)[:10]})")
     if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
         tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    check_finite(tensors, where)
 
-    layout = format
-    if layout == "auto":
-        if caffe2.is_caffe2_layout(tensors):
-            layout = "caffe2"
-        elif is_torchvision_layout(tensors):
-            layout = "torchvision"
-        elif detectron2.is_detectron2_layout(tensors):
-            layout = "detectron2"
-        else:
-            raise CheckpointError(
-                f"cannot tell the layout of '{path}' from its keys (e.g. {sorted(tensors)[:6]}): "
-                f"expected torchvision/timm (conv1.weight, layer1.0.conv1.weight), Caffe2 "
-                f"(conv1_w, res2_0_branch2a_w) or detectron2 (stem.conv1.weight, "
-                f"res2.0.conv1.weight, possibly under backbone.bottom_up.)"
-            )
-    layout = "torchvision" if layout == "timm" else layout
-    other: dict[str, torch.Tensor] = {}
-    file_prefix = ""
+    wanted = "torchvision" if format == "timm" else format
+    layout = next(
+        (x for x in LAYOUTS if x.name == wanted or (wanted == "auto" and x.detect(tensors))), None
+    )
+    if layout is None:
+        raise CheckpointError(
+            f"cannot tell the layout of {where} from its keys (e.g. {sorted(tensors)[:6]}): "
+            f"expected torchvision/timm (conv1.weight, layer1.0.conv1.weight), Caffe2 "
+            f"(conv1_w, res2_0_branch2a_w) or detectron2 (stem.conv1.weight, "
+            f"res2.0.conv1.weight, possibly under backbone.bottom_up.)"
+        )
     try:
-        if layout == "caffe2":
-            blobs, c2_meta = caffe2.strip_caffe2_container(tensors)
-            meta.update(c2_meta)
-            resnet, mapping, other = caffe2.caffe2_to_detectron2(blobs)
-        elif layout == "torchvision":
-            tv = {k: _as_tensor(k, v, path) for k, v in tensors.items()}
-            resnet, mapping = torchvision_to_detectron2(tv)
-        else:
-            d2 = {k: _as_tensor(k, v, path) for k, v in tensors.items()}
-            resnet, other, mapping, file_prefix = detectron2.split_detectron2(d2, f"'{path}'")
+        converted = layout.convert(tensors, where)
     except CheckpointError:
         raise
     except ValueError as exc:
-        raise ValueError(f"'{path}' ({layout} layout): {exc}") from exc
-    architecture = infer_architecture(resnet)
+        raise ValueError(f"{where} ({layout.name} layout): {exc}") from exc
 
-    recorded = None
-    for source, record in (
-        (f"sidecar '{path}.json'", read_sidecar(path)),
-        (
-            f"'{path}'",
-            meta.get("resnext_det") if isinstance(meta.get("resnext_det"), Mapping) else meta,
-        ),
-    ):
-        if record and (recorded := conventions_from_metadata(record, source)) is not None:
-            break
-    if recorded is not None:
-        conventions = recorded
-    elif layout == "torchvision":
-        conventions = PRESETS["torchvision"]
-    elif layout == "caffe2":
-        author = meta.get("__author__")
-        conventions = caffe2_conventions(
-            fused=caffe2.has_fused_norms(resnet, mapping),
-            group_norm=caffe2.has_group_norm(mapping),
-            cardinality=architecture.cardinality if architecture else 1,
-            author=author if isinstance(author, str) else None,
-        )
-    else:
-        conventions = Conventions(
-            source="a detectron2 checkpoint without recorded conventions",
-            undecided="detectron2 checkpoints do not store INPUT.FORMAT/PIXEL_MEAN/PIXEL_STD; "
-            "they are those of the config the model was trained with",
-        )
+    conventions = _recorded_conventions(path, meta)
+    if named is not None and named.conventions is not None:
+        if conventions is not None and conventions.cfg_values() != named.conventions.cfg_values():
+            raise CheckpointError(
+                f"{where} records {conventions.cfg_values()} ({conventions.source}), but "
+                f"{named.name} is {named.conventions.source}: the file is not what the name says"
+            )
+        conventions = named.conventions
+    if conventions is None:
+        conventions = layout.conventions(converted, meta)
     return Weights(
         path,
         container,
-        layout,
-        resnet,
-        other,
-        mapping,
-        file_prefix,
-        architecture,
+        layout.name,
+        converted.resnet,
+        converted.other,
+        converted.mapping,
+        converted.file_prefix,
+        infer_architecture(converted.resnet),
         conventions,
         meta,
         training_state,

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import torch
 
+from .records import Converted
+
 __all__ = [
     "detectron2_to_torchvision",
     "is_torchvision_layout",
@@ -144,9 +146,7 @@ def is_torchvision_layout(state_dict: Mapping[str, object]) -> bool:
     )
 
 
-def torchvision_to_detectron2(
-    state_dict: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def torchvision_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> Converted:
     """Rename a torchvision/timm ResNet or ResNeXt state_dict into detectron2's bottom-up names.
 
     Args:
@@ -156,8 +156,8 @@ def torchvision_to_detectron2(
             lacks.
 
     Returns:
-        ``(new_state_dict, mapping)``: the same tensors under detectron2's grouped-layout names
-        (``stem.*``, ``res2``..``res5``, ``linear.*``), and new name -> original name.
+        the same tensors under detectron2's grouped-layout names (``stem.*``, ``res2``..``res5``,
+        ``linear.*``) as ``resnet``, and new name -> original name as ``mapping``.
 
     Raises:
         ValueError: the keys belong to another architecture (timm's deep-stem / avg-down / SE
@@ -170,7 +170,7 @@ def torchvision_to_detectron2(
             f"{variant}. resnext_det builds the plain ResNet/ResNeXt (7x7 stem, strided 1x1 "
             f"conv shortcut), so these weights cannot be loaded into it"
         )
-    return _rename(state_dict, _TV_TO_D2, shift=1, source="torchvision/timm")
+    return Converted(*_rename(state_dict, _TV_TO_D2, shift=1, source="torchvision/timm"))
 
 
 def detectron2_to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
