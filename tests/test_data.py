@@ -38,7 +38,7 @@ from resnext_det.data import (
     register_raccoon,
     validate_coco_dict,
 )
-from resnext_det.data import coco as coco_mod
+from resnext_det.data import catalog as catalog_mod
 
 needs_raccoon = pytest.mark.skipif(
     not (RACCOON / "annotations").is_dir(), reason="shared raccoon data not present"
@@ -66,7 +66,7 @@ def names():
         if n in DatasetCatalog.list():
             DatasetCatalog.remove(n)
             MetadataCatalog.remove(n)
-        coco_mod._REGISTERED.pop(n, None)
+        catalog_mod._REGISTERED.pop(n, None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Example (the raccoon set's 160-image train split):
         --image-dir ../shared/data/raccoon/images --split ../shared/data/raccoon/train_labels.csv \
         --out /tmp/raccoon_train.json
 
-The bad-data policies (--bad-boxes, --skip-bad-files, --size-mismatch, --difficult) are described
-in resnext_det/data/voc.py.
+Every image is decoded before the json is written, so a truncated or 16-bit image shows here and
+not at some training iteration. The bad-data policies (--bad-boxes, --bad-images,
+--skip-bad-files, --size-mismatch, --difficult) are described in resnext_det/data/voc_convert.py.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
 
-from resnext_det.data.errors import AnnotationError  # noqa: E402
-from resnext_det.data.voc import (  # noqa: E402
+from resnext_det.data.voc_convert import (  # noqa: E402
     BAD_BOX_POLICIES,
+    BAD_IMAGE_POLICIES,
     DIFFICULT_POLICIES,
     SIZE_MISMATCH_POLICIES,
     convert_voc,
@@ -42,6 +43,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="comma-separated class names in category-id order (default: sorted names found)",
     )
     p.add_argument("--bad-boxes", choices=BAD_BOX_POLICIES, default="clip")
+    p.add_argument(
+        "--bad-images",
+        choices=BAD_IMAGE_POLICIES,
+        default="error",
+        help="images that do not decode (truncated, corrupt, not an image) or that detectron2 "
+        "would clip to 8 bits (16-bit grey PNG): 'error' names every one, 'skip' leaves them out",
+    )
+    p.add_argument("--workers", type=int, help="threads that decode the images (default: CPUs)")
     p.add_argument("--skip-bad-files", action="store_true", help="skip malformed XMLs, counted")
     p.add_argument("--size-mismatch", choices=SIZE_MISMATCH_POLICIES, default="warn")
     p.add_argument("--difficult", choices=DIFFICULT_POLICIES, default="keep")
@@ -61,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad_files=args.skip_bad_files,
             size_mismatch=args.size_mismatch,
             difficult=args.difficult,
+            bad_images=args.bad_images,
+            workers=args.workers,
         )
-    except (AnnotationError, FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
+        # AnnotationError (a BadFileError) is a ValueError; unwritable --out is an OSError.
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.format())

@@ -1,30 +1,35 @@
-"""Checked loading and registration of COCO-format detection data sets.
+"""The one validator of COCO-format detection ground truth, for training and for evaluation.
 
-detectron2's ``register_coco_instances`` is lazy: a bad json surfaces at the first
-``DatasetCatalog.get``, deep inside training, as a bare ``KeyError``/``AssertionError`` from
-``load_coco_json`` (or, with ``python -O``, not at all). :func:`register_coco_dataset` reads and
-validates the json first, names the file, the record and the field of any problem, and only then
-registers through detectron2's own ``register_coco_instances`` (so loading, category-id mapping and
-evaluation are detectron2's).
+detectron2's ``load_coco_json`` checks with ``assert`` (stripped by ``python -O``) and fails
+deep inside training with a bare ``KeyError``; pycocotools silently skips what it cannot use.
+:func:`validate_coco_dict` checks a json once, names the file, the record and the field of any
+problem, and is used both by registration (:mod:`resnext_det.data.catalog`) and by the
+evaluator's ground-truth reader (``resnext_det.evaluation.coco.load_ground_truth``), so the two
+accept and refuse the same files.
 
-Validation policy (``AnnotationError``, a ``ValueError``, unless stated):
+Validation policy (``AnnotationError``, a :class:`~resnext_det.errors.BadFileError`, unless
+stated):
 
 =====================================================  =========================================
 Problem                                                What happens
 =====================================================  =========================================
-not json / not an object / missing or non-list         error naming the file and the key
+not UTF-8; not json; nested deeper than Python's json   error naming the file (line and column
+reader allows; an integer of more than 4300 digits     where known)
+not an object / missing or non-list                    error naming the file and the key
 ``images``, ``annotations``, ``categories``
 no categories                                          error
 category without int ``id`` or str ``name``;           error naming the category index and field
 duplicate category id or name
 image without int ``id``, str ``file_name``,           error naming the image index and field
-positive int ``width``/``height``; duplicate image id
+positive int ``width``/``height``; duplicate image id  (integers must fit in 64 bits)
 annotation without int ``id``; duplicate id            error naming the annotation index and id
 ``image_id``/``category_id`` not in the file           error naming the annotation id and field
 ``bbox`` not 4 finite numbers, or negative width       error naming the annotation id and bbox
 or height
-``iscrowd`` not 0/1; ``ignore`` non-zero (detectron2   error naming the annotation id
-does not support it); malformed ``segmentation``
+``iscrowd`` not 0/1 (``"yes"``, ``true``);             error naming the annotation id
+``ignore`` non-zero (detectron2 does not support it;
+allowed ``for_evaluation``, where COCOeval overrides
+it with ``iscrowd``); malformed ``segmentation``
 (polygons or RLE) or ``keypoints``
 zero-width/height box                                  counted warning (detectron2's mapper drops
                                                        empty boxes)
@@ -32,7 +37,8 @@ box partly outside its image                           counted warning (detectro
                                                        the image)
 two images with the same ``file_name``                 counted warning
 annotation without ``area``                            counted warning (detectron2 trains without
-                                                       it; COCO evaluation needs it)
+                                                       it); error ``for_evaluation`` (COCOeval's
+                                                       area ranges read it)
 ``segmentation`` whose polygons all have < 3 points    counted warning (detectron2's loader drops
                                                        the whole instance, box included)
 =====================================================  =========================================
@@ -41,32 +47,22 @@ annotation without ``area``                            counted warning (detectro
 from __future__ import annotations
 
 import json
-import logging
 import math
+import numbers
 import os
+import re
+import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import AnnotationError
 
-logger = logging.getLogger(__name__)
+__all__ = ["CocoSummary", "load_coco_json_checked", "read_json_file", "validate_coco_dict"]
 
-__all__ = [
-    "CocoSummary",
-    "check_dataset_names",
-    "get_dataset_dicts_checked",
-    "load_coco_json_checked",
-    "register_coco_dataset",
-    "register_from_config",
-    "validate_coco_dict",
-]
-
-# Names registered through register_coco_dataset -> their summary, for idempotent re-registration
-# and for telling the user's names apart from detectron2's ~100 built-in ones in error messages.
-_REGISTERED: dict[str, CocoSummary] = {}
+# Ids and sizes end up in int64 arrays (detectron2, pycocotools, the evaluator).
+_INT64 = (-(2**63), 2**63)
 
 
 @dataclass
@@ -93,15 +89,29 @@ class CocoSummary:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    # numbers.Integral also admits numpy integers (a dict built in Python rather than read).
+    return (
+        isinstance(v, numbers.Integral)
+        and not isinstance(v, bool)
+        and _INT64[0] <= int(v) < _INT64[1]
+    )
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    if isinstance(v, numbers.Integral):
+        return _INT64[0] <= int(v) < _INT64[1]  # math.isfinite(10**400) raises OverflowError
+    return math.isfinite(v)
 
 
 def _short(v: Any, limit: int = 80) -> str:
-    s = repr(v)
+    try:
+        s = repr(v)
+    except RecursionError:
+        return f"<a {type(v).__name__} nested too deeply to print>"
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return f"<an integer of {v.bit_length()} bits>" if isinstance(v, int) else "<unprintable>"
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -138,39 +148,10 @@ def _check_segmentation(segm: Any, where: str, warnings: Counter[str]) -> None:
         warnings["dropped_by_detectron2_no_valid_polygon"] += 1
 
 
-def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
-    """Check that ``data`` is a COCO instances annotation dict detectron2 can load.
-
-    Args:
-        data: the parsed json.
-        source: the file name, used in every error message.
-
-    Returns:
-        A :class:`CocoSummary`.
-
-    Raises:
-        AnnotationError: naming ``source``, the record and the field (see the module docstring).
-    """
-    if not isinstance(data, dict):
-        raise AnnotationError(
-            f"{source}: not a COCO annotation file: the top level is a {type(data).__name__}, "
-            "expected an object with keys 'images', 'annotations', 'categories'"
-        )
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise AnnotationError(
-                f"{source}: not a COCO annotation file: missing key {key!r} "
-                f"(found keys {sorted(map(str, data))[:10]})"
-            )
-        if not isinstance(data[key], list):
-            raise AnnotationError(
-                f"{source}: {key!r} must be a list, got {type(data[key]).__name__}"
-            )
-    warnings: Counter[str] = Counter()
-
+def _check_categories(cats: list, source: str) -> dict[int, str]:
     cat_names: dict[int, str] = {}
     seen_names: dict[str, int] = {}
-    for i, cat in enumerate(data["categories"]):
+    for i, cat in enumerate(cats):
         where = f"{source}: categories[{i}]"
         if not isinstance(cat, dict):
             raise AnnotationError(f"{where} must be an object, got {_short(cat)}")
@@ -192,10 +173,13 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
         seen_names[name] = cid
     if not cat_names:
         raise AnnotationError(f"{source}: 'categories' is empty; a detection set needs classes")
+    return cat_names
 
+
+def _check_images(images: list, source: str, warnings: Counter[str]) -> dict[int, tuple[int, int]]:
     img_size: dict[int, tuple[int, int]] = {}
     file_names: Counter[str] = Counter()
-    for i, img in enumerate(data["images"]):
+    for i, img in enumerate(images):
         where = f"{source}: images[{i}]"
         if not isinstance(img, dict):
             raise AnnotationError(f"{where} must be an object, got {_short(img)}")
@@ -219,74 +203,128 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
         img_size[iid] = (img["width"], img["height"])
         file_names[fname] += 1
     warnings["duplicate_file_names"] = sum(n - 1 for n in file_names.values() if n > 1)
+    return img_size
 
+
+def _check_annotation(
+    ann: Any,
+    i: int,
+    source: str,
+    img_size: dict[int, tuple[int, int]],
+    cat_names: dict[int, str],
+    warnings: Counter[str],
+    for_evaluation: bool,
+) -> int:
+    """Check ``annotations[i]``; return its id."""
+    where = f"{source}: annotations[{i}]"
+    if not isinstance(ann, dict):
+        raise AnnotationError(f"{where} must be an object, got {_short(ann)}")
+    aid = ann.get("id")
+    if not _is_int(aid):
+        raise AnnotationError(f"{where}: 'id' must be an integer, got {_short(aid)}")
+    where = f"{source}: annotation id {aid} (annotations[{i}])"
+    iid = ann.get("image_id")
+    if not _is_int(iid) or iid not in img_size:
+        raise AnnotationError(
+            f"{where}: 'image_id' {_short(iid)} is not the id of an image in 'images'"
+        )
+    cid = ann.get("category_id")
+    if not _is_int(cid) or cid not in cat_names:
+        raise AnnotationError(
+            f"{where}: 'category_id' {_short(cid)} is not in 'categories' "
+            f"(ids {sorted(cat_names)[:20]})"
+        )
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+        raise AnnotationError(
+            f"{where}: 'bbox' must be [x, y, width, height] of 4 finite numbers, got {_short(bbox)}"
+        )
+    x, y, w, h = bbox
+    if w < 0 or h < 0:
+        raise AnnotationError(
+            f"{where}: 'bbox' {bbox} has negative width or height; COCO boxes are "
+            "[x, y, width, height] with width, height >= 0"
+        )
+    if w == 0 or h == 0:
+        warnings["empty_boxes"] += 1
+    W, H = img_size[iid]
+    if x < 0 or y < 0 or x + w > W or y + h > H:
+        warnings["boxes_outside_image"] += 1
+    crowd = ann.get("iscrowd", 0)
+    if isinstance(crowd, bool) or not _is_number(crowd) or crowd not in (0, 1):
+        raise AnnotationError(f"{where}: 'iscrowd' must be 0 or 1, got {_short(crowd)}")
+    ignore = ann.get("ignore", 0)
+    if not for_evaluation and ignore != 0:
+        raise AnnotationError(
+            f"{where}: 'ignore' is {_short(ignore)}; detectron2 does not support "
+            "'ignore' annotations: drop them, or mark them 'iscrowd': 1"
+        )
+    if "area" not in ann:
+        if for_evaluation:
+            raise AnnotationError(
+                f"{source}: annotations[{i}]: 'area' must be a number (COCOeval's area ranges "
+                f"read it), got none (annotation id {aid})"
+            )
+        # detectron2 trains without it, but COCOeval reads it for the small/medium/large split.
+        warnings["missing_area"] += 1
+    elif not _is_number(ann["area"]) or ann["area"] < 0:
+        raise AnnotationError(f"{where}: 'area' must be a number >= 0, got {_short(ann['area'])}")
+    _check_segmentation(ann.get("segmentation"), where, warnings)
+    keypoints = ann.get("keypoints")
+    if keypoints and (
+        not isinstance(keypoints, list) or len(keypoints) % 3 or not all(map(_is_number, keypoints))
+    ):
+        raise AnnotationError(
+            f"{where}: 'keypoints' must be a list of numbers [x1, y1, v1, ...], got "
+            f"{_short(keypoints)}"
+        )
+    return aid
+
+
+def validate_coco_dict(
+    data: Any, source: str = "<dict>", *, for_evaluation: bool = False
+) -> CocoSummary:
+    """Check that ``data`` is a COCO instances annotation dict detectron2 can load (or, with
+    ``for_evaluation``, that COCOeval can score against).
+
+    Args:
+        data: the parsed json.
+        source: the file name, used in every error message.
+        for_evaluation: the evaluator's rules instead of training's: ``ignore`` is allowed
+            (COCOeval overrides it with ``iscrowd``) and ``area`` is required.
+
+    Returns:
+        A :class:`CocoSummary`.
+
+    Raises:
+        AnnotationError: naming ``source``, the record and the field (see the module docstring).
+    """
+    if not isinstance(data, dict):
+        raise AnnotationError(
+            f"{source}: not a COCO annotation file: the top level is a {type(data).__name__}, "
+            "expected an object with keys 'images', 'annotations', 'categories'"
+        )
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise AnnotationError(
+                f"{source}: not a COCO annotation file: missing key {key!r} (COCO needs a list "
+                f"under {key!r}; found keys {sorted(map(str, data))[:10]})"
+            )
+        if not isinstance(data[key], list):
+            raise AnnotationError(
+                f"{source}: {key!r} must be a list, got {type(data[key]).__name__}"
+            )
+    warnings: Counter[str] = Counter()
+    cat_names = _check_categories(data["categories"], source)
+    img_size = _check_images(data["images"], source, warnings)
     ann_ids: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
-        where = f"{source}: annotations[{i}]"
-        if not isinstance(ann, dict):
-            raise AnnotationError(f"{where} must be an object, got {_short(ann)}")
-        aid = ann.get("id")
-        if not _is_int(aid):
-            raise AnnotationError(f"{where}: 'id' must be an integer, got {_short(aid)}")
-        where = f"{source}: annotation id {aid} (annotations[{i}])"
+        aid = _check_annotation(ann, i, source, img_size, cat_names, warnings, for_evaluation)
         if aid in ann_ids:
-            raise AnnotationError(f"{where}: duplicate annotation id {aid}")
+            raise AnnotationError(
+                f"{source}: annotation id {aid} (annotations[{i}]): duplicate annotation id {aid}"
+            )
         ann_ids.add(aid)
-        iid = ann.get("image_id")
-        if not _is_int(iid) or iid not in img_size:
-            raise AnnotationError(
-                f"{where}: 'image_id' {_short(iid)} is not the id of an image in 'images'"
-            )
-        cid = ann.get("category_id")
-        if not _is_int(cid) or cid not in cat_names:
-            raise AnnotationError(
-                f"{where}: 'category_id' {_short(cid)} is not in 'categories' "
-                f"(ids {sorted(cat_names)[:20]})"
-            )
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
-            raise AnnotationError(
-                f"{where}: 'bbox' must be [x, y, width, height] of 4 finite numbers, got "
-                f"{_short(bbox)}"
-            )
-        x, y, w, h = bbox
-        if w < 0 or h < 0:
-            raise AnnotationError(
-                f"{where}: 'bbox' {bbox} has negative width or height; COCO boxes are "
-                "[x, y, width, height] with width, height >= 0"
-            )
-        if w == 0 or h == 0:
-            warnings["empty_boxes"] += 1
-        W, H = img_size[iid]
-        if x < 0 or y < 0 or x + w > W or y + h > H:
-            warnings["boxes_outside_image"] += 1
-        crowd = ann.get("iscrowd", 0)
-        if crowd not in (0, 1) or isinstance(crowd, bool):
-            raise AnnotationError(f"{where}: 'iscrowd' must be 0 or 1, got {_short(crowd)}")
-        if ann.get("ignore", 0) != 0:
-            raise AnnotationError(
-                f"{where}: 'ignore' is {_short(ann['ignore'])}; detectron2 does not support "
-                "'ignore' annotations: drop them, or mark them 'iscrowd': 1"
-            )
-        if "area" not in ann:
-            # detectron2 trains without it, but COCOeval reads it for the small/medium/large split.
-            warnings["missing_area"] += 1
-        elif not _is_number(ann["area"]) or ann["area"] < 0:
-            raise AnnotationError(
-                f"{where}: 'area' must be a number >= 0, got {_short(ann['area'])}"
-            )
-        _check_segmentation(ann.get("segmentation"), where, warnings)
-        keypoints = ann.get("keypoints")
-        if keypoints and (
-            not isinstance(keypoints, list)
-            or len(keypoints) % 3
-            or not all(map(_is_number, keypoints))
-        ):
-            raise AnnotationError(
-                f"{where}: 'keypoints' must be a list of numbers [x1, y1, v1, ...], got "
-                f"{_short(keypoints)}"
-            )
-
     cat_ids = sorted(cat_names)
     return CocoSummary(
         source=source,
@@ -298,176 +336,106 @@ def validate_coco_dict(data: Any, source: str = "<dict>") -> CocoSummary:
     )
 
 
-def load_coco_json_checked(json_file: str | os.PathLike) -> tuple[dict, CocoSummary]:
+def _line_col(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - text.rfind("\n", 0, offset)
+    return f"line {line}, column {column}"
+
+
+def _deep_nesting_at(text: str, limit: int) -> int | None:
+    """Offset of the first bracket nested deeper than ``limit`` (outside strings), or None."""
+    depth, in_string, escaped = 0, False, False
+    for k, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return k
+        elif ch in "]}":
+            depth -= 1
+    return None
+
+
+def read_json_file(
+    path: str | os.PathLike,
+    what: str = "COCO annotation file",
+    *,
+    error: type[Exception] = AnnotationError,
+) -> Any:
+    """Parse a json file, with every failure named: the file, and the line and column where the
+    problem is (a byte that is not UTF-8, a syntax error, nesting Python's reader cannot follow,
+    an integer longer than Python converts).
+
+    Args:
+        path: the file.
+        what: what the file is, for the not-found message.
+        error: the type to raise for a file that is not valid json.
+
+    Raises:
+        FileNotFoundError: no such file.
+        error: (``AnnotationError`` by default) the file is not valid UTF-8 json.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise error(f"{path}: is a directory, not a {what}")
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); json files are UTF-8"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"{path}: not valid json (line {exc.lineno}, column {exc.colno}: {exc.msg}); a "
+            "truncated or non-COCO file?"
+        ) from None
+    except RecursionError:
+        at = _deep_nesting_at(text, 100)
+        where = f" (deeper than 100 levels from {_line_col(text, at)})" if at is not None else ""
+        raise error(
+            f"{path}: json nested too deeply for Python's json reader{where}; COCO files are "
+            "a few levels deep"
+        ) from None
+    except ValueError as exc:  # not a JSONDecodeError: Python's limit on integer digits
+        limit = sys.get_int_max_str_digits()
+        m = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+        if m is None:
+            raise error(f"{path}: not valid json ({exc})") from None
+        raise error(
+            f"{path}: {_line_col(text, m.start())}: an integer of {len(m.group())} digits; Python "
+            f"reads at most {limit} (ids and sizes must fit in 64 bits)"
+        ) from None
+
+
+def load_coco_json_checked(
+    json_file: str | os.PathLike, *, for_evaluation: bool = False
+) -> tuple[dict, CocoSummary]:
     """Read and validate a COCO json file.
+
+    Args:
+        json_file: the file.
+        for_evaluation: see :func:`validate_coco_dict`.
 
     Returns:
         (the parsed dict, its :class:`CocoSummary`).
 
     Raises:
         FileNotFoundError: no such file.
-        AnnotationError: not json (with line and column), or not valid COCO.
+        AnnotationError: not UTF-8 json (with line and column), or not valid COCO.
     """
-    path = Path(json_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file {str(path)!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(
-            f"{path}: not valid json (line {exc.lineno}, column {exc.colno}: {exc.msg}); a "
-            "truncated or non-COCO file?"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(f"{path}: not a UTF-8 text file ({exc})") from exc
-    return data, validate_coco_dict(data, str(path))
-
-
-def _same_path(a: Any, b: Any) -> bool:
-    return a is not None and os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
-
-
-def register_coco_dataset(
-    name: str,
-    json_file: str | os.PathLike,
-    image_root: str | os.PathLike,
-    *,
-    check_image_files: bool = True,
-) -> CocoSummary:
-    """Validate a COCO json eagerly, then register it with detectron2's ``register_coco_instances``.
-
-    Registering the same name again with the same files is a no-op; with other files it is an
-    error (detectron2 itself would raise a bare ``AssertionError``).
-
-    Args:
-        name: the data set name for ``cfg.DATASETS.TRAIN``/``TEST``.
-        json_file: COCO instances json.
-        image_root: directory that the images' ``file_name`` are relative to.
-        check_image_files: also check that every image file exists (one ``stat`` per image), so a
-            wrong ``image_root`` fails here and not at the first training batch.
-
-    Returns:
-        The :class:`CocoSummary` (``thing_classes`` is what ``MODEL.ROI_HEADS.NUM_CLASSES``
-        must match).
-
-    Raises:
-        FileNotFoundError: the json, the image root or an image is missing.
-        AnnotationError: the json is not valid COCO (see the module docstring).
-        ValueError: ``name`` is already registered with other files.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
-    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    if name in DatasetCatalog.list():
-        meta = MetadataCatalog.get(name)
-        old_json, old_root = meta.get("json_file"), meta.get("image_root")
-        if _same_path(old_json, json_file) and _same_path(old_root, image_root):
-            if name in _REGISTERED:
-                return _REGISTERED[name]
-            data, summary = load_coco_json_checked(json_file)
-            summary.name, summary.image_root = name, image_root
-            return summary
-        raise ValueError(
-            f"dataset {name!r} is already registered with json_file={old_json!r}, "
-            f"image_root={old_root!r}; cannot register it again with json_file={json_file!r}, "
-            f"image_root={image_root!r}. Use another name, or DatasetCatalog.remove({name!r}) "
-            f"and MetadataCatalog.remove({name!r}) first."
-        )
-
-    data, summary = load_coco_json_checked(json_file)
-    if not os.path.isdir(image_root):
-        raise FileNotFoundError(
-            f"image_root {image_root!r} of dataset {name!r} ({json_file}) is not a directory"
-        )
-    if check_image_files:
-        missing = [
-            img["file_name"]
-            for img in data["images"]
-            if not os.path.isfile(os.path.join(image_root, img["file_name"]))
-        ]
-        if missing:
-            raise FileNotFoundError(
-                f"{json_file}: {len(missing)} of {len(data['images'])} image files are not under "
-                f"image_root {image_root!r}, e.g. {missing[:3]}"
-            )
-    for key, n in summary.warnings.items():
-        logger.warning("%s: %d %s (see resnext_det.data.coco for the policy)", json_file, n, key)
-
-    register_coco_instances(name, {}, json_file, image_root)
-    # Set now what load_coco_json would set at the first DatasetCatalog.get (the same values, as it
-    # computes them), so the trainer and evaluator can read the classes before loading.
-    meta = MetadataCatalog.get(name)
-    meta.thing_classes = list(summary.thing_classes)
-    meta.thing_dataset_id_to_contiguous_id = {c: i for i, c in enumerate(summary.category_ids)}
-    summary.name, summary.image_root = name, image_root
-    _REGISTERED[name] = summary
-    return summary
-
-
-def _describe_registered() -> str:
-    from detectron2.data import DatasetCatalog
-
-    names = DatasetCatalog.list()
-    ours = sorted(n for n in names if n in _REGISTERED)
-    others = sorted(n for n in names if n not in _REGISTERED)
-    builtin_hint = ", ".join(o for o in others if o.startswith(("coco_2017", "voc_2007")))[:200]
-    return (
-        f"registered by resnext_det: {ours or 'none'}; plus {len(others)} other names "
-        f"(detectron2's built-in ones such as {builtin_hint}, and any registered directly)"
-    )
-
-
-def check_dataset_names(names: Iterable[str], field_name: str = "dataset") -> None:
-    """Raise a clear ``KeyError`` if a name in ``names`` is not in detectron2's DatasetCatalog.
-
-    Args:
-        names: e.g. ``cfg.DATASETS.TRAIN``.
-        field_name: how to name the source in the message, e.g. ``"cfg.DATASETS.TRAIN"``.
-    """
-    from detectron2.data import DatasetCatalog
-
-    registered = set(DatasetCatalog.list())
-    for n in names:
-        if n not in registered:
-            raise KeyError(
-                f"{field_name} names dataset {n!r}, which is not registered. Register it with "
-                "cfg.DATASETS.COCO_REGISTER = [[name, json_file, image_root]] or "
-                f"resnext_det.data.register_coco_dataset(...). {_describe_registered()}"
-            )
-
-
-def get_dataset_dicts_checked(name: str) -> list[dict]:
-    """``DatasetCatalog.get(name)`` with a clear error for an unknown name or an empty set."""
-    from detectron2.data import DatasetCatalog
-
-    check_dataset_names([name])
-    dicts = DatasetCatalog.get(name)
-    if not dicts:
-        raise ValueError(f"dataset {name!r} has no images")
-    return dicts
-
-
-def register_from_config(cfg: Any) -> list[CocoSummary]:
-    """Register every ``[name, json_file, image_root]`` of ``cfg.DATASETS.COCO_REGISTER``.
-
-    Returns:
-        One :class:`CocoSummary` per entry.
-    """
-    entries: Sequence[Any] = cfg.DATASETS.get("COCO_REGISTER", [])
-    summaries = []
-    for i, entry in enumerate(entries):
-        if (
-            not isinstance(entry, (list, tuple))
-            or len(entry) != 3
-            or not all(isinstance(e, str) and e for e in entry)
-        ):
-            raise ValueError(
-                f"cfg.DATASETS.COCO_REGISTER[{i}] must be [name, json_file, image_root] (three "
-                f"non-empty strings), got {entry!r}"
-            )
-        summaries.append(register_coco_dataset(*entry))
-    return summaries
+    data = read_json_file(json_file, "COCO annotation file")
+    summary = validate_coco_dict(data, str(json_file), for_evaluation=for_evaluation)
+    return data, summary

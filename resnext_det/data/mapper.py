@@ -2,7 +2,9 @@
 
 detectron2's mapper reads the image first thing; a missing or corrupt file surfaces from a data
 loader worker as a bare ``FileNotFoundError``/``PIL.UnidentifiedImageError``/``OSError: image file
-is truncated``, often without the data set record it came from.
+is truncated``, often without the data set record it came from. An image of more than 8 bits per
+pixel (a 16-bit PNG) raises nothing at all there and trains saturated, so it is refused here
+(see :mod:`resnext_det.data.images`).
 """
 
 from __future__ import annotations
@@ -10,17 +12,24 @@ from __future__ import annotations
 import os
 
 from detectron2.data import DatasetMapper
+from PIL import Image
+
+from ..errors import BadFileError
+from .images import ImageCheckError, check_image_mode
 
 __all__ = ["CheckedDatasetMapper", "ImageReadError"]
 
 
-class ImageReadError(OSError):
-    """An image of a data set could not be read; the message names the path and the image id."""
+class ImageReadError(OSError, BadFileError):
+    """An image of a data set could not be read, or would be read wrongly (more than 8 bits per
+    pixel); the message names the path and the image id. An ``OSError`` (as the read failures it
+    wraps) and a :class:`~resnext_det.errors.BadFileError` (what the tools catch)."""
 
 
 class CheckedDatasetMapper(DatasetMapper):
     """A ``DatasetMapper`` (same constructor: ``CheckedDatasetMapper(cfg, is_train=True)``) whose
-    image read failures raise :class:`ImageReadError` naming the path and the image id.
+    image read failures raise :class:`ImageReadError` naming the path and the image id, and
+    which refuses images that detectron2's ``read_image`` would clip to 8 bits.
 
     Example:
         >>> mapper = CheckedDatasetMapper(cfg, is_train=True)
@@ -40,6 +49,18 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"image file {os.fspath(path)!r} (image id {image_id!r}) does not exist; check "
                 "the data set's image_root"
             )
+        try:
+            with Image.open(path) as im:  # the header only: a few hundred bytes
+                check_image_mode(im.mode, path)
+        except ImageCheckError as exc:
+            raise ImageReadError(
+                f"image {os.fspath(path)!r} (image id {image_id!r}) {exc.reason}"
+            ) from None
+        except (OSError, SyntaxError) as exc:
+            raise ImageReadError(
+                f"could not read image {os.fspath(path)!r} (image id {image_id!r}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         try:
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError) as exc:

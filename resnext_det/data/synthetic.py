@@ -66,7 +66,7 @@ class SyntheticCOCO:
 
     def register(self, prefix: str = "synthetic") -> tuple[str, str]:
         """Register ``{prefix}_train`` and ``{prefix}_val`` (idempotent); returns the names."""
-        from .coco import register_coco_dataset
+        from .catalog import register_coco_dataset
 
         train, val = f"{prefix}_train", f"{prefix}_val"
         register_coco_dataset(train, self.train_json, self.train_image_root)

@@ -1,57 +1,11 @@
-"""Pascal VOC XML annotations -> COCO json, with an explicit policy for bad data.
+"""Pascal VOC files: one XML per image, the bad-box policy, split files, and finding the XMLs and
+images of a set.
 
 Coordinates follow detectron2's own VOC loader (``detectron2/data/datasets/pascal_voc.py``): VOC
 boxes are 1-based inclusive pixel indices, so ``xmin``/``ymin`` lose 1 and ``xmax``/``ymax`` stay,
 giving the box ``[xmin - 1, xmax]`` in 0-based continuous coordinates (``xmin=1, xmax=W`` covers
-the whole image). COCO ``bbox`` is then ``[xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]``
-and ``area`` its width times height. Float coordinates are kept as floats.
-
-Category ids: the sorted class names -> 1..K. Without ``classes`` the names are collected from
-*every* XML in the directory (not only the split's), so a train and a val json converted
-separately get the same ids even if a class is missing from one split; ``classes`` fixes the
-order explicitly.
-
-Images: an XML's image is found in ``image_dir`` by the XML's own file name (``000005.xml`` ->
-``000005.jpg``, any image extension, any letter case: the VOC devkit's and detectron2's convention,
-where the annotation id is the image id), else by the XML's ``filename`` field (exact, any case,
-or its stem with any image extension). A ``filename`` that names another existing file is counted
-(``filename_disagrees``). The size is read from the image header with PIL (no decoding), after
-EXIF rotation as detectron2's ``read_image`` applies it, because detectron2 checks the json size
-against the image it reads.
-
-Policy for bad data (:class:`AnnotationError`, a ``ValueError``, names the file, object and field):
-
-==========================================  ===================================================
-Problem                                     What happens
-==========================================  ===================================================
-box with zero/negative size, or outside     ``bad_boxes="clip"`` (default): clip to the image,
-the image (after the 1-based shift)         drop it if empty (counted: ``clipped``,
-                                            ``dropped_empty_after_clip``); ``"drop"``: drop it
-                                            (``dropped_bad_boxes``); ``"error"``: raise naming
-                                            the file, object index, XML coordinates, image size
-XML not well-formed (truncated, not XML),   raise naming the file and the field; with
-root not ``annotation``, missing/empty      ``skip_bad_files=True`` skip the file (counted in
-``size``/``width``/``height``, ``object``   ``skipped_bad_files``, listed in the report)
-without ``name``/``bndbox``/coordinate,
-a value that is not a (finite) number
-image missing or not readable               the same (raise, or skip with ``skip_bad_files``)
-XML size differs from the image's           ``size_mismatch="warn"`` (default): use the image's
-(including labelImg's 0x0)                  size, count ``size_mismatch`` and list the files;
-                                            boxes are then checked against the image's size;
-                                            ``"error"``: raise naming both sizes
-class not in ``classes`` (when given)       always raise, naming the class, file and the
-                                            allowed classes
-``difficult`` objects                       ``difficult="keep"`` (default, as detectron2's VOC
-                                            loader trains on them): ``iscrowd`` 0 and
-                                            ``"difficult": 1`` recorded in the annotation;
-                                            ``"crowd"``: ``iscrowd`` 1 (COCO evaluation ignores
-                                            detections matched to them, as VOC's does;
-                                            detectron2 does not train on crowd boxes);
-                                            ``"drop"``: left out (counted)
-two XMLs for one image                      the first is kept, the rest counted
-                                            (``duplicate_images``)
-image without objects                       kept (a negative image), counted
-==========================================  ===================================================
+the whole image). Float coordinates are kept as floats. The conversion to COCO and its policies
+for bad data are in :mod:`resnext_det.data.voc_convert`.
 """
 
 from __future__ import annotations
@@ -61,33 +15,25 @@ import io
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from ..io import write_json_atomic
 from .errors import AnnotationError
 
 __all__ = [
     "BAD_BOX_POLICIES",
-    "DIFFICULT_POLICIES",
-    "SIZE_MISMATCH_POLICIES",
-    "VocConversionReport",
+    "IMAGE_EXTENSIONS",
+    "ImageIndex",
     "VocObject",
     "VocRecord",
     "apply_box_policy",
-    "convert_voc",
     "parse_voc_xml",
     "read_split_file",
-    "register_raccoon",
+    "XmlSet",
 ]
 
 BAD_BOX_POLICIES = ("clip", "drop", "error")
-DIFFICULT_POLICIES = ("keep", "crowd", "drop")
-SIZE_MISMATCH_POLICIES = ("warn", "error")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -262,12 +208,18 @@ def read_split_file(path: str | os.PathLike) -> list[str]:
 
     Raises:
         FileNotFoundError: no such file.
-        AnnotationError: a CSV without a ``filename`` column or with an empty one, or no names.
+        AnnotationError: not UTF-8 text, a CSV without a ``filename`` column or with an empty
+            one, or no names.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(
+            f"{path}: a split file must be UTF-8 text; byte {exc.start} is not ({exc.reason})"
+        ) from None
     lines = text.splitlines()
     first = lines[0] if lines else ""
     names: list[str] = []
@@ -297,17 +249,17 @@ def _stem(name: str) -> str:
     return (root if ext.lower() in (*IMAGE_EXTENSIONS, ".xml") else base).lower()
 
 
-class _ImageIndex:
+class ImageIndex:
     """The files of ``image_dir``, listed once, looked up by name or stem in any letter case."""
 
     def __init__(self, image_dir: Path):
         if not image_dir.is_dir():
             raise FileNotFoundError(f"image directory {str(image_dir)!r} does not exist")
         self.dir = image_dir
-        files = sorted(p.name for p in image_dir.iterdir() if p.is_file())
+        self.files = sorted(p.name for p in image_dir.iterdir() if p.is_file())
         self.by_lower: dict[str, str] = {}
         self.by_stem: dict[str, list[str]] = {}
-        for f in files:
+        for f in self.files:
             self.by_lower.setdefault(f.lower(), f)
             if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
                 self.by_stem.setdefault(os.path.splitext(f)[0].lower(), []).append(f)
@@ -327,281 +279,61 @@ class _ImageIndex:
         return by_field, False
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as detectron2's read_image will see it, from the header only."""
-    with Image.open(path) as im:
-        w, h = im.size
-        try:  # detectron2's _apply_exif_orientation tolerates broken EXIF the same way
-            orientation = im.getexif().get(0x0112, 1)
-        except Exception:
-            orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+class XmlSet:
+    """The ``*.xml`` of a directory, each parsed at most once (a parse error is kept, not
+    raised, so that it is raised or skipped where the policy decides)."""
 
-
-@dataclass
-class VocConversionReport:
-    """What :func:`convert_voc` wrote and what it repaired or skipped."""
-
-    out_json: Path
-    num_images: int
-    num_boxes: int
-    num_images_without_objects: int
-    categories: list[str]
-    per_class: dict[str, int]
-    warnings: dict[str, int] = field(default_factory=dict)
-    skipped_files: list[str] = field(default_factory=list)
-    size_mismatch_files: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        """A human-readable summary (the tool prints it)."""
-        from tabulate import tabulate
-
-        rows = [[c, self.per_class.get(c, 0)] for c in self.categories]
-        lines = [
-            f"wrote {self.out_json}: {self.num_images} images "
-            f"({self.num_images_without_objects} without objects), {self.num_boxes} boxes",
-            tabulate(rows, headers=["category", "boxes"], tablefmt="pipe"),
-        ]
-        if self.warnings:
-            lines.append("warnings: " + ", ".join(f"{k}={v}" for k, v in self.warnings.items()))
-        if self.skipped_files:
-            lines.append(f"skipped files: {self.skipped_files[:10]}")
-        if self.size_mismatch_files:
-            lines.append(f"XML size differs from the image: {self.size_mismatch_files[:10]}")
-        return "\n".join(lines)
-
-
-def _select(xml_files: list[Path], split: list[str], split_path: Any, parse) -> list[Path]:
-    by_stem = {p.stem.lower(): p for p in xml_files}
-    by_filename: dict[str, Path] | None = None
-    selected, missing = [], []
-    for name in split:
-        p = by_stem.get(_stem(name))
-        if p is None:
-            if by_filename is None:  # XMLs named unlike their images: match on <filename>
-                by_filename = {}
-                for q in xml_files:
-                    rec = parse(q)
-                    if isinstance(rec, VocRecord) and rec.filename:
-                        by_filename.setdefault(_stem(rec.filename), q)
-            p = by_filename.get(_stem(name))
-        if p is None:
-            missing.append(name)
-        else:
-            selected.append(p)
-    if missing:
-        raise AnnotationError(
-            f"{split_path}: {len(missing)} of {len(split)} names have no XML in the XML directory "
-            f"(by XML file name or <filename>), e.g. {missing[:5]}"
+    def __init__(self, xml_dir: Path):
+        if not xml_dir.is_dir():
+            raise FileNotFoundError(f"XML directory {str(xml_dir)!r} does not exist")
+        self.dir = xml_dir
+        self.files = sorted(
+            p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file()
         )
-    return list(dict.fromkeys(selected))
+        if not self.files:
+            raise AnnotationError(f"{xml_dir}: no .xml files (Pascal VOC annotations) found")
+        self._parsed: dict[Path, VocRecord | AnnotationError] = {}
 
-
-def convert_voc(
-    xml_dir: str | os.PathLike,
-    image_dir: str | os.PathLike,
-    out_json: str | os.PathLike,
-    *,
-    split: str | os.PathLike | None = None,
-    classes: list[str] | tuple[str, ...] | None = None,
-    bad_boxes: str = "clip",
-    skip_bad_files: bool = False,
-    size_mismatch: str = "warn",
-    difficult: str = "keep",
-) -> VocConversionReport:
-    """Convert a directory of Pascal VOC XMLs to one COCO instances json (written atomically).
-
-    Args:
-        xml_dir: directory of ``*.xml`` (one per image).
-        image_dir: directory of the images; ``file_name`` in the json is relative to it.
-        out_json: output path.
-        split: optional file naming the images to take (see :func:`read_split_file`); default all.
-        classes: class names in category-id order; default the sorted names found in xml_dir.
-        bad_boxes, skip_bad_files, size_mismatch, difficult: the policies in the module docstring.
-
-    Returns:
-        A :class:`VocConversionReport`.
-
-    Raises:
-        AnnotationError: bad data under the chosen policies (file, object and field named).
-        FileNotFoundError: a missing directory or split file.
-        ValueError: an unknown policy, or empty/duplicate ``classes``.
-    """
-    for arg, value, allowed in (
-        ("bad_boxes", bad_boxes, BAD_BOX_POLICIES),
-        ("size_mismatch", size_mismatch, SIZE_MISMATCH_POLICIES),
-        ("difficult", difficult, DIFFICULT_POLICIES),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
-    if classes is not None:
-        classes = [c.strip() for c in classes]
-        if not classes or not all(classes) or len(set(classes)) != len(classes):
-            raise ValueError(f"classes must be distinct non-empty names, got {classes!r}")
-    xml_dir, image_dir = Path(xml_dir), Path(image_dir)
-    if not xml_dir.is_dir():
-        raise FileNotFoundError(f"XML directory {str(xml_dir)!r} does not exist")
-    images = _ImageIndex(image_dir)
-    xml_files = sorted(p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file())
-    if not xml_files:
-        raise AnnotationError(f"{xml_dir}: no .xml files (Pascal VOC annotations) found")
-
-    parsed: dict[Path, VocRecord | AnnotationError] = {}
-
-    def parse(p: Path) -> VocRecord | AnnotationError:
-        if p not in parsed:
+    def parse(self, p: Path) -> VocRecord | AnnotationError:
+        if p not in self._parsed:
             try:
-                parsed[p] = parse_voc_xml(p.read_bytes(), str(p))
+                self._parsed[p] = parse_voc_xml(p.read_bytes(), str(p))
             except AnnotationError as exc:
-                parsed[p] = exc
-        return parsed[p]
+                self._parsed[p] = exc
+        return self._parsed[p]
 
-    selected = (
-        xml_files if split is None else _select(xml_files, read_split_file(split), split, parse)
-    )
-    if classes is None:
+    def class_names(self) -> list[str]:
         # All XMLs, not just the split's, so separately converted splits share category ids.
         names = {
-            o.name for p in xml_files if isinstance(r := parse(p), VocRecord) for o in r.objects
+            o.name
+            for p in self.files
+            if isinstance(r := self.parse(p), VocRecord)
+            for o in r.objects
         }
-        classes = sorted(names)
-    cat_id = {c: i + 1 for i, c in enumerate(classes)}
+        return sorted(names)
 
-    warnings: Counter[str] = Counter()
-    skipped: list[str] = []
-    mismatched: list[str] = []
-    out_images: list[dict] = []
-    out_anns: list[dict] = []
-    per_class: Counter[str] = Counter()
-    seen_images: set[str] = set()
-    for p in _progress(selected):
-        rec = parse(p)
-        try:
-            if isinstance(rec, AnnotationError):
-                raise rec
-            file_name, disagrees = images.find(p, rec.filename)
-            if file_name is None:
-                raise AnnotationError(
-                    f"{p}: no image for it in {image_dir} (looked for {p.stem}.<image ext> and "
-                    f"<filename> {rec.filename!r})"
-                )
-            try:
-                width, height = _image_size(image_dir / file_name)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                raise AnnotationError(
-                    f"{p}: its image {image_dir / file_name} is not readable: {exc}"
-                ) from None
-        except AnnotationError:
-            if not skip_bad_files:
-                raise
-            warnings["skipped_bad_files"] += 1
-            skipped.append(str(p))
-            continue
-        if file_name in seen_images:
-            warnings["duplicate_images"] += 1
-            continue
-        seen_images.add(file_name)
-        warnings["filename_disagrees"] += disagrees
-        if (width, height) != (rec.width, rec.height):
-            if size_mismatch == "error":
-                raise AnnotationError(
-                    f"{p}: size in the XML is {rec.width}x{rec.height} but the image "
-                    f"{image_dir / file_name} is {width}x{height} (after EXIF rotation); use "
-                    "size_mismatch='warn' (--size-mismatch warn) to take the image's size"
-                )
-            warnings["size_mismatch"] += 1
-            mismatched.append(str(p))
-        image_id = len(out_images) + 1
-        out_images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "width": width,
-                "height": height,
-                "voc_xml": p.name,
-            }
-        )
-        n_before = len(out_anns)
-        for obj in rec.objects:
-            if obj.name not in cat_id:
-                raise AnnotationError(
-                    f"{p}: object[{obj.index}] has class {obj.name!r}, which is not in the "
-                    f"allowed classes {list(classes)}"
-                )
-            if obj.difficult and difficult == "drop":
-                warnings["dropped_difficult"] += 1
-                continue
-            box, what = apply_box_policy(obj, width, height, bad_boxes, str(p))
-            if what != "ok":
-                warnings[what] += 1
-            if box is None:
-                continue
-            x0, y0, x1, y1 = box
-            out_anns.append(
-                {
-                    "id": len(out_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cat_id[obj.name],
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": int(bool(obj.difficult) and difficult == "crowd"),
-                    "difficult": obj.difficult,
-                    "truncated": obj.truncated,
-                }
+    def select(self, split: list[str], split_path: Any) -> list[Path]:
+        """The XMLs of the names in ``split``, by XML file name, else by ``<filename>``."""
+        by_stem = {p.stem.lower(): p for p in self.files}
+        by_filename: dict[str, Path] | None = None
+        selected, missing = [], []
+        for name in split:
+            p = by_stem.get(_stem(name))
+            if p is None:
+                if by_filename is None:  # XMLs named unlike their images: match on <filename>
+                    by_filename = {}
+                    for q in self.files:
+                        rec = self.parse(q)
+                        if isinstance(rec, VocRecord) and rec.filename:
+                            by_filename.setdefault(_stem(rec.filename), q)
+                p = by_filename.get(_stem(name))
+            if p is None:
+                missing.append(name)
+            else:
+                selected.append(p)
+        if missing:
+            raise AnnotationError(
+                f"{split_path}: {len(missing)} of {len(split)} names have no XML in the XML "
+                f"directory (by XML file name or <filename>), e.g. {missing[:5]}"
             )
-            per_class[obj.name] += 1
-        warnings["images_without_objects"] += len(out_anns) == n_before
-    if not out_images:
-        raise AnnotationError(f"{xml_dir}: no image could be converted ({len(skipped)} skipped)")
-
-    data = {
-        "info": {"description": f"converted from Pascal VOC XMLs in {xml_dir}"},
-        "images": out_images,
-        "annotations": out_anns,
-        "categories": [{"id": cat_id[c], "name": c, "supercategory": "none"} for c in classes],
-    }
-    out_json = write_json_atomic(out_json, data)
-    return VocConversionReport(
-        out_json=out_json,
-        num_images=len(out_images),
-        num_boxes=len(out_anns),
-        num_images_without_objects=warnings["images_without_objects"],
-        categories=list(classes),
-        per_class={c: per_class[c] for c in classes},
-        warnings={k: v for k, v in sorted(warnings.items()) if v},
-        skipped_files=skipped,
-        size_mismatch_files=mismatched,
-    )
-
-
-def _progress(items: list) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(items, desc="VOC XMLs", disable=len(items) < 500, leave=False)
-
-
-def register_raccoon(
-    root: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    names: tuple[str, str] = ("raccoon_train", "raccoon_val"),
-) -> tuple[VocConversionReport, VocConversionReport]:
-    """Convert the raccoon set (Dat Tran's; ``annotations/``, ``images/``, ``train_labels.csv``,
-    ``test_labels.csv``) to ``out_dir/raccoon_{train,val}.json`` (its 160/40 split) and register
-    both under ``names``.
-
-    Returns:
-        The two conversion reports (train, val).
-    """
-    from .coco import register_coco_dataset
-
-    root, out_dir = Path(root), Path(out_dir)
-    reports = []
-    for name, split_csv, stem in zip(
-        names, ("train_labels.csv", "test_labels.csv"), ("raccoon_train", "raccoon_val")
-    ):
-        report = convert_voc(
-            root / "annotations", root / "images", out_dir / f"{stem}.json", split=root / split_csv
-        )
-        register_coco_dataset(name, report.out_json, root / "images")
-        reports.append(report)
-    return reports[0], reports[1]
+        return list(dict.fromkeys(selected))

@@ -112,8 +112,8 @@ def _is_int(x: Any) -> bool:
 class CocoGroundTruth:
     """COCO-format ground truth as arrays, in the order pycocotools visits it.
 
-    Annotations keep the file's order (pycocotools matches ties to the later one); those whose image
-    or category is not listed are dropped, as pycocotools' ``getAnnIds`` drops them.
+    Annotations keep the file's order (pycocotools matches ties to the later one); one whose image
+    or category is not listed is refused by :func:`load_ground_truth` (pycocotools drops it).
     """
 
     source: str
@@ -162,66 +162,42 @@ class CocoGroundTruth:
 def load_ground_truth(gt: PathLike | dict | CocoGroundTruth) -> CocoGroundTruth:
     """Read COCO-format ground truth (a path to the json or the loaded dict).
 
+    The file is read and checked by the same validator as data set registration
+    (:func:`resnext_det.data.validate_coco_dict`, with its evaluation rules: ``area`` required,
+    ``ignore`` allowed), so evaluation accepts exactly the ground truth that training does.
+
     Args:
         gt: ``instances_*.json``-style file or dict (``images``, ``annotations``, ``categories``).
 
     Returns:
         A :class:`CocoGroundTruth`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ResultsFormatError: the file or dict is not valid COCO ground truth (file, record and
+            field named).
     """
+    from ..data import AnnotationError, read_json_file, validate_coco_dict
+
     if isinstance(gt, CocoGroundTruth):
         return gt
-    if isinstance(gt, dict):
-        source, data = "<ground-truth dict>", gt
-    else:
-        source, data = str(gt), _read_json(gt, "ground-truth annotations")
-    if not isinstance(data, dict):
-        raise ResultsFormatError(
-            f"{source}: COCO ground truth must be a JSON object with 'images', 'annotations' and "
-            f"'categories'; got a {type(data).__name__}"
-        )
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ResultsFormatError(
-                f"{source}: COCO ground truth needs a list under {key!r}; got "
-                f"{type(data.get(key)).__name__}"
-            )
+    try:
+        if isinstance(gt, dict):
+            source, data = "<ground-truth dict>", gt
+        else:
+            source = str(gt)
+            data = read_json_file(gt, "ground-truth annotations file")
+        validate_coco_dict(data, source, for_evaluation=True)
+    except AnnotationError as exc:
+        raise ResultsFormatError(str(exc)) from None
     images = data["images"]
-    for i, im in enumerate(images):
-        if not isinstance(im, dict) or not _is_int(im.get("id")):
-            raise ResultsFormatError(f"{source}: images[{i}] needs an integer 'id'; got {im!r:.80}")
-    cats = data["categories"]
-    for i, c in enumerate(cats):
-        if not isinstance(c, dict) or not _is_int(c.get("id")):
-            raise ResultsFormatError(
-                f"{source}: categories[{i}] needs an integer 'id'; got {c!r:.80}"
-            )
-    image_ids = np.unique(np.array([im["id"] for im in images], dtype=np.int64))
-    cat_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
+    image_ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+    cat_by_id = {int(c["id"]): c["name"] for c in data["categories"]}
     category_ids = np.array(sorted(cat_by_id), dtype=np.int64)
-
-    anns = data["annotations"]
-    img_set, cat_set = set(image_ids.tolist()), set(cat_by_id)
-    rows = []
-    for i, a in enumerate(anns):
-        where = f"{source}: annotations[{i}]"
-        if not isinstance(a, dict):
-            raise ResultsFormatError(f"{where} must be an object; got {type(a).__name__}")
-        for key in ("image_id", "category_id", "id"):
-            if not _is_int(a.get(key)):
-                raise ResultsFormatError(f"{where}: {key!r} must be an integer; got {a.get(key)!r}")
-        if a["image_id"] not in img_set or a["category_id"] not in cat_set:
-            continue  # pycocotools' getAnnIds(imgIds=..., catIds=...) skips these too
-        bbox = a.get("bbox")
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            raise ResultsFormatError(f"{where}: 'bbox' must be [x, y, w, h]; got {bbox!r}")
-        if not _is_number(a.get("area")):
-            raise ResultsFormatError(
-                f"{where}: 'area' must be a number (COCO's area ranges use it); "
-                f"got {a.get('area')!r}"
-            )
-        rows.append(
-            (a["image_id"], a["category_id"], *bbox, a["area"], a.get("iscrowd", 0), a["id"])
-        )
+    rows = [
+        (a["image_id"], a["category_id"], *a["bbox"], a["area"], a.get("iscrowd", 0), a["id"])
+        for a in data["annotations"]
+    ]
     arr = np.array(rows, dtype=np.float64).reshape(-1, 9)
     ann_id = np.array([r[8] for r in rows], dtype=np.int64)
     if np.any(ann_id == 0):
@@ -280,8 +256,8 @@ def _check_entry(source: str, i: int, d: Any, img_set: set, cat_set: set, gt: Co
     if d["image_id"] not in img_set:
         raise ResultsFormatError(
             f"{where}: 'image_id' {d['image_id']} is not an image of the ground truth {gt.source} "
-            f"({gt.num_images} images, ids {gt.image_ids.min(initial=0)}.."
-            f"{gt.image_ids.max(initial=0)})"
+            f"({gt.num_images} images"
+            + (f", ids {gt.image_ids.min()}..{gt.image_ids.max()})" if gt.num_images else ")")
         )
     if not _is_int(d["category_id"]):
         raise ResultsFormatError(
