@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import TYPE_CHECKING, Any
 
-from ..backbone import ARCHITECTURES
+from ..spec import ARCHITECTURES, variant_name
 from .io import CheckpointError
 
 if TYPE_CHECKING:
@@ -290,9 +290,7 @@ class Architecture:
     @property
     def name(self) -> str:
         depth = self.depth or f"?(blocks {list(self.blocks)})"
-        if self.cardinality == 1 and self.width_per_group * 4 == self.res2_out_channels:
-            return f"R-{depth}"
-        return f"X-{depth}-{self.cardinality}x{self.width_per_group}d"
+        return variant_name(depth, self.cardinality, self.width_per_group, self.res2_out_channels)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "depth": self.depth, **dataclasses.asdict(self)}
