@@ -23,6 +23,7 @@ from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
 from .checkpoint import TrainingCheckpointer
 from .launch import LaunchArgumentError, launch
+from .lock import OutputDirInUseError, lock_output_dir
 from .trainer import Trainer
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "make_deterministic",
     "default_setup",
     "launch_from_args",
+    "hold_output_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,9 +153,32 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
+def hold_output_dir(cfg: CfgNode) -> None:
+    """Lock ``cfg.OUTPUT_DIR`` for this run (:mod:`resnext_det.training.lock`) before anything
+    is written there; in every process of a distributed run, which all stop if it is taken.
+
+    The main process holds the lock; the others learn the outcome from it, so that none of them
+    writes its log into a folder another run owns.
+
+    Raises:
+        OutputDirInUseError: another live run holds OUTPUT_DIR.
+    """
+    refused = None
+    if comm.is_main_process():
+        try:
+            lock_output_dir(cfg.OUTPUT_DIR)
+        except OutputDirInUseError as exc:
+            refused = str(exc)
+    if comm.get_world_size() > 1:
+        refused = comm.all_gather(refused)[0]
+    if refused is not None:
+        raise OutputDirInUseError(refused)
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then
-    detectron2's ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then the
+    OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's ``default_setup`` (logging, seeding,
+    config.yaml), determinism and datasets."""
     unsafe = getattr(args, "allow_unsafe_yaml", False)
     cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
@@ -161,6 +186,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
+    hold_output_dir(cfg)
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
         make_deterministic()
@@ -185,7 +211,11 @@ def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
 
 
 def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any] | None:
-    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint."""
+    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint.
+
+    Holds OUTPUT_DIR (a no-op after :func:`setup`, which already took it).
+    """
+    hold_output_dir(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
