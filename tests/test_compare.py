@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO, tiny_cfg
 from PIL import Image
+from support.synthetic_results import synthetic_detections, synthetic_ground_truth
 from test_evaluation import coco_eval
 
 from resnext_det.evaluation import (
@@ -22,7 +23,6 @@ from resnext_det.evaluation import (
     evaluate_results,
 )
 from resnext_det.evaluation.coco import METRIC_KEYS
-from resnext_det.evaluation.synthetic import synthetic_detections, synthetic_ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def _tool_args(f, out):
         "--results",
         f"X-50-32x4d={f['X-50-32x4d']}",
         "--bootstrap",
-        "50",
+        "200",
         "--out",
         str(out),
         "--no-progress",
@@ -333,7 +333,7 @@ def test_models_mode_tool_and_bad_weights(tmp_path):
         "--max-images",
         "3",
         "--bootstrap",
-        "10",
+        "200",
         "--out",
         str(out),
         "--no-progress",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support.synthetic_results import synthetic_detections, synthetic_ground_truth
 
 from resnext_det.evaluation import (
     ResultsFormatError,
@@ -20,8 +21,8 @@ from resnext_det.evaluation import (
     paired_bootstrap,
     resample_weights,
 )
-from resnext_det.evaluation.coco import METRIC_KEYS, summarize
-from resnext_det.evaluation.synthetic import synthetic_detections, synthetic_ground_truth
+from resnext_det.evaluation.coco import METRIC_KEYS
+from resnext_det.evaluation.metrics import summarize
 
 
 def coco_eval(gt: dict, results: list) -> COCOeval:
