@@ -45,7 +45,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        return evaluate(cfg, resume=args.resume)
+        return evaluate(cfg, resume=args.resume, allow_partial_weights=args.allow_partial_weights)
     return train(cfg, resume=args.resume)
 
 

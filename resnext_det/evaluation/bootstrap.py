@@ -105,6 +105,7 @@ class BootstrapResult:
     runs: dict[str, int]
     samples: dict[str, dict[str, np.ndarray]] = field(repr=False)  # run mean per resample
     run_samples: dict[str, list[dict[str, np.ndarray]]] = field(repr=False, default_factory=dict)
+    run_values: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # [R] full set
     models: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     deltas: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     delta_p_values: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -269,13 +270,14 @@ def paired_bootstrap(
                 chunk = int(max(1, min(resamples, max_chunk_elements // max(largest, 1))))
                 parts = []
                 for s in range(0, resamples, chunk):
-                    parts.append(table.ap_from_weights(W[s : s + chunk], inputs))
-                    bar.update(len(W[s : s + chunk]))
-                run_samples[name].append(
-                    {m: np.concatenate([p[m] for p in parts]) for m in BOOTSTRAP_METRICS}
-                )
-                point = table.ap_from_weights(ones, inputs)
-                points.append([float(point[m][0]) for m in BOOTSTRAP_METRICS])
+                    w = W[s : s + chunk]
+                    if s == 0:  # the full set rides along with the first chunk (one pass)
+                        w = np.concatenate([ones, w])
+                    parts.append(table.ap_from_weights(w, inputs))
+                    bar.update(min(chunk, resamples - s))
+                joined = {m: np.concatenate([p[m] for p in parts]) for m in BOOTSTRAP_METRICS}
+                points.append([float(joined[m][0]) for m in BOOTSTRAP_METRICS])
+                run_samples[name].append({m: v[1:] for m, v in joined.items()})
             full[name] = np.array(points)
             boot[name] = {
                 m: np.stack([rs[m] for rs in run_samples[name]]) for m in BOOTSTRAP_METRICS
@@ -291,6 +293,9 @@ def paired_bootstrap(
         runs={n: len(r) for n, r in runs.items()},
         samples=samples,
         run_samples=run_samples,
+        run_values={
+            n: {m: full[n][:, i] for i, m in enumerate(BOOTSTRAP_METRICS)} for n in runs
+        },
     )
     comp = {
         n: {m: _run_component(full[n][:, i], boot[n][m]) for i, m in enumerate(BOOTSTRAP_METRICS)}
