@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
@@ -250,7 +251,7 @@ def _det(gt, **kw):
 def test_bad_entry_names_file_entry_and_field(small_gt, tmp_path, bad, match):
     gt, g = small_gt
     path = tmp_path / "res.json"
-    path.write_text(__import__("json").dumps([_det(gt), _det(gt, **bad)]))
+    path.write_text(json.dumps([_det(gt), _det(gt, **bad)]))
     with pytest.raises(ResultsFormatError, match=rf"res\.json: {match}"):
         load_results(path, g)
 
@@ -295,3 +296,16 @@ def test_equals_faster_coco_eval(seed, case):
         e.accumulate()
         e.summarize()
     assert_stats_equal(evaluate_results(gt, res), e, tol=1e-6)
+
+
+def test_unknown_image_names_the_real_id_range(small_gt, tmp_path):
+    """Issue 15 item 13: the message said "ids 0..N" for ids that start elsewhere."""
+    gt, g = small_gt
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([_det(gt, image_id=5)]))
+    lo, hi = int(g.image_ids.min()), int(g.image_ids.max())
+    assert lo > 0
+    with pytest.raises(
+        ResultsFormatError, match=rf"5 images, ids {lo}\.\.{hi}\)\. Results of another"
+    ):
+        load_results(path, g)

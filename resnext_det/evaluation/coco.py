@@ -281,8 +281,10 @@ def _check_entry(source: str, i: int, d: Any, img_set: set, cat_set: set, gt: Co
     if d["image_id"] not in img_set:
         raise ResultsFormatError(
             f"{where}: 'image_id' {d['image_id']} is not an image of the ground truth {gt.source} "
-            f"({gt.num_images} images, ids {gt.image_ids.min(initial=0)}.."
-            f"{gt.image_ids.max(initial=0)})"
+            f"({gt.num_images} images"
+            + (f", ids {gt.image_ids.min()}..{gt.image_ids.max()}" if gt.num_images else "")
+            + "). Results of another data set or split? Compare against the ground truth the "
+            "model was run on."
         )
     if not _is_int(d["category_id"]):
         raise ResultsFormatError(
