@@ -293,9 +293,7 @@ def paired_bootstrap(
         runs={n: len(r) for n, r in runs.items()},
         samples=samples,
         run_samples=run_samples,
-        run_values={
-            n: {m: full[n][:, i] for i, m in enumerate(BOOTSTRAP_METRICS)} for n in runs
-        },
+        run_values={n: {m: full[n][:, i] for i, m in enumerate(BOOTSTRAP_METRICS)} for n in runs},
     )
     comp = {
         n: {m: _run_component(full[n][:, i], boot[n][m]) for i, m in enumerate(BOOTSTRAP_METRICS)}
