@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -12,17 +13,18 @@ import pytest
 import torch
 from conftest import REPO, tiny_cfg
 from PIL import Image
+from support.synthetic_results import synthetic_detections, synthetic_ground_truth
 from test_evaluation import coco_eval
 
 from resnext_det.evaluation import (
     OUTPUT_FILES,
+    PartialWeightsError,
     ResultsFormatError,
     compare_models,
     compare_results,
     evaluate_results,
 )
 from resnext_det.evaluation.coco import METRIC_KEYS
-from resnext_det.evaluation.synthetic import synthetic_detections, synthetic_ground_truth
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def _tool_args(f, out):
         "--results",
         f"X-50-32x4d={f['X-50-32x4d']}",
         "--bootstrap",
-        "50",
+        "200",
         "--out",
         str(out),
         "--no-progress",
@@ -333,7 +335,7 @@ def test_models_mode_tool_and_bad_weights(tmp_path):
         "--max-images",
         "3",
         "--bootstrap",
-        "10",
+        "200",
         "--out",
         str(out),
         "--no-progress",
@@ -344,3 +346,229 @@ def test_models_mode_tool_and_bad_weights(tmp_path):
     # The same weights twice: identical detections, so a delta of exactly 0 with a 0-width CI.
     assert report["models"]["R2"]["delta"]["AP"] == 0
     assert report["models"]["R2"]["delta_ci"]["AP"] == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------
+# Several training runs per model (issue 14)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """3 runs of a weak and 4 of a strong detector (qualities differ per run), as files."""
+    d = tmp_path_factory.mktemp("runs")
+    gt = synthetic_ground_truth(40, seed=31)
+    files = {"gt": d / "gt.json"}
+    files["gt"].write_text(json.dumps(gt))
+    for name, qualities in (("R", (0.40, 0.43, 0.46)), ("X", (0.80, 0.82, 0.84, 0.86))):
+        files[name] = []
+        for i, q in enumerate(qualities):
+            f = d / f"{name}_s{i}.json"
+            f.write_text(
+                json.dumps(synthetic_detections(gt, seed=40 + 7 * i + len(name), quality=q))
+            )
+            files[name].append(f)
+    return gt, files
+
+
+def test_runs_per_model_figures_and_json(runs, tmp_path):
+    gt, f = runs
+    out = tmp_path / "out"
+    report = compare_results(
+        f["gt"], {"R": f["R"], "X": f["X"]}, bootstrap=200, out_dir=out, progress=False
+    )
+    on_disk = json.loads((out / "comparison.json").read_text())
+    for name, n in (("R", 3), ("X", 4)):  # unequal run counts
+        m = on_disk["models"][name]
+        assert m["runs"] == n and len(m["per_run"]) == n
+        per_run_ap = []
+        for run, path in zip(m["per_run"], f[name]):
+            e = coco_eval(gt, json.loads(path.read_text()))
+            assert run["AP"] == pytest.approx(100 * e.stats[0], abs=1e-6)  # each run's figure
+            assert run["results_file"] == str(path)
+            per_run_ap.append(run["AP"])
+        assert m["AP"] == pytest.approx(np.mean(per_run_ap)) == m["mean"]["AP"]
+        assert m["between_run_sd"]["AP"] == pytest.approx(np.std(per_run_ap, ddof=1))
+        assert m["ci"]["AP"][0] < m["AP"] < m["ci"]["AP"][1]
+        # The run term only widens: the interval over images and runs holds the images-only one.
+        assert (
+            m["ci"]["AP"][0] <= m["ci_image"]["AP"][0]
+            and m["ci"]["AP"][1] >= m["ci_image"]["AP"][1]
+        )
+    x = on_disk["models"]["X"]
+    assert x["delta"]["AP"] == pytest.approx(x["AP"] - on_disk["models"]["R"]["AP"])
+    assert x["delta_calibrated"] is True
+    assert x["delta_covers"] == "40 test images and 4 vs 3 training runs"
+    assert x["delta_ci"]["AP"][0] > 0 and x["delta_significant"]["AP"] is True
+    width = x["delta_ci"]["AP"][1] - x["delta_ci"]["AP"][0]
+    width_img = x["delta_ci_image"]["AP"][1] - x["delta_ci_image"]["AP"][0]
+    assert width > width_img  # runs that differ this much must widen the interval
+    assert report["bootstrap"]["calibrated"] is True
+    md = (out / "comparison.md").read_text()
+    assert "over 40 test images" not in md  # the phrase is "covers 40 test images and ..."
+    assert "covers 40 test images and 4 vs 3 training runs" in md
+    assert "Student-t term for the between-run variance" in md and "## Training runs" in md
+    assert "†" not in md.split("## All COCO metrics")[0].split("marks a Δ")[0]
+    row = next(line for line in md.splitlines() if line.startswith("| X "))
+    assert "*" in row and "†" not in row
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert rows["R"]["runs"] == "3" and rows["X"]["delta_calibrated"] == "1"
+
+
+def test_one_run_per_model_is_labelled_images_only(data, tmp_path):
+    _, f = data
+    out = tmp_path / "out"
+    compare_results(
+        f["gt"],
+        {"R-50": f["R-50"], "X-50-32x4d": [f["X-50-32x4d"]]},  # a list of one run works too
+        bootstrap=200,
+        out_dir=out,
+        progress=False,
+    )
+    x = json.loads((out / "comparison.json").read_text())["models"]["X-50-32x4d"]
+    assert x["runs"] == 1 and x["delta_significant"]["AP50"] is True
+    assert x["delta_calibrated"] is False
+    assert x["delta_covers"] == (
+        "40 test images only (1 vs 1 training run: run-to-run variation unmeasured)"
+    )
+    assert x["between_run_sd"]["AP"] is None and x["ci"] == x["ci_image"]
+    md = (out / "comparison.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| X-50-32x4d"))
+    assert "†" in row and "*" not in row  # an images-only exclusion is not marked as a finding
+    assert "run-to-run variation unmeasured" in md and "test images only" in md
+
+
+def test_repeated_names_in_results_mode_are_runs(runs, tmp_path, capsys):
+    _, f = runs
+    out = tmp_path / "tool"
+    args = ["--gt", str(f["gt"])]
+    for name in ("R", "X"):
+        for path in f[name]:
+            args += ["--results", f"{name}={path}"]
+    assert _tool().main([*args, "--bootstrap", "200", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["models"]["R"]["runs"] == 3 and report["models"]["X"]["runs"] == 4
+    files = [r["results_file"] for r in report["models"]["R"]["per_run"]]
+    assert files == [str(p) for p in f["R"]]  # none dropped, in the order given
+    assert "covers 40 test images and 4 vs 3 training runs" in (out / "comparison.md").read_text()
+    capsys.readouterr()
+
+
+def test_runs_are_drawn_as_points(runs, tmp_path):
+    """comparison.png shows each run as a dot beside its bar: the image differs from one whose
+    runs are all equal to their mean (same bars, no dots)."""
+    from resnext_det.evaluation.report import render_png
+
+    _, f = runs
+    report = compare_results(f["gt"], {"R": f["R"], "X": f["X"]}, bootstrap=0, progress=False)
+    render_png(report, tmp_path / "with.png")
+    for m in report["models"].values():
+        m["per_run"] = [dict(r, AP=m["AP"], AP50=m["AP50"], AP75=m["AP75"]) for r in m["per_run"]]
+        for r in m["per_run"]:
+            for k in ("APs", "APm", "APl"):
+                r[k] = None
+    render_png(report, tmp_path / "without.png")
+    a = np.asarray(Image.open(tmp_path / "with.png").convert("L"), dtype=float)
+    b = np.asarray(Image.open(tmp_path / "without.png").convert("L"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).sum() > 0
+
+
+def test_partial_run_refused_and_missing_detections_scored(data, tmp_path):
+    """detectron2 writes no entry for an image without detections: such files compare without a
+    flag, scored as pycocotools scores them; a file covering at most half the images does not."""
+    gt, f = data
+    full = json.loads(f["R-50"].read_text())
+    drop = {im["id"] for im in gt["images"][:3]}
+    fewer = tmp_path / "fewer.json"
+    fewer.write_text(json.dumps([d for d in full if d["image_id"] not in drop]))
+    report = compare_results(f["gt"], {"a": f["R-50"], "b": fewer}, bootstrap=0, progress=False)
+    e = coco_eval(gt, json.loads(fewer.read_text()))
+    assert report["models"]["b"]["AP"] == pytest.approx(100 * e.stats[0], abs=1e-6)
+    half_ids = {im["id"] for im in gt["images"][:15]}
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps([d for d in full if d["image_id"] in half_ids]))
+    with pytest.raises(
+        ResultsFormatError, match=r"part\.json on 15 .*partial run.*allow_missing_images=True"
+    ):
+        compare_results(f["gt"], {"a": f["R-50"], "b": [fewer, part]}, bootstrap=0, progress=False)
+    # Alone, against the ground truth's image count.
+    with pytest.raises(
+        ResultsFormatError, match=r"ground truth .* has 40 images, .*part\.json on 15"
+    ):
+        compare_results(f["gt"], {"b": part}, bootstrap=0, progress=False)
+    tool = _tool()
+    args = ["--gt", str(f["gt"]), "--results", f"a={f['R-50']}", "--results", f"b={part}"]
+    assert tool.main([*args, "--bootstrap", "0", "--no-progress"]) == 2
+    assert tool.main([*args, "--bootstrap", "0", "--no-progress", "--allow-missing-images"]) == 0
+
+
+def test_bootstrap_minimum_and_bad_out(data, tmp_path, capsys):
+    _, f = data
+    tool = _tool()
+    base = ["--gt", str(f["gt"]), "--results", f"R-50={f['R-50']}", "--no-progress"]
+    with pytest.raises(SystemExit):
+        tool.main([*base, "--bootstrap", "1"])
+    assert "at least 200" in capsys.readouterr().err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert tool.main([*base, "--bootstrap", "0", "--out", str(a_file)]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert tool.main([*base, "--bootstrap", "0", "--out", str(a_file / "sub")]) == 2
+    assert "is a file, so no folder can be made under it" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            assert tool.main([*base, "--bootstrap", "0", "--out", str(ro)]) == 2
+            assert "not writable" in capsys.readouterr().err
+            assert tool.main([*base, "--bootstrap", "0", "--out", str(ro / "a" / "b")]) == 2
+            assert "which is not writable" in capsys.readouterr().err
+        finally:
+            ro.chmod(0o700)
+
+
+def test_models_mode_runs_and_partial_weights(tmp_path):
+    """Repeated --model names are runs; a backbone-only checkpoint and heads of another shape are
+    refused naming the groups, unless --allow-partial-weights."""
+    from detectron2.modeling import build_model
+
+    json_file, image_root = _write_dataset(tmp_path)
+    r0 = _tiny_model(tmp_path, "r0", 1, 8, 0)
+    r1 = _tiny_model(tmp_path, "r1", 1, 8, 1)
+    x0 = _tiny_model(tmp_path, "x0", 2, 4, 2)
+    out = tmp_path / "out"
+    common = ["--coco-json", str(json_file), "--image-root", str(image_root), "--no-progress"]
+    args = [f"R={r0[0]}:{r0[1]}", f"R={r1[0]}:{r1[1]}", f"X={x0[0]}:{x0[1]}"]
+    argv = [*(a for m in args for a in ("--model", m)), *common, "--bootstrap", "200"]
+    assert _tool().main([*argv, "--out", str(out)]) == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["models"]["R"]["runs"] == 2 and report["models"]["X"]["runs"] == 1
+    assert (out / "results_R_run0.json").is_file() and (out / "results_R_run1.json").is_file()
+    assert (out / "results_X.json").is_file()
+    assert [i["weights"] for i in report["models"]["R"]["per_run_info"]] == [str(r0[1]), str(r1[1])]
+    assert report["models"]["X"]["delta_calibrated"] is False
+
+    # A backbone-only checkpoint: the heads would stay random.
+    full = torch.load(x0[1], weights_only=True)["model"]
+    backbone = tmp_path / "backbone_only.pth"
+    torch.save({"model": {k: v for k, v in full.items() if k.startswith("backbone.")}}, backbone)
+    with pytest.raises(PartialWeightsError, match=r"roi_heads\.box_predictor\.\*: missing") as exc:
+        compare_models(
+            {"X": (x0[0], backbone)}, (json_file, image_root), None, bootstrap=0, progress=False
+        )
+    assert "proposal_generator.rpn_head.*: missing" in str(exc.value)
+    assert "backbone_only.pth" in str(exc.value) and "allow_partial_weights=True" in str(exc.value)
+    # Heads of another shape (3 classes instead of 2).
+    cfg = tiny_cfg(NUM_GROUPS=2, WIDTH_PER_GROUP=4)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    other = tmp_path / "three_classes.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, other)
+    with pytest.raises(PartialWeightsError, match=r"roi_heads\.box_predictor\.\*: shape mismatch"):
+        compare_models(
+            {"X": (x0[0], other)}, (json_file, image_root), None, bootstrap=0, progress=False
+        )
+    bad = ["--model", f"X={x0[0]}:{backbone}", *common, "--bootstrap", "0"]
+    assert _tool().main(bad) == 2
+    assert _tool().main([*bad, "--allow-partial-weights"]) == 0

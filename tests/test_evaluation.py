@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support.synthetic_results import synthetic_detections, synthetic_ground_truth
 
 from resnext_det.evaluation import (
     ResultsFormatError,
@@ -20,8 +22,8 @@ from resnext_det.evaluation import (
     paired_bootstrap,
     resample_weights,
 )
-from resnext_det.evaluation.coco import METRIC_KEYS, summarize
-from resnext_det.evaluation.synthetic import synthetic_detections, synthetic_ground_truth
+from resnext_det.evaluation.coco import METRIC_KEYS
+from resnext_det.evaluation.metrics import summarize
 
 
 def coco_eval(gt: dict, results: list) -> COCOeval:
@@ -249,7 +251,7 @@ def _det(gt, **kw):
 def test_bad_entry_names_file_entry_and_field(small_gt, tmp_path, bad, match):
     gt, g = small_gt
     path = tmp_path / "res.json"
-    path.write_text(__import__("json").dumps([_det(gt), _det(gt, **bad)]))
+    path.write_text(json.dumps([_det(gt), _det(gt, **bad)]))
     with pytest.raises(ResultsFormatError, match=rf"res\.json: {match}"):
         load_results(path, g)
 
@@ -278,3 +280,32 @@ def test_bad_ground_truth():
     del gt["annotations"][1]["area"]
     with pytest.raises(ResultsFormatError, match=r"annotations\[1\]: 'area' must be a number"):
         load_ground_truth(gt)
+
+
+@pytest.mark.parametrize("seed,case", list(enumerate(CASES[:2])))
+def test_equals_faster_coco_eval(seed, case):
+    """A second implementation nobody here wrote (faster-coco-eval's C++ evaluator, a dev
+    dependency): the 12 numbers agree with it as with pycocotools."""
+    fce = pytest.importorskip("faster_coco_eval")
+    gt = synthetic_ground_truth(50, seed=seed, **case[0])
+    res = synthetic_detections(gt, seed=seed + 10, **case[1])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = fce.COCO(copy.deepcopy(gt))
+        e = fce.COCOeval_faster(coco, coco.loadRes(copy.deepcopy(res)), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    assert_stats_equal(evaluate_results(gt, res), e, tol=1e-6)
+
+
+def test_unknown_image_names_the_real_id_range(small_gt, tmp_path):
+    """Issue 15 item 13: the message said "ids 0..N" for ids that start elsewhere."""
+    gt, g = small_gt
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([_det(gt, image_id=5)]))
+    lo, hi = int(g.image_ids.min()), int(g.image_ids.max())
+    assert lo > 0
+    with pytest.raises(
+        ResultsFormatError, match=rf"5 images, ids {lo}\.\.{hi}\)\. Results of another"
+    ):
+        load_results(path, g)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Compare detectors (e.g. ResNet-50 vs ResNeXt-50 32x4d) on COCO metrics, with paired intervals.
+"""Compare detectors (e.g. ResNet-50 vs ResNeXt-50 32x4d) on COCO metrics, with honest intervals.
 
 From models (each is run on the same images, timed, and its results json saved):
 
@@ -12,6 +12,14 @@ From results files (no model needed; --config adds backbone params/GFLOPs):
     tools/compare_backbones.py --gt val.json --results R50=r50.json --results X50=x50.json \\
         --out output/compare
 
+Several training runs per model: repeat the name, once per run (models may have different
+numbers of runs). The intervals then cover both the test images and the training runs:
+
+    tools/compare_backbones.py --gt val.json \\
+        --results R50=r_s0.json --results R50=r_s1.json --results R50=r_s2.json \\
+        --results X50=x_s0.json --results X50=x_s1.json --results X50=x_s2.json --out cmp/
+
+With one run per model the intervals cover test images only, and the report says so.
 The first model (or --baseline) is the baseline. Writes comparison.{md,json,csv,png} to --out,
 only when every model succeeded, and prints the table.
 """
@@ -19,13 +27,15 @@ only when every model succeeded, and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from resnext_det.evaluation.bootstrap import MIN_RESAMPLES  # noqa: E402
 
 
 def _name_value(text: str, flag: str) -> tuple[str, str]:
@@ -45,6 +55,34 @@ def _model_spec(text: str) -> tuple[str, tuple[str, str | None]]:
     return name, (config, weights or None)
 
 
+def _runs(pairs: list[tuple[str, object]]) -> dict[str, list]:
+    """NAME=VALUE pairs -> {NAME: [VALUE, ...]} in first-seen order: a repeated name is one more
+    training run of that model, never a replacement."""
+    runs: dict[str, list] = {}
+    for name, value in pairs:
+        runs.setdefault(name, []).append(value)
+    return runs
+
+
+def _check_out(out: str | None) -> str | None:
+    """Why --out cannot be written, or None: an existing file, a read-only folder or one under
+    it (found before any model is run, not after minutes of inference)."""
+    if not out:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"--out {out!r} is an existing file, not a folder"
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"--out {out!r}: {str(probe)!r} is a file, so no folder can be made under it"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "is" if probe == path else f"would be made under {str(probe)!r}, which is"
+        return f"--out {out!r} {where} not writable"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     models = p.add_argument_group("from models")
@@ -53,13 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=CONFIG[:WEIGHTS]",
-        help="a detector to run (repeat); WEIGHTS defaults to MODEL.WEIGHTS",
+        help="a detector to run (repeat; a repeated NAME adds a training run of that model); "
+        "WEIGHTS defaults to MODEL.WEIGHTS",
     )
     models.add_argument("--dataset", help="a registered data set name")
     models.add_argument("--coco-json", help="COCO json of the images to run on (with --image-root)")
     models.add_argument("--image-root", help="directory the json's file_name are relative to")
     models.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     models.add_argument("--max-images", type=int, help="only the first N images")
+    models.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="score a model even if its weights leave parameters (heads) randomly initialised",
+    )
     models.add_argument(
         "--no-optimize",
         action="store_true",
@@ -72,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=RESULTS.json",
-        help="a COCO results file (repeat)",
+        help="a COCO results file (repeat; a repeated NAME adds a training run of that model)",
     )
     res.add_argument(
         "--config",
@@ -84,14 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument(
         "--allow-missing-images",
         action="store_true",
-        help="accept results files with detections on different image sets",
+        help="skip the partial-run check (a file with detections on at most half the images "
+        "another covers); images without detections are scored as misses either way",
     )
     p.add_argument("--baseline", help="name of the baseline (default: the first)")
     p.add_argument(
         "--bootstrap",
         type=int,
         default=1000,
-        help="paired bootstrap resamples over images (0: off; default 1000)",
+        help=f"bootstrap resamples over images (0: off; else at least {MIN_RESAMPLES}; "
+        "default 1000)",
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--confidence", type=float, default=0.95, help="interval coverage")
@@ -104,13 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="output directory for comparison.{md,json,csv,png}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--benchmark",
-        type=int,
-        nargs="*",
-        metavar=("IMAGES", "RESAMPLES"),
-        help="time the bootstrap on synthetic data (default 5000 images, 1000 resamples) and exit",
-    )
     return p
 
 
@@ -119,22 +158,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from resnext_det.evaluation import ResultsFormatError, compare_models, compare_results
+    from resnext_det.errors import BadFileError
+    from resnext_det.evaluation import compare_models, compare_results
     from resnext_det.evaluation.report import format_table
 
-    if args.benchmark is not None:
-        from resnext_det.evaluation.bootstrap import benchmark_bootstrap
-
-        sizes = (args.benchmark + [5000, 1000][len(args.benchmark) :])[:2]
-        print(json.dumps(benchmark_bootstrap(*sizes, seed=args.seed), indent=2))
-        return 0
     if bool(args.model) == bool(args.results):
         parser.error("give either --model (from models) or --gt with --results (from results)")
+    if args.bootstrap and args.bootstrap < MIN_RESAMPLES:
+        parser.error(
+            f"--bootstrap {args.bootstrap}: use 0 (no intervals) or at least {MIN_RESAMPLES} "
+            "resamples; fewer give intervals that can exclude their own point estimate"
+        )
+    problem = _check_out(args.out)
+    if problem:
+        print(f"compare_backbones: error: {problem}", file=sys.stderr)
+        return 2
     progress = not args.no_progress
     flops = tuple(args.flops_size) if args.flops_size else None
     try:
         if args.model:
-            models = dict(_model_spec(m) for m in args.model)
+            models = _runs([_model_spec(m) for m in args.model])
             if args.dataset:
                 dataset = args.dataset
             elif args.coco_json and args.image_root:
@@ -154,21 +197,26 @@ def main(argv: list[str] | None = None) -> int:
                 flops_size=flops,
                 optimize=not args.no_optimize,
                 progress=progress,
+                allow_partial_weights=args.allow_partial_weights,
             )
         else:
             if not args.gt:
                 parser.error("from results needs --gt")
-            results = dict(_name_value(r, "--results") for r in args.results)
+            results = _runs([_name_value(r, "--results") for r in args.results])
             info = {}
             if args.config:
                 from resnext_det.evaluation.inference import config_complexity
 
-                for name, config in (_name_value(c, "--config") for c in args.config):
+                for name, configs in _runs(
+                    [_name_value(c, "--config") for c in args.config]
+                ).items():
                     if name not in results:
                         parser.error(
                             f"--config {name}=... names no --results model {list(results)}"
                         )
-                    info[name] = config_complexity(config, flops)
+                    if len(set(configs)) > 1:
+                        parser.error(f"--config {name}=... given twice, differently: {configs}")
+                    info[name] = config_complexity(configs[0], flops)
             report = compare_results(
                 args.gt,
                 results,
@@ -181,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 allow_missing_images=args.allow_missing_images,
                 progress=progress,
             )
-    except (FileNotFoundError, ResultsFormatError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, BadFileError, ValueError, KeyError, OSError) as exc:
         print(f"compare_backbones: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))

@@ -45,7 +45,7 @@ from resnext_det.training import (  # noqa: E402
 def main(args):
     cfg = setup(args)
     if args.eval_only:
-        return evaluate(cfg, resume=args.resume)
+        return evaluate(cfg, resume=args.resume, allow_partial_weights=args.allow_partial_weights)
     return train(cfg, resume=args.resume)
 
 

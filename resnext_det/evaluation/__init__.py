@@ -1,44 +1,43 @@
-"""COCO evaluation and backbone comparison: exact metrics, paired bootstrap, reports.
+"""COCO evaluation and backbone comparison: exact metrics, intervals over images and runs, reports.
 
 ``compare_results`` compares results files; ``compare_models`` builds detectors from configs,
-runs them on the same images and compares them; ``evaluate_results`` scores one results file.
-Numbers equal pycocotools' ``COCOeval`` (bbox); see :mod:`resnext_det.evaluation.coco`.
+runs them on the same images and compares them; both take one entry or a list of entries (one
+per training run) per model. ``evaluate_results`` scores one results file. Numbers equal
+pycocotools' ``COCOeval`` (bbox); see :mod:`resnext_det.evaluation.coco`.
+
+(``compare_models`` imports detectron2's data pipeline inside the function, on use.)
 """
 
 from __future__ import annotations
 
-from .bootstrap import BootstrapResult, paired_bootstrap, resample_weights
+from .accumulate import MatchTable
+from .bootstrap import MIN_RESAMPLES, BootstrapResult, paired_bootstrap, resample_weights
 from .coco import (
     METRIC_KEYS,
     CocoGroundTruth,
     Detections,
-    MatchTable,
     ResultsFormatError,
-    evaluate_results,
     load_ground_truth,
     load_results,
-    match_detections,
 )
 from .compare import compare_results
+from .inference import compare_models
+from .matching import match_detections
+from .metrics import evaluate_results, summarize
 from .report import OUTPUT_FILES, format_table, write_outputs
-
-
-def compare_models(*args, **kwargs):
-    """See :func:`resnext_det.evaluation.inference.compare_models` (imported on use: it needs
-    torch and detectron2's data pipeline, which results-only comparisons do not)."""
-    from .inference import compare_models as _compare_models
-
-    return _compare_models(*args, **kwargs)
-
+from .weights_check import PartialWeightsError, check_complete_weights
 
 __all__ = [
     "METRIC_KEYS",
+    "MIN_RESAMPLES",
     "OUTPUT_FILES",
     "BootstrapResult",
     "CocoGroundTruth",
     "Detections",
     "MatchTable",
+    "PartialWeightsError",
     "ResultsFormatError",
+    "check_complete_weights",
     "compare_models",
     "compare_results",
     "evaluate_results",
@@ -48,5 +47,6 @@ __all__ = [
     "match_detections",
     "paired_bootstrap",
     "resample_weights",
+    "summarize",
     "write_outputs",
 ]

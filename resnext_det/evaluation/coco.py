@@ -1,21 +1,23 @@
-"""Exact COCO box metrics, with per-image matching done once and accumulation re-runnable.
+"""COCO box evaluation files: the ground truth and results readers, and COCO's constants.
 
-pycocotools' ``COCOeval`` matches detections to ground truth per image/category/area range and
-then accumulates precision over the whole set. For a bootstrap over images the matching is the same
-in every resample; only the accumulation changes. So this module splits the two:
+The evaluation is split by job: this module reads and checks the files,
+:mod:`~resnext_det.evaluation.matching` does COCOeval's per-image matching once,
+:mod:`~resnext_det.evaluation.accumulate` holds the weighted accumulator the bootstrap needs, and
+:mod:`~resnext_det.evaluation.metrics` turns an accumulation into COCOeval's 12 numbers.
 
-* :func:`match_detections` does COCOeval's ``evaluateImg`` greedy matching once, for every image,
-  category, area range and IoU threshold, vectorised over detections of equal rank (pycocotools
-  loops in Python over T x D x G).
-* :meth:`MatchTable.accumulate` is COCOeval's ``accumulate`` for any multiset of images, given as
-  integer weights per image (an image drawn k times counts k times), for many multisets at once.
+Why not pycocotools' ``COCOeval.evaluate``/``evalImgs`` for the matching: a bootstrap over images
+re-accumulates the same matching for every resample, so it needs the matching as flat arrays
+(detection -> image, category, true positive / ignored per IoU threshold and area range).
+``evalImgs`` is a list of one Python dict per (image, category, area range), built by a Python
+loop over T x D x G per entry; converting it would cost more than matching here, vectorised over
+detections of equal rank. faster-coco-eval's C++ per-image results are opaque to Python, so they
+cannot be re-accumulated over resamples either. Both stay the reference the tests check against
+(pycocotools to the bit, faster-coco-eval as a second opinion).
 
 With every weight 1 the numbers equal pycocotools' ``COCOeval`` (bbox) exactly, quirks included:
 ``iscrowd`` decides a ground truth's ``ignore`` (a dataset's own ``ignore`` key is overwritten, as
 pycocotools does), crowd regions use intersection over the detection's area, ties keep
-pycocotools' merge-sort order, at most 100 detections per image and category count. We do not reuse
-faster-coco-eval here because its C++ per-image results are opaque to Python, so they cannot be
-re-accumulated over resamples.
+pycocotools' merge-sort order, at most 100 detections per image and category count.
 """
 
 from __future__ import annotations
@@ -30,21 +32,20 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import BadFileError
+
 __all__ = [
     "AREA_RANGES",
     "IOU_THRESHOLDS",
     "MAX_DETS",
     "METRIC_KEYS",
     "RECALL_THRESHOLDS",
+    "SUMMARY",
     "CocoGroundTruth",
     "Detections",
-    "MatchTable",
     "ResultsFormatError",
-    "evaluate_results",
     "load_ground_truth",
     "load_results",
-    "match_detections",
-    "summarize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ AREA_RANGES: dict[str, tuple[float, float]] = {
     "large": (96**2, 1e5**2),
 }
 # COCOeval.summarize's 12 numbers, in its order: (key, is_ap, iou threshold, area, max dets).
-_SUMMARY = (
+SUMMARY = (
     ("AP", True, None, "all", 100),
     ("AP50", True, 0.5, "all", 100),
     ("AP75", True, 0.75, "all", 100),
@@ -74,12 +75,12 @@ _SUMMARY = (
     ("ARm", False, None, "medium", 100),
     ("ARl", False, None, "large", 100),
 )
-METRIC_KEYS = tuple(s[0] for s in _SUMMARY)
+METRIC_KEYS = tuple(s[0] for s in SUMMARY)
 
 PathLike = Union[str, os.PathLike]
 
 
-class ResultsFormatError(ValueError):
+class ResultsFormatError(BadFileError):
     """A ground-truth or results file that cannot be evaluated; the message names the file, the
     entry and the field."""
 
@@ -257,7 +258,9 @@ def _check_entry(source: str, i: int, d: Any, img_set: set, cat_set: set, gt: Co
         raise ResultsFormatError(
             f"{where}: 'image_id' {d['image_id']} is not an image of the ground truth {gt.source} "
             f"({gt.num_images} images"
-            + (f", ids {gt.image_ids.min()}..{gt.image_ids.max()})" if gt.num_images else ")")
+            + (f", ids {gt.image_ids.min()}..{gt.image_ids.max()}" if gt.num_images else "")
+            + "). Results of another data set or split? Compare against the ground truth the "
+            "model was run on."
         )
     if not _is_int(d["category_id"]):
         raise ResultsFormatError(
@@ -359,402 +362,3 @@ def load_results(
         bbox=bbox,
         score=score,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Matching (COCOeval.computeIoU + evaluateImg), once
-# ----------------------------------------------------------------------------------------------
-
-
-def _box_iou_pairs(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """pycocotools' ``bbIou`` for paired rows, in the same float64 operation order."""
-    w = np.minimum(d[:, 2] + d[:, 0], g[:, 2] + g[:, 0]) - np.maximum(d[:, 0], g[:, 0])
-    h = np.minimum(d[:, 3] + d[:, 1], g[:, 3] + g[:, 1]) - np.maximum(d[:, 1], g[:, 1])
-    inter = w * h
-    da = d[:, 2] * d[:, 3]
-    union = np.where(crowd, da, da + g[:, 2] * g[:, 3] - inter)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-    return np.where((w > 0) & (h > 0), iou, 0.0)
-
-
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + n)`` for each (s, n), vectorised."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + np.arange(total) - offsets
-
-
-@dataclass
-class MatchTable:
-    """Per-detection outcome of COCO matching, for every area range and IoU threshold.
-
-    Detections are those COCOeval keeps (top 100 per image and category), sorted per category by
-    pycocotools' accumulation order (score descending; ties by image, then rank in the image).
-    """
-
-    num_images: int
-    category_ids: np.ndarray
-    category_names: list[str]
-    det_category: np.ndarray  # [n]
-    det_image: np.ndarray  # [n]
-    det_rank: np.ndarray  # [n] rank by score within (image, category)
-    det_score: np.ndarray  # [n]
-    tp: np.ndarray  # [A, T, n] bool: matched to a non-ignored ground truth
-    ignore: np.ndarray  # [A, T, n] bool: matched to an ignored one, or unmatched and out of range
-    gt_image: np.ndarray  # [g]
-    gt_category: np.ndarray  # [g]
-    gt_ignore: np.ndarray  # [A, g] bool
-    category_slices: list[slice] = field(repr=False, default_factory=list)
-
-    def _category_inputs(self, k: int, a: int, max_det: int):
-        sl = self.category_slices[k]
-        keep = self.det_rank[sl] < max_det
-        det_image = self.det_image[sl][keep]
-        tp = self.tp[a, :, sl][:, keep]
-        ig = self.ignore[a, :, sl][:, keep]
-        in_k = (self.gt_category == k) & ~self.gt_ignore[a]
-        gt_img, gt_cnt = np.unique(self.gt_image[in_k], return_counts=True)
-        return det_image, tp, ig, gt_img, gt_cnt
-
-    def accumulate(
-        self,
-        weights: np.ndarray | None = None,
-        areas: tuple[str, ...] = tuple(AREA_RANGES),
-        max_dets: tuple[int, ...] = MAX_DETS,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """COCOeval.accumulate for one or many multisets of images.
-
-        Args:
-            weights: [B, num_images] non-negative integers, how many times each image counts in
-                each of B resamples; None means every image once (B = 1).
-            areas: area-range names to compute (keys of :data:`AREA_RANGES`).
-            max_dets: detection limits per image to compute.
-
-        Returns:
-            precision [B, T, R, K, len(areas), len(max_dets)] and recall [B, T, K, A, M], with -1
-            where a category has no non-ignored ground truth (COCOeval's convention).
-        """
-        W = _as_weights(weights, self.num_images)
-        WT = np.ascontiguousarray(W.T)
-        B, T, R, K = len(W), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(self.category_ids)
-        area_index = [list(AREA_RANGES).index(a) for a in areas]
-        precision = -np.ones((B, T, R, K, len(areas), len(max_dets)))
-        recall = -np.ones((B, T, K, len(areas), len(max_dets)))
-        for k in range(K):
-            for ai, a in enumerate(area_index):
-                for mi, m in enumerate(max_dets):
-                    q, rc, valid = _accumulate_category(WT, *self._category_inputs(k, a, m))
-                    precision[valid, :, :, k, ai, mi] = q[valid]
-                    recall[valid, :, k, ai, mi] = rc[valid]
-        return precision, recall
-
-    def bootstrap_inputs(self) -> list[tuple]:
-        """Per-category accumulation inputs at area "all", 100 detections (what AP, AP50 and AP75
-        use), computed once and reused by every resample."""
-        return [self._category_inputs(k, 0, MAX_DETS[-1]) for k in range(len(self.category_ids))]
-
-    def ap_from_weights(
-        self, weights: np.ndarray, inputs: list[tuple] | None = None
-    ) -> dict[str, np.ndarray]:
-        """AP, AP50 and AP75 (0-100) for each row of ``weights`` [B, num_images], without keeping
-        the [B, T, R, K] precision array; equals ``summarize(*accumulate(weights))`` row by row."""
-        W = _as_weights(weights, self.num_images)
-        WT = np.ascontiguousarray(W.T)
-        inputs = self.bootstrap_inputs() if inputs is None else inputs
-        t50 = int(np.flatnonzero(IOU_THRESHOLDS == 0.5)[0])
-        t75 = int(np.flatnonzero(IOU_THRESHOLDS == 0.75)[0])
-        sums = {key: np.zeros(len(W)) for key in ("AP", "AP50", "AP75")}
-        count = np.zeros(len(W))
-        for args in inputs:
-            q, _, valid = _accumulate_category(WT, *args)
-            # COCOeval averages all (t, r, k) entries that are not -1; every valid category has
-            # T x R of them, so the mean over entries is the mean over categories of their means.
-            sums["AP"] += np.where(valid, q.mean(axis=(1, 2)), 0.0)
-            sums["AP50"] += np.where(valid, q[:, t50].mean(axis=1), 0.0)
-            sums["AP75"] += np.where(valid, q[:, t75].mean(axis=1), 0.0)
-            count += valid
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return {key: 100.0 * np.where(count > 0, v / count, np.nan) for key, v in sums.items()}
-
-
-def _as_weights(weights: np.ndarray | None, num_images: int) -> np.ndarray:
-    if weights is None:
-        return np.ones((1, num_images), dtype=np.int32)
-    W = np.asarray(weights)
-    if W.ndim == 1:
-        W = W[None]
-    if W.ndim != 2 or W.shape[1] != num_images:
-        raise ValueError(f"weights must have shape [B, {num_images}]; got {W.shape}")
-    if W.size and (W.min() < 0 or not np.issubdtype(W.dtype, np.integer)):
-        raise ValueError("weights must be non-negative integers (how often each image is drawn)")
-    return W.astype(np.int32, copy=False)
-
-
-def match_detections(gt: CocoGroundTruth, dets: Detections) -> MatchTable:
-    """COCOeval's ``computeIoU`` + ``evaluateImg`` (bbox) for all images at once.
-
-    Greedy matching is sequential only within one image and category: detection r can take a
-    ground truth only if detections 0..r-1 of the same image did not. So the loop runs over ranks
-    (at most 100), each step matching every image/category's r-th detection in one vectorised
-    pass, and only over (detection, ground truth) pairs with IoU >= 0.5 (no other can match).
-    """
-    A, T = len(AREA_RANGES), len(IOU_THRESHOLDS)
-    K = len(gt.category_ids)
-    max_det = MAX_DETS[-1]
-
-    # Ground truth grouped by (image, category), file order kept within a group.
-    g_key_raw = gt.ann_image * K + gt.ann_category
-    g_order = np.argsort(g_key_raw, kind="stable")
-    g_key = g_key_raw[g_order]
-    g_bbox, g_area = gt.ann_bbox[g_order], gt.ann_area[g_order]
-    g_crowd, g_id = gt.ann_crowd[g_order], gt.ann_id[g_order]
-    lo = np.array([r[0] for r in AREA_RANGES.values()])[:, None]
-    hi = np.array([r[1] for r in AREA_RANGES.values()])[:, None]
-    # COCOeval._prepare: ignore = iscrowd; evaluateImg: or outside the area range.
-    g_ignore = g_crowd[None] | (g_area[None] < lo) | (g_area[None] > hi)  # [A, g]
-
-    # Detections grouped by (image, category), by score (merge sort: file order breaks ties).
-    d_key_raw = dets.image * K + dets.category
-    d_order = np.lexsort((np.arange(len(dets)), -dets.score, d_key_raw))
-    d_key = d_key_raw[d_order]
-    first = np.searchsorted(d_key, d_key, side="left")
-    rank = np.arange(len(d_key)) - first
-    keep = rank < max_det
-    d_order, d_key, rank = d_order[keep], d_key[keep], rank[keep]
-    d_bbox, d_score = dets.bbox[d_order], dets.score[d_order]
-    n = len(d_key)
-
-    # IoU of each detection with the ground truth of its image and category.
-    g_start = np.searchsorted(g_key, d_key, side="left")
-    g_count = np.searchsorted(g_key, d_key, side="right") - g_start
-    pair_d = np.repeat(np.arange(n), g_count)
-    pair_g = _ranges(g_start, g_count)
-    iou = _box_iou_pairs(d_bbox[pair_d], g_bbox[pair_g], g_crowd[pair_g])
-    cand = iou >= IOU_THRESHOLDS[0]  # NaN (0/0 on degenerate crowd) compares False
-    pair_d, pair_g, iou = pair_d[cand], pair_g[cand], iou[cand]
-    # By rank, then detection; ground truth stays in file order within a detection.
-    by_rank = np.lexsort((pair_g, pair_d, rank[pair_d]))
-    pair_d, pair_g, iou = pair_d[by_rank], pair_g[by_rank], iou[by_rank]
-    pair_rank = rank[pair_d]
-
-    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None]
-    gt_taken = np.zeros((A, T, len(g_key)), dtype=bool)
-    matched = np.zeros((A, T, n), dtype=bool)
-    matched_ignored = np.zeros((A, T, n), dtype=bool)
-    matched_id0 = np.zeros((A, T, n), dtype=bool)
-    rank_bounds = np.searchsorted(pair_rank, np.arange(max_det + 1))
-    for r in range(max_det):
-        s, e = rank_bounds[r], rank_bounds[r + 1]
-        if s == e:
-            continue
-        pd, pg, pi = pair_d[s:e], pair_g[s:e], iou[s:e]
-        seg_start = np.flatnonzero(np.r_[True, pd[1:] != pd[:-1]])
-        seg_len = np.diff(np.r_[seg_start, len(pd)])
-        # A ground truth already taken is skipped unless it is a crowd region.
-        ok = (~gt_taken[:, :, pg] | g_crowd[pg]) & (pi >= thr)  # [A, T, S]
-        ign = g_ignore[:, pg][:, None, :]
-        regular = ok & ~ign
-        # pycocotools scans non-ignored ground truth first and stops there if one matched.
-        has_regular = np.logical_or.reduceat(regular, seg_start, axis=2)
-        use = np.where(np.repeat(has_regular, seg_len, axis=2), regular, ok)
-        val = np.where(use, pi, -1.0)
-        best = np.maximum.reduceat(val, seg_start, axis=2)
-        # The best IoU wins; among equal IoUs the later ground truth (">=" in pycocotools' scan).
-        hit = use & (val == np.repeat(best, seg_len, axis=2))
-        choice = np.maximum.reduceat(np.where(hit, np.arange(len(pd)), -1), seg_start, axis=2)
-        ai, ti, si = np.nonzero(choice >= 0)
-        gsel = pg[choice[ai, ti, si]]
-        dsel = pd[seg_start[si]]
-        gt_taken[ai, ti, gsel] = True
-        matched[ai, ti, dsel] = True
-        matched_ignored[ai, ti, dsel] = g_ignore[ai, gsel]
-        matched_id0[ai, ti, dsel] = g_id[gsel] == 0
-
-    # pycocotools stores the matched gt id and tests it for non-zero: id 0 reads as unmatched.
-    hit_id = matched & ~matched_id0
-    d_area = d_bbox[:, 2] * d_bbox[:, 3]  # loadRes: area = w * h for box results
-    out_of_range = ((d_area[None] < lo) | (d_area[None] > hi))[:, None, :]
-    ignore = matched_ignored | (~hit_id & out_of_range)
-    tp = hit_id & ~ignore
-
-    # Accumulation order: category, then score descending; ties by image, then rank in image.
-    d_image, d_category = dets.image[d_order], dets.category[d_order]
-    acc = np.lexsort((rank, d_image, -d_score, d_category))
-    d_category = d_category[acc]
-    bounds = np.searchsorted(d_category, np.arange(K + 1))
-    return MatchTable(
-        num_images=gt.num_images,
-        category_ids=gt.category_ids,
-        category_names=gt.category_names,
-        det_category=d_category,
-        det_image=d_image[acc],
-        det_rank=rank[acc],
-        det_score=d_score[acc],
-        tp=tp[:, :, acc],
-        ignore=ignore[:, :, acc],
-        gt_image=gt.ann_image[g_order],
-        gt_category=gt.ann_category[g_order],
-        gt_ignore=g_ignore,
-        category_slices=[slice(bounds[k], bounds[k + 1]) for k in range(K)],
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Accumulation (COCOeval.accumulate), vectorised over resamples
-# ----------------------------------------------------------------------------------------------
-
-
-def _min_tp_for_recall(npig: np.ndarray) -> np.ndarray:
-    """For each row's npig and each recall threshold r, the least integer m with fl(m / npig) >= r.
-
-    COCOeval finds the first detection whose recall ``tp / npig`` (float64) reaches r; working with
-    the integer count keeps that comparison bit-exact while vectorising over rows.
-    """
-    npig = npig.astype(np.float64)[:, None]
-    r = RECALL_THRESHOLDS[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = np.ceil(r * npig)
-        for _ in range(3):  # ceil(r * npig) is off by at most one after rounding
-            m = np.where(m / npig < r, m + 1, m)
-            m = np.where((m >= 1) & ((m - 1) / npig >= r), m - 1, m)
-    return np.where(npig > 0, m, np.inf)
-
-
-def _accumulate_category(
-    WT: np.ndarray,
-    det_image: np.ndarray,
-    tp: np.ndarray,
-    ig: np.ndarray,
-    gt_img: np.ndarray,
-    gt_cnt: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """COCOeval's per (category, area, maxDet) accumulation for B weightings of the images.
-
-    Interpolated precision at recall r is the best precision at any point with recall >= r, and
-    precision only peaks right after a true positive; so only true-positive positions are needed.
-    False positives before each of them are all detections before it minus true positives minus
-    ignored ones, which avoids a [T, n, B] cumulative sum. Arrays are detection-major ([n, B]):
-    gathering an image's weights is then a contiguous row copy, not a strided gather.
-
-    Args:
-        WT: [num_images, B] weights (transposed, C-contiguous).
-
-    Returns:
-        precision q [B, T, R], recall [B, T], valid [B] (npig > 0).
-    """
-    B, T, R = WT.shape[1], tp.shape[0], len(RECALL_THRESHOLDS)
-    npig = gt_cnt @ WT[gt_img] if len(gt_img) else np.zeros(B, dtype=np.int64)
-    valid = npig > 0
-    q = np.zeros((B, T, R))
-    rc = np.zeros((B, T))
-    any_tp = np.flatnonzero(tp.any(axis=0))
-    if any_tp.size == 0:
-        return q, rc, valid
-    w = WT[det_image[: any_tp[-1] + 1]]  # [n, B]; nothing after the last true positive matters
-    # Weight of all detections up to each true-positive position: sums between consecutive
-    # true-positive positions, then their running total.
-    cw = np.cumsum(np.add.reduceat(w, np.r_[0, any_tp[:-1] + 1], axis=0), axis=0)
-    need = _min_tp_for_recall(npig)  # [B, R]
-    cols = np.arange(B)[:, None]
-    eps = np.spacing(1)
-    for t in range(T):
-        tp_pos = np.flatnonzero(tp[t])
-        if tp_pos.size == 0:
-            continue
-        tpc = np.cumsum(w[tp_pos], axis=0)  # [n_tp, B]
-        fpc = cw[np.searchsorted(any_tp, tp_pos)] - tpc
-        ig_pos = np.flatnonzero(ig[t, : any_tp[-1] + 1])
-        if ig_pos.size:
-            igc = np.cumsum(w[ig_pos], axis=0)
-            igc = np.concatenate([np.zeros((1, B), igc.dtype), igc])
-            fpc -= igc[np.searchsorted(ig_pos, tp_pos)]
-        tpf = tpc.astype(np.float64)
-        pr = tpf / (fpc.astype(np.float64) + tpf + eps)  # COCOeval: tp / (fp + tp + eps)
-        env = np.maximum.accumulate(pr[::-1], axis=0)[::-1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rc[:, t] = tpf[-1] / npig
-        # First true-positive position whose cumulative count reaches `need`, per resample: one
-        # searchsorted over the resamples laid end to end, offset by more than any count.
-        n_tp = tp_pos.size
-        big = float(tpc[-1].max()) + 2.0
-        offset = np.arange(B, dtype=np.float64)[:, None] * big
-        flat = (tpf.T + offset).ravel()
-        keys = np.minimum(need, big - 1) + offset
-        ind = np.searchsorted(flat, keys.ravel(), side="left").reshape(B, R) - cols * n_tp
-        q[:, t] = np.where(ind < n_tp, env[np.minimum(ind, n_tp - 1), cols], 0.0)
-    return q, rc, valid
-
-
-# ----------------------------------------------------------------------------------------------
-# Summary
-# ----------------------------------------------------------------------------------------------
-
-
-def _mean_valid(s: np.ndarray) -> float:
-    s = s[s > -1]
-    return float(np.mean(s)) if s.size else float("nan")
-
-
-def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:
-    """COCOeval.summarize's 12 numbers from one accumulation (areas all/small/medium/large,
-    max dets 1/10/100), on COCO's 0-100 scale; NaN where COCOeval prints -1."""
-    areas, max_dets = list(AREA_RANGES), list(MAX_DETS)
-    out = {}
-    for key, is_ap, iou, area, md in _SUMMARY:
-        a, m = areas.index(area), max_dets.index(md)
-        s = precision[..., a, m] if is_ap else recall[..., a, m]
-        if iou is not None:
-            s = s[np.flatnonzero(iou == IOU_THRESHOLDS)]
-        out[key] = 100.0 * _mean_valid(s)
-    return out
-
-
-def per_category_ap(table: MatchTable, precision: np.ndarray) -> dict[str, float]:
-    """AP per category (area all, 100 dets) on the 0-100 scale, as detectron2's COCOEvaluator
-    reports it; NaN for a category without ground truth."""
-    return {
-        name: 100.0 * _mean_valid(precision[:, :, k, 0, -1])
-        for k, name in enumerate(table.category_names)
-    }
-
-
-def pr_curve(precision: np.ndarray, iou: float = 0.5) -> np.ndarray:
-    """Interpolated precision at each recall threshold, IoU ``iou``, area all, 100 dets, averaged
-    over categories with ground truth (COCO's AP@iou is the mean of this curve)."""
-    t = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, iou))[0])
-    p = precision[t, :, :, 0, -1]  # [R, K]
-    valid = (p > -1).all(axis=0)
-    if not valid.any():
-        return np.full(len(RECALL_THRESHOLDS), np.nan)
-    return p[:, valid].mean(axis=1)
-
-
-def evaluate_results(
-    gt: PathLike | dict | CocoGroundTruth, results: PathLike | list | Detections
-) -> dict[str, Any]:
-    """COCO box metrics of one results file.
-
-    Args:
-        gt: ground truth (path, dict or :class:`CocoGroundTruth`).
-        results: COCO results (path, list or :class:`Detections`).
-
-    Returns:
-        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}``
-        on the 0-100 scale (equal to pycocotools' ``COCOeval.stats`` x 100), plus
-        ``"per_category_AP": {name: AP}`` and ``"pr_curve_50"`` (precision at 101 recall points).
-
-    Example:
-        >>> m = evaluate_results("instances_val.json", "detections.json")
-        >>> m["AP"], m["AP50"]
-    """
-    gt = load_ground_truth(gt)
-    dets = results if isinstance(results, Detections) else load_results(results, gt)
-    table = match_detections(gt, dets)
-    precision, recall = table.accumulate()
-    out: dict[str, Any] = summarize(precision[0], recall[0])
-    out["per_category_AP"] = per_category_ap(table, precision[0])
-    out["pr_curve_50"] = pr_curve(precision[0]).tolist()
-    return out

@@ -1,9 +1,9 @@
-"""Compare detectors on the same images: COCO metrics, deltas to a baseline, paired intervals.
+"""Compare detectors on the same images: COCO metrics, deltas to a baseline, honest intervals.
 
 The paper's claim (Table 6) is a comparison at equal complexity: ResNeXt beats ResNet on COCO in
-AP@0.5 and AP. :func:`compare_results` makes that comparison for any number of results files and
-says, with a paired bootstrap over images, whether each difference is larger than the noise of the
-evaluation set.
+AP@0.5 and AP. :func:`compare_results` makes that comparison for any number of models, each with
+one or several training runs, and says whether each difference is larger than the noise of the
+test images *and* of training (see :mod:`resnext_det.evaluation.bootstrap` for the method).
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from .bootstrap import BOOTSTRAP_METRICS, paired_bootstrap
+from .bootstrap import BOOTSTRAP_METRICS, IMAGES_ONLY_METHOD, METHOD, paired_bootstrap
 from .coco import (
     METRIC_KEYS,
     CocoGroundTruth,
@@ -25,42 +27,70 @@ from .coco import (
     ResultsFormatError,
     load_ground_truth,
     load_results,
-    match_detections,
-    per_category_ap,
-    pr_curve,
-    summarize,
 )
-from .report import write_outputs
+from .matching import match_detections
+from .metrics import per_category_ap, pr_curve, summarize
+from .report import output_names, write_outputs
 
-__all__ = ["compare_results", "check_same_images"]
+__all__ = ["PARTIAL_RUN_FRACTION", "as_runs", "check_partial_runs", "compare_results"]
 
 logger = logging.getLogger(__name__)
 
 ResultsLike = Union[str, os.PathLike, list, Detections]
+# A results file with detections on at most this share of the images another file covers (or,
+# alone, of the ground truth's images) is taken for a partial run (a --max-images debug run, a
+# crashed inference), not for a model that found nothing there.
+PARTIAL_RUN_FRACTION = 0.5
 
 
-def check_same_images(dets: dict[str, Detections], gt: CocoGroundTruth) -> None:
-    """Raise if the results files have detections on different sets of images.
+def as_runs(name: str, value: Any) -> list:
+    """One model's entry as a list of runs: a single entry (a path, a :class:`Detections`, a
+    list of detection dicts) is one run; a list or tuple of such entries is one per run."""
+    if isinstance(value, (list, tuple)) and value and not all(isinstance(v, dict) for v in value):
+        runs = list(value)
+        if any(isinstance(v, dict) for v in runs):
+            raise ValueError(
+                f"model {name!r}: mixes detection dicts and runs; give one results list or a "
+                "list of runs (paths, lists of detections)"
+            )
+        return runs
+    return [value]
 
-    Two files from runs over different images (a ``--max-images`` debug run against a full one)
-    would otherwise be compared on the full ground truth, and the partial run would lose.
+
+def check_partial_runs(
+    dets: dict[str, list[Detections]], gt: CocoGroundTruth, fraction: float = PARTIAL_RUN_FRACTION
+) -> None:
+    """Raise if a results file looks like a partial run.
+
+    detectron2's ``coco_instances_results.json`` has no entry for an image where the model
+    detected nothing, so complete files from honest runs often cover different image sets; they
+    are scored as pycocotools scores them (an image without detections counts, with none). What
+    is refused is a file whose images are at most ``fraction`` of what another file covers (or,
+    alone, of the ground truth's images).
     """
-    if len(dets) < 2:
-        return
-    sets = {name: set(d.image_set.tolist()) for name, d in dets.items()}
-    (ref_name, ref), *others = sets.items()
-    for name, s in others:
-        if s != ref:
-            only_ref, only_s = sorted(ref - s), sorted(s - ref)
+    files = [(name, d) for name, runs in dets.items() for d in runs]
+    counts = {id(d): len(d.image_set) for _, d in files}
+    ref_name, ref = max(files, key=lambda f: counts[id(f[1])])
+    reference = counts[id(ref)] if len(files) > 1 else gt.num_images
+    for _, d in files:
+        n = counts[id(d)]
+        if reference and n <= fraction * reference:
             ids = gt.image_ids
+            seen = ref.image_set if len(files) > 1 else np.arange(len(ids))
+            missing = np.setdiff1d(seen, d.image_set)
+            against = (
+                f"{ref.source} has detections on {reference} images"
+                if len(files) > 1
+                else f"the ground truth {gt.source} has {reference} images"
+            )
             raise ResultsFormatError(
-                f"results files cover different image sets: {dets[ref_name].source} has "
-                f"detections on {len(ref)} images, {dets[name].source} on {len(s)}; "
-                f"{len(only_ref)} images only in the first (e.g. ids "
-                f"{ids[only_ref[:5]].tolist()}), "
-                f"{len(only_s)} only in the second (e.g. ids {ids[only_s[:5]].tolist()}). Run both "
-                "models on the same images, or pass allow_missing_images=True "
-                "(--allow-missing-images) if a model really detected nothing on some images."
+                f"results files cover different image sets: {against}, {d.source} on {n} "
+                f"({100.0 * n / max(reference, 1):.0f}%; e.g. no detection on image ids "
+                f"{ids[missing[:5]].tolist()}). A file with detections on at most "
+                f"{fraction:.0%} of the images is taken for a partial run (--max-images, a "
+                "crashed inference). Run the model on every image, or, if the file is complete "
+                "and the model really detected nothing there, pass allow_missing_images=True "
+                "(--allow-missing-images) to score those images as misses."
             )
 
 
@@ -68,9 +98,50 @@ def _safe(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
 
+def _run_figures(table, dets: Detections) -> dict[str, Any]:
+    precision, recall = table.accumulate()
+    m: dict[str, Any] = dict(summarize(precision[0], recall[0]))
+    m["per_category_AP"] = per_category_ap(table, precision[0])
+    m["pr_curve_50"] = [_safe(v) for v in pr_curve(precision[0])]
+    m["num_detections"] = len(dets)
+    m["results_file"] = dets.source
+    return m
+
+
+def _nanmean(values: list) -> float:
+    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+
+
+def _sd(values: list) -> float | None:
+    arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(np.std(arr, ddof=1)) if arr.size >= 2 else None
+
+
+def _model_figures(per_run: list[dict[str, Any]]) -> dict[str, Any]:
+    """A model's figures: the mean over its runs, each run's figures and the between-run SD."""
+    m: dict[str, Any] = {k: _nanmean([r[k] for r in per_run]) for k in METRIC_KEYS}
+    cats = per_run[0]["per_category_AP"]
+    m["per_category_AP"] = {c: _nanmean([r["per_category_AP"][c] for r in per_run]) for c in cats}
+    curves = np.array([[np.nan if v is None else v for v in r["pr_curve_50"]] for r in per_run])
+    with warnings.catch_warnings():  # a recall point no run reaches: all-NaN column
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m["pr_curve_50"] = [_safe(v) for v in np.nanmean(curves, axis=0)]
+    m["num_detections"] = int(round(np.mean([r["num_detections"] for r in per_run])))
+    m["results_file"] = per_run[0]["results_file"] if len(per_run) == 1 else None
+    m["runs"] = len(per_run)
+    m["mean"] = {k: m[k] for k in METRIC_KEYS}
+    m["between_run_sd"] = {k: _sd([r[k] for r in per_run]) for k in METRIC_KEYS}
+    m["per_run"] = [
+        {k: r[k] for k in (*METRIC_KEYS, "num_detections", "results_file")} for r in per_run
+    ]
+    return m
+
+
 def compare_results(
     gt: str | os.PathLike | dict | CocoGroundTruth,
-    results: dict[str, ResultsLike],
+    results: dict[str, ResultsLike | Sequence[ResultsLike]],
     *,
     baseline: str | None = None,
     bootstrap: int = 1000,
@@ -87,7 +158,9 @@ def compare_results(
 
     Args:
         gt: COCO ground truth (json path, dict or :class:`CocoGroundTruth`).
-        results: model name -> COCO results (json path or list of detections).
+        results: model name -> COCO results (json path, list of detections, :class:`Detections`),
+            or a list of those, one per training run of the model. Models may have different
+            numbers of runs.
         baseline: the model the deltas are taken against (default: the first).
         bootstrap: number of paired bootstrap resamples of the images; 0 turns it off.
         seed: bootstrap seed.
@@ -95,19 +168,28 @@ def compare_results(
         out_dir: if given, write comparison.{md,json,csv,png} there (all or nothing).
         model_info: model name -> extra figures to report (``backbone_params``,
             ``backbone_gflops``, ``flops_input_size``, ``seconds_per_image``, ``config``, ...).
-        allow_missing_images: accept results files with detections on different image sets.
+        allow_missing_images: skip the partial-run check (:func:`check_partial_runs`); images
+            without detections are scored as misses either way, as pycocotools scores them.
         extra_files: more JSON files to write into ``out_dir`` with the report (name -> object).
         extra_report: more top-level entries for the report (e.g. the data set name).
         progress: tqdm bars.
 
     Returns:
         The report: ``{"baseline", "ground_truth", "num_images", "num_categories", "bootstrap",
-        "models": {name: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
-        "ARs", "ARm", "ARl", "per_category_AP", "pr_curve_50", "delta", "ci", "delta_ci",
-        "delta_p", "delta_significant", ...}}}``, every figure on COCO's 0-100 scale.
+        "models": {name: {"AP", "AP50", ..., "ARl" (means over runs), "runs", "per_run",
+        "mean", "between_run_sd", "per_category_AP", "pr_curve_50", "delta", "ci",
+        "ci_image", "delta_ci", "delta_ci_image", "delta_p", "delta_significant",
+        "delta_calibrated", "delta_covers", ...}}}``, every figure on COCO's 0-100 scale.
+        ``delta_significant`` says the interval excludes 0; only where ``delta_calibrated``
+        (both models have >= 2 runs) does it cover training runs.
 
     Raises:
         FileNotFoundError, ResultsFormatError: a missing or malformed file (nothing is written).
+
+    Example:
+        >>> r = compare_results("val.json", {"R50": ["r_s0.json", "r_s1.json", "r_s2.json"],
+        ...                                  "X50": ["x_s0.json", "x_s1.json", "x_s2.json"]})
+        >>> r["models"]["X50"]["delta"]["AP"], r["models"]["X50"]["delta_ci"]["AP"]
     """
     if not results:
         raise ValueError("compare_results needs at least one model's results")
@@ -116,21 +198,24 @@ def compare_results(
     if baseline not in results:
         raise ValueError(f"baseline {baseline!r} is not one of the models {names}")
     gt = load_ground_truth(gt)
-    dets = {
-        name: r if isinstance(r, Detections) else load_results(r, gt, name=f"<results of {name}>")
-        for name, r in results.items()
-    }
+    dets: dict[str, list[Detections]] = {}
+    for name, value in results.items():
+        runs = as_runs(name, value)
+        dets[name] = [
+            r
+            if isinstance(r, Detections)
+            else load_results(
+                r, gt, name=f"<results of {name}" + (f", run {i}>" if len(runs) > 1 else ">")
+            )
+            for i, r in enumerate(runs)
+        ]
     if not allow_missing_images:
-        check_same_images(dets, gt)
+        check_partial_runs(dets, gt)
     tables, models = {}, {}
     for name in tqdm(names, desc="evaluate", disable=not progress, leave=False):
-        tables[name] = match_detections(gt, dets[name])
-        precision, recall = tables[name].accumulate()
-        m: dict[str, Any] = dict(summarize(precision[0], recall[0]))
-        m["per_category_AP"] = per_category_ap(tables[name], precision[0])
-        m["pr_curve_50"] = [_safe(v) for v in pr_curve(precision[0])]
-        m["num_detections"] = len(dets[name])
-        m["results_file"] = dets[name].source
+        tables[name] = [match_detections(gt, d) for d in dets[name]]
+        per_run = [_run_figures(t, d) for t, d in zip(tables[name], dets[name])]
+        m = _model_figures(per_run)
         m.update((model_info or {}).get(name, {}))
         models[name] = m
     base = models[baseline]
@@ -150,17 +235,31 @@ def compare_results(
             progress=progress,
         )
         for name, m in models.items():
-            m["ci"] = bs.intervals[name]
-            m["delta_ci"] = bs.delta_intervals[name]
+            m["ci"] = {k: e.interval for k, e in bs.models[name].items()}
+            m["ci_image"] = {k: e.image_interval for k, e in bs.models[name].items()}
+            m["ci_covers"] = (
+                f"{gt.num_images} test images and {m['runs']} training runs"
+                if m["runs"] >= 2
+                else f"{gt.num_images} test images only (1 training run)"
+            )
+            m["delta_ci"] = {k: e.interval for k, e in bs.deltas[name].items()}
+            m["delta_ci_image"] = {k: e.image_interval for k, e in bs.deltas[name].items()}
+            m["delta_run_sd"] = {k: e.run_sd for k, e in bs.deltas[name].items()}
             m["delta_p"] = bs.delta_p_values[name]
             m["delta_significant"] = {k: bs.significant(name, k) for k in BOOTSTRAP_METRICS}
+            m["delta_calibrated"] = bs.calibrated(name)
+            m["delta_covers"] = bs.covers(name)
+            m["delta_method"] = METHOD if bs.calibrated(name) else IMAGES_ONLY_METHOD
         boot_info = {
             "resamples": bootstrap,
             "seed": seed,
             "confidence": confidence,
             "metrics": list(BOOTSTRAP_METRICS),
             "seconds": bs.seconds,
-            "method": "paired percentile bootstrap over images",
+            "calibrated": all(bs.calibrated(n) for n in names if n != baseline),
+            "method": METHOD
+            if any(bs.calibrated(n) for n in names if n != baseline)
+            else IMAGES_ONLY_METHOD,
         }
     report = {
         "baseline": baseline,
@@ -173,15 +272,6 @@ def compare_results(
         **(extra_report or {}),
     }
     if out_dir is not None:
-        report["outputs"] = [
-            str(Path(out_dir) / f)
-            for f in (
-                "comparison.md",
-                "comparison.json",
-                "comparison.csv",
-                "comparison.png",
-                *(extra_files or {}),
-            )
-        ]
+        report["outputs"] = [str(Path(out_dir) / f) for f in output_names(extra_files)]
         write_outputs(report, out_dir, extra_files)
     return report

@@ -1,7 +1,8 @@
 """Models mode of the comparison: build each detector, run it on the same images, time it.
 
-Each model is built from its config (``get_cfg`` + :func:`~resnext_det.add_resnext_config` +
-``merge_from_file``), loaded with :func:`~resnext_det.load_pretrained`, counted (backbone params and
+Each model is built from its config (:func:`~resnext_det.load_config`), checked to have weights for
+every parameter (:mod:`~resnext_det.evaluation.weights_check`), loaded with
+:func:`~resnext_det.load_pretrained`, counted (backbone params and
 FLOPs, before BatchNorm folding changes the parameter set) and put through
 :func:`~resnext_det.optimize_for_inference`. Inference uses detectron2's test loader and mapper,
 so resizing is the config's ``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST`` as in detectron2's own
@@ -24,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .compare import compare_results
+from .weights_check import check_load_report
 
 __all__ = [
     "build_detector",
@@ -39,8 +41,21 @@ ModelSpec = tuple  # (config path or CfgNode, weights path or None)
 DatasetLike = Union[str, tuple]
 
 
-def build_detector(config: Any, weights: str | os.PathLike | None, device: str = "cpu"):
+def build_detector(
+    config: Any,
+    weights: str | os.PathLike | None,
+    device: str = "cpu",
+    *,
+    allow_partial_weights: bool = False,
+    what: str = "",
+):
     """Build a detector from a yaml path (or a CfgNode) and load ``weights``.
+
+    Args:
+        allow_partial_weights: score the model even if the weights leave parameters (heads)
+            at their random initialisation; otherwise that raises
+            :class:`~resnext_det.evaluation.weights_check.PartialWeightsError`.
+        what: who is being built, for messages.
 
     Returns:
         (model in eval mode, frozen cfg, the weights path used or None).
@@ -61,11 +76,20 @@ def build_detector(config: Any, weights: str | os.PathLike | None, device: str =
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        resnext_det.load_pretrained(model, weights)
+        report = resnext_det.load_pretrained(model, weights)
+        problems = check_load_report(report, allow_partial=allow_partial_weights, what=what)
     else:
+        from .weights_check import check_complete_weights
+
+        problems = check_complete_weights(
+            model, None, allow_partial=allow_partial_weights, what=what
+        )
+    for problem in problems:  # only reached with allow_partial_weights
         logger.warning(
-            "no weights for config %s: the model keeps its random initialisation",
+            "%s (config %s): %s",
+            what or "model",
             config if not isinstance(config, CfgNode) else "<CfgNode>",
+            problem,
         )
     return model, cfg, weights
 
@@ -171,12 +195,30 @@ def _flops_size(cfg: Any, model: torch.nn.Module, size: tuple[int, int] | None) 
     return tuple(int(math.ceil(s / div) * div) for s in size)
 
 
-def _file_name(name: str) -> str:
-    return "results_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".json"
+def _file_name(name: str, run: int | None = None) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ("" if run is None else f"_run{run}")
+    return f"results_{stem}.json"
+
+
+def _as_specs(name: str, spec: Any) -> list[tuple]:
+    """``(config, weights)`` is one run; a list of such pairs is one per training run."""
+
+    def is_pair(x: Any) -> bool:
+        return isinstance(x, (tuple, list)) and len(x) == 2 and not isinstance(x[0], (tuple, list))
+
+    if isinstance(spec, list) and spec and all(isinstance(x, (tuple, list)) for x in spec):
+        runs = spec
+    else:
+        runs = [spec]
+    for i, r in enumerate(runs):
+        if not is_pair(r):
+            where = f"models[{name!r}]" + (f"[{i}]" if len(runs) > 1 else "")
+            raise ValueError(f"{where} must be (config, weights); got {r!r}")
+    return [tuple(r) for r in runs]
 
 
 def compare_models(
-    models: dict[str, ModelSpec],
+    models: dict[str, ModelSpec | list[ModelSpec]],
     dataset: DatasetLike,
     out_dir: str | os.PathLike | None,
     *,
@@ -189,11 +231,13 @@ def compare_models(
     flops_size: tuple[int, int] | None = None,
     optimize: bool = True,
     progress: bool = True,
+    allow_partial_weights: bool = False,
 ) -> dict[str, Any]:
     """Run several detectors on the same images and compare them (see :func:`compare_results`).
 
     Args:
-        models: name -> ``(config, weights)``; config is a yaml path or a CfgNode, weights a
+        models: name -> ``(config, weights)``, or a list of them, one per training run (e.g.
+            seeds 0..N-1 of the same config); config is a yaml path or a CfgNode, weights a
             checkpoint path (detectron2 ``{"model": ...}`` or any layout ``load_pretrained``
             reads) or None for the config's ``MODEL.WEIGHTS``.
         dataset: a registered data set name, or ``(coco_json, image_root)``.
@@ -207,10 +251,17 @@ def compare_models(
         optimize: apply :func:`resnext_det.optimize_for_inference` (BatchNorm folding,
             channels_last) before timing.
         progress: tqdm bars.
+        allow_partial_weights: score models whose weights leave parameters randomly
+            initialised (refused otherwise, naming the groups).
 
     Returns:
         The report dict of :func:`compare_results`, with backbone params/GFLOPs and
-        seconds per image per model.
+        seconds per image per model (of its first run; every run's under ``per_run_info``).
+
+    Example:
+        >>> compare_models({"R": [(cfg_r, "r/seed_0/model_final.pth"), (cfg_r, "r/seed_1/...")],
+        ...                 "X": [(cfg_x, "x/seed_0/model_final.pth"), (cfg_x, "x/seed_1/...")]},
+        ...                "my_val", "out/compare")
     """
     import resnext_det
     from resnext_det.complexity import count_complexity
@@ -226,34 +277,50 @@ def compare_models(
             raise ValueError(f"max_images must be >= 1; got {max_images}")
         dicts = dicts[:max_images]
     gt = gt.subset([d["image_id"] for d in dicts]) if len(dicts) < gt.num_images else gt
-    results, info = {}, {}
-    for model_name, spec in models.items():
-        if not isinstance(spec, (tuple, list)) or len(spec) != 2:
-            raise ValueError(f"models[{model_name!r}] must be (config, weights); got {spec!r}")
-        config, weights = spec
-        model, cfg, used = build_detector(config, weights, device)
-        size = _flops_size(cfg, model, flops_size)
-        cx = count_complexity(model.backbone, size)
-        if optimize:
-            model = resnext_det.optimize_for_inference(model)
-        dets, timing = run_inference(
-            model, cfg, dicts, category_map, desc=f"inference {model_name}", progress=progress
-        )
-        results[model_name] = dets
-        info[model_name] = {
-            "config": str(config) if not hasattr(config, "dump") else "<CfgNode>",
-            "weights": used,
-            "backbone": cfg.MODEL.BACKBONE.NAME,
-            "backbone_params": cx.params,
-            "backbone_gflops": cx.gflops,
-            "flops_input_size": list(size),
-            **timing,
-        }
-        del model
-    extra = {_file_name(n): r for n, r in results.items()} if out_dir is not None else None
-    for n in results:
-        if out_dir is not None:
-            info[n]["results_json"] = str(Path(out_dir) / _file_name(n))
+    specs = {name: _as_specs(name, spec) for name, spec in models.items()}
+    results: dict[str, list] = {}
+    info: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    for model_name, runs in specs.items():
+        results[model_name], run_info = [], []
+        for i, (config, weights) in enumerate(runs):
+            what = f"model {model_name!r}" + (f", run {i}" if len(runs) > 1 else "")
+            model, cfg, used = build_detector(
+                config, weights, device, allow_partial_weights=allow_partial_weights, what=what
+            )
+            size = _flops_size(cfg, model, flops_size)
+            cx = count_complexity(model.backbone, size)
+            if optimize:
+                model = resnext_det.optimize_for_inference(model)
+            desc = f"inference {model_name}" + (f" run {i}" if len(runs) > 1 else "")
+            dets, timing = run_inference(
+                model, cfg, dicts, category_map, desc=desc, progress=progress
+            )
+            del model
+            results[model_name].append(dets)
+            fname = _file_name(model_name, i if len(runs) > 1 else None)
+            run_info.append(
+                {
+                    "config": str(config) if not hasattr(config, "dump") else "<CfgNode>",
+                    "weights": used,
+                    "backbone": cfg.MODEL.BACKBONE.NAME,
+                    "backbone_params": cx.params,
+                    "backbone_gflops": cx.gflops,
+                    "flops_input_size": list(size),
+                    **timing,
+                    **({"results_json": str(Path(out_dir) / fname)} if out_dir else {}),
+                }
+            )
+            if out_dir is not None:
+                extra[fname] = dets
+        info[model_name] = dict(run_info[0])
+        times = [r["seconds_per_image"] for r in run_info if math.isfinite(r["seconds_per_image"])]
+        if times:
+            info[model_name]["seconds_per_image"] = statistics.fmean(times)
+        if len(runs) > 1:
+            info[model_name]["per_run_info"] = run_info
+            info[model_name].pop("results_json", None)
+            info[model_name]["weights"] = [r["weights"] for r in run_info]
     report = compare_results(
         gt,
         results,
@@ -263,8 +330,8 @@ def compare_models(
         confidence=confidence,
         out_dir=out_dir,
         model_info=info,
-        allow_missing_images=True,
-        extra_files=extra,
+        allow_missing_images=True,  # complete by construction: every image was run
+        extra_files=extra or None,
         extra_report={"dataset": name},
         progress=progress,
     )

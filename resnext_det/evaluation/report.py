@@ -20,6 +20,7 @@ from .coco import METRIC_KEYS, RECALL_THRESHOLDS
 
 __all__ = [
     "OUTPUT_FILES",
+    "output_names",
     "format_table",
     "render_csv",
     "render_json",
@@ -30,6 +31,20 @@ __all__ = [
 
 OUTPUT_FILES = ("comparison.md", "comparison.json", "comparison.csv", "comparison.png")
 _LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
+# `*`: the interval of a difference excludes 0 and covers test images and training runs.
+# `†`: it excludes 0 but covers test images only (a model with one run): not a finding.
+FINDING, IMAGES_ONLY = "*", "†"
+
+
+def output_names(extra: dict[str, Any] | None = None) -> list[str]:
+    """The files :func:`write_outputs` writes, in order."""
+    return [*OUTPUT_FILES, *(extra or {})]
+
+
+def _mark(m: dict, key: str) -> str:
+    if not m.get("delta_significant", {}).get(key):
+        return ""
+    return FINDING if m.get("delta_calibrated") else IMAGES_ONLY
 
 
 def _fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
@@ -52,13 +67,14 @@ def _size_digits(value: float | None) -> int:
 def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """The paper-style table: model, complexity, speed, AP@0.5 and AP with deltas and intervals."""
     base = report["baseline"]
-    headers = ["model", "params (M)", "GFLOPs", "ms/img", "AP@0.5", "AP", "ΔAP@0.5", "ΔAP"]
+    headers = ["model", "runs", "params (M)", "GFLOPs", "ms/img", "AP@0.5", "AP", "ΔAP@0.5", "ΔAP"]
     rows = []
     for name, m in report["models"].items():
         ci, dci = m.get("ci", {}), m.get("delta_ci", {})
         params = m.get("backbone_params")
         row = [
             name + (" (baseline)" if name == base else ""),
+            str(m.get("runs", 1)),
             _fmt(params / 1e6 if params else None, _size_digits(params / 1e6 if params else None)),
             _fmt(m.get("backbone_gflops"), _size_digits(m.get("backbone_gflops"))),
             _fmt(m["seconds_per_image"] * 1e3 if m.get("seconds_per_image") else None),
@@ -69,7 +85,7 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             if name == base:
                 row.append("")
             else:
-                star = "*" if m.get("delta_significant", {}).get(key) else ""
+                star = _mark(m, key)
                 delta = _fmt(m["delta"][key], signed=True)
                 row.append(f"{delta}{star} {_ci(dci.get(key), signed=True)}".strip())
         rows.append(row)
@@ -104,16 +120,10 @@ def render_markdown(report: dict) -> str:
             f"Params and GFLOPs (multiply-adds) are of the backbone (ResNet/ResNeXt + FPN) "
             f"at a {flops_size[0]}x{flops_size[1]} input."
         )
-    if b:
-        lines.append(
-            f"Intervals: {conf}% paired bootstrap over images ({b['resamples']} resamples, seed "
-            f"{b['seed']}); `*` marks a difference whose interval excludes 0. They cover the "
-            "choice of test images, not training noise: compare several training runs per model "
-            "before calling a difference real."
-        )
-    else:
-        lines.append("No bootstrap was run (no intervals).")
-    lines += ["", format_table(report), "", "## All COCO metrics", ""]
+    lines += _interval_lines(report)
+    lines += ["", format_table(report), ""]
+    lines += _runs_section(report)
+    lines += ["## All COCO metrics", ""]
     headers = ["model", *[_LABELS.get(k, k) for k in METRIC_KEYS]]
     rows = []
     for name, m in report["models"].items():
@@ -167,10 +177,66 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _interval_lines(report: dict) -> list[str]:
+    """What the intervals are and what they cover, in words (per difference)."""
+    b = report["bootstrap"]
+    if not b:
+        return ["No bootstrap was run (no intervals)."]
+    conf = int(round(100 * b["confidence"]))
+    base = report["baseline"]
+    lines = [
+        "",
+        f"Intervals: {conf}% {b['method']} ({b['resamples']} image resamples, seed {b['seed']}; "
+        "docs/statistics.md has the method and its measured coverage). A model's value is the "
+        "mean over its training runs; a Δ is the difference of the run means.",
+        "",
+    ]
+    for name, m in report["models"].items():
+        if name == base:
+            continue
+        lines.append(f"- Δ {name} vs {base}: the interval covers {m['delta_covers']}.")
+    lines.append("")
+    lines.append(
+        f"`{FINDING}` marks a Δ whose interval excludes 0 over both test images and training runs."
+    )
+    if not b.get("calibrated", True):
+        lines.append(
+            f"`{IMAGES_ONLY}` marks a Δ whose interval excludes 0 over test images only: with one "
+            "run of a model, run-to-run variation is unmeasured, and on small networks it is often "
+            "larger than the difference. That is not a finding: train 3 or more runs per model "
+            "(seeds 0..N-1) and compare them all."
+        )
+    return lines
+
+
+def _runs_section(report: dict) -> list[str]:
+    """Each training run's figures, the run mean and the between-run SD."""
+    if all(m.get("runs", 1) == 1 for m in report["models"].values()):
+        return []
+    from tabulate import tabulate
+
+    keys = ("AP50", "AP", "AP75")
+    rows = []
+    for name, m in report["models"].items():
+        for i, r in enumerate(m.get("per_run", [])):
+            rows.append([name, str(i), *[_fmt(r[k]) for k in keys], r.get("results_file") or ""])
+        sd = m.get("between_run_sd", {})
+        rows.append([name, "mean", *[_fmt(m[k]) for k in keys], ""])
+        rows.append([name, "between-run SD", *[_fmt(sd.get(k)) for k in keys], ""])
+    headers = ["model", "run", *[_LABELS.get(k, k) for k in keys], "results"]
+    return [
+        "## Training runs",
+        "",
+        tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+
+
 def _csv_columns(report: dict) -> list[str]:
     cols = [
         "model",
         "baseline",
+        "runs",
         "backbone_params",
         "backbone_gflops",
         "seconds_per_image",
@@ -178,6 +244,8 @@ def _csv_columns(report: dict) -> list[str]:
         *METRIC_KEYS,
     ]
     cols += [f"delta_{k}" for k in METRIC_KEYS]
+    cols += [f"{k}_between_run_sd" for k in ("AP", "AP50", "AP75")]
+    cols += ["delta_calibrated", "delta_covers"]
     for k in ("AP", "AP50", "AP75"):
         cols += [
             f"{k}_ci_low",
@@ -197,6 +265,11 @@ def render_csv(report: dict) -> str:
     writer.writeheader()
     for name, m in report["models"].items():
         row: dict[str, Any] = {"model": name, "baseline": int(name == report["baseline"])}
+        row["runs"] = m.get("runs", 1)
+        for k in ("AP", "AP50", "AP75"):
+            row[f"{k}_between_run_sd"] = m.get("between_run_sd", {}).get(k)
+        row["delta_calibrated"] = int(bool(m.get("delta_calibrated")))
+        row["delta_covers"] = m.get("delta_covers")
         for c in ("backbone_params", "backbone_gflops", "seconds_per_image", "num_detections"):
             row[c] = m.get(c)
         for k in METRIC_KEYS:
@@ -247,7 +320,15 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
         m = report["models"][name]
         vals = np.array([np.nan if m[k] is None else m[k] for k in keys], dtype=float)
         pos = x + (i - (len(names) - 1) / 2) * width
-        ax.bar(pos, np.nan_to_num(vals), width, label=name)
+        runs = m.get("runs", 1)
+        ax.bar(pos, np.nan_to_num(vals), width, label=f"{name} ({runs} run{'s' * (runs != 1)})")
+        # Each training run's value as a point beside the bar: the spread shows at a glance.
+        for j, k in enumerate(keys):
+            pts = [r.get(k) for r in m.get("per_run", [])]
+            pts = [v for v in pts if v is not None and np.isfinite(v)]
+            if len(pts) > 1:
+                xs = pos[j] + width * 0.32 + np.linspace(-0.08, 0.08, len(pts)) * width
+                ax.scatter(xs, pts, s=10, color="black", zorder=3, linewidths=0)
         # Error bars only where there is an interval (the bootstrap covers AP, AP50, AP75).
         for j, k in enumerate(keys):
             ci = m.get("ci", {}).get(k)
@@ -257,7 +338,8 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
     ax.set_xticks(x, [_LABELS.get(k, k) for k in keys])
     ax.set_ylabel("COCO metric (0-100)")
     conf = report["bootstrap"]["confidence"] if report["bootstrap"] else None
-    ax.set_title("Box AP per model" + (f" ({int(conf * 100)}% bootstrap CI)" if conf else ""))
+    title = "Box AP per model (bars: run mean; dots: each run)"
+    ax.set_title(title + (f", {int(conf * 100)}% CI" if conf else ""), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     for name in names:

@@ -60,6 +60,12 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         help="let --config-file use Python yaml tags (they run code when loaded); only for a file "
         "you trust. detectron2's own model-zoo configs need no flag",
     )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="--eval-only: score the model even if MODEL.WEIGHTS leaves parameters (heads) at "
+        "their random initialisation (refused otherwise, naming them)",
+    )
     return parser
 
 
@@ -197,14 +203,28 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
+def evaluate(
+    cfg: CfgNode, *, resume: bool = False, allow_partial_weights: bool = False
+) -> dict[str, Any]:
     """``--eval-only``: load MODEL.WEIGHTS (or, with ``resume``, the last checkpoint in
     OUTPUT_DIR), apply the inference switches of ``MODEL.RESNEXT`` (``OPTIMIZE_FOR_INFERENCE``,
-    ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO evaluation."""
+    ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO evaluation.
+
+    Weights that leave a detector parameter missing or of another shape (a backbone-only file,
+    heads of another NUM_CLASSES) are refused, naming the groups, unless
+    ``allow_partial_weights`` (``--allow-partial-weights``)."""
+    from ..evaluation.weights_check import check_complete_weights
+
     model = Trainer.build_model(cfg)
-    TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=resume
+    checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    path = (
+        checkpointer.get_checkpoint_file()
+        if resume and checkpointer.has_checkpoint()
+        else cfg.MODEL.WEIGHTS
     )
+    for problem in check_complete_weights(model, path, allow_partial=allow_partial_weights):
+        logger.warning("--allow-partial-weights: %s", problem)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     model = apply_inference_config(model.eval(), cfg)
     with autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE):
         results = Trainer.test(cfg, model)

@@ -1,5 +1,8 @@
 """COCO-format ground truth and detections with COCO's quirks, for tests and benchmarks.
 
+(Test and benchmark support, not part of the installed package: moved here from
+``resnext_det/evaluation/synthetic.py``.)
+
 The ground truth has category ids with gaps (as COCO's 1..90 for 80 classes), crowd regions,
 images without annotations, a dataset ``ignore`` key (which COCOeval overrides with ``iscrowd``),
 an ``area`` that is not the box area (COCO's comes from the mask) and objects of all three sizes.
@@ -62,11 +65,14 @@ def synthetic_detections(
     quality: float = 0.7,
     random_per_image: int = 5,
     score_decimals: int | None = 2,
+    image_offset: dict[int, float] | None = None,
 ) -> list[dict]:
     """COCO results for ``gt``: each object found with probability ``quality`` (IoU with it falls
     as quality falls), plus duplicates, wrong classes and ``random_per_image`` random boxes.
 
     ``score_decimals`` rounds scores so that ties happen; None keeps them continuous.
+    ``image_offset`` (image id -> offset) adds to ``quality`` on that image: a difficulty shared
+    by every detector that is given the same offsets (image-level noise common to models).
     """
     rng = np.random.default_rng(seed)
     cat_ids = [c["id"] for c in gt["categories"]]
@@ -85,8 +91,13 @@ def synthetic_detections(
             }
         )
 
+    base_quality = quality
     for a in gt["annotations"]:
         x, y, w, h = a["bbox"]
+        if image_offset is not None:
+            quality = float(
+                np.clip(base_quality + image_offset.get(a["image_id"], 0.0), 0.02, 0.98)
+            )
         if rng.random() < quality:
             jitter = (1.0 - quality) * 0.25 + 0.02
             dx, dy = rng.normal(0, jitter, 2) * (w, h)
