@@ -63,7 +63,7 @@ def build_detector(
     from detectron2.config import CfgNode
     from detectron2.modeling import build_model
 
-    import resnext_det
+    from ..weights import load_pretrained
 
     cfg = _load_config(config)
     cfg.MODEL.DEVICE = device
@@ -76,7 +76,7 @@ def build_detector(
     if weights:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"weights file {weights!r} does not exist")
-        report = resnext_det.load_pretrained(model, weights)
+        report = load_pretrained(model, weights)
         problems = check_load_report(report, allow_partial=allow_partial_weights, what=what)
     else:
         from .weights_check import check_complete_weights
@@ -263,9 +263,8 @@ def compare_models(
         ...                 "X": [(cfg_x, "x/seed_0/model_final.pth"), (cfg_x, "x/seed_1/...")]},
         ...                "my_val", "out/compare")
     """
-    import resnext_det
-    from resnext_det.complexity import count_complexity
-
+    from ..complexity import count_complexity
+    from ..speed import optimize_for_inference
     from .coco import load_ground_truth
 
     if not models:
@@ -291,7 +290,7 @@ def compare_models(
             size = _flops_size(cfg, model, flops_size)
             cx = count_complexity(model.backbone, size)
             if optimize:
-                model = resnext_det.optimize_for_inference(model)
+                model = optimize_for_inference(model)
             desc = f"inference {model_name}" + (f" run {i}" if len(runs) > 1 else "")
             dets, timing = run_inference(
                 model, cfg, dicts, category_map, desc=desc, progress=progress
