@@ -50,8 +50,16 @@ def get_parser() -> argparse.ArgumentParser:
         help="images that do not decode (truncated, corrupt, not an image) or that detectron2 "
         "would clip to 8 bits (16-bit grey PNG): 'error' names every one, 'skip' leaves them out",
     )
-    p.add_argument("--workers", type=int, help="threads that decode the images (default: CPUs)")
-    p.add_argument("--skip-bad-files", action="store_true", help="skip malformed XMLs, counted")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="threads that decode the images (default: the CPU count, at most 8)",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="skip malformed XMLs and those whose image is missing or bad, counted",
+    )
     p.add_argument("--size-mismatch", choices=SIZE_MISMATCH_POLICIES, default="warn")
     p.add_argument("--difficult", choices=DIFFICULT_POLICIES, default="keep")
     return p

@@ -388,9 +388,8 @@ def read_json_file(
         if path.is_dir():
             raise error(f"{path}: is a directory, not a {what}")
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(
             f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); json files are UTF-8"

@@ -99,6 +99,10 @@ def decode_images(
         except ImageCheckError as exc:
             return exc
 
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(
+            f"workers must be an integer >= 1 (or None: the CPU count), got {workers!r}"
+        )
     workers = workers or min(8, os.cpu_count() or 1)
     results: dict[Path, tuple[int, int] | ImageCheckError] = {}
     with (
