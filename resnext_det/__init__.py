@@ -35,12 +35,13 @@ class _NoCudaRuntimeLine(_logging.Filter):
 
 # A quiet start: exactly the third-party deprecation notices every tool printed before its own
 # output, each matched by message and by the module it is attributed to; every other warning shows.
-# detectron2 0.6's model_zoo imports pkg_resources (setuptools' notice, attributed to detectron2):
+# detectron2 0.6's model_zoo imports pkg_resources (setuptools' notice, attributed to the detectron2
+# module that imports model_zoo first: its config loader when a LazyConfig calls get_config):
 _warnings.filterwarnings(
     "ignore",
     message=r"pkg_resources is deprecated as an API",
     category=UserWarning,
-    module=r"detectron2\.model_zoo\.model_zoo",
+    module=r"detectron2(\.|$)",
 )
 _logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeLine())
 # detectron2's modeling/box_regression.py decorates two functions with @torch.jit.script when
