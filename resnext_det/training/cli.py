@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,9 +18,12 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 from ..data import register_from_config
+from ..io import write_text_atomic
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
-from .checkpoint import TrainingCheckpointer, atomic_write
+from .checkpoint import TrainingCheckpointer
+from .launch import LaunchArgumentError, launch
+from .lock import OutputDirInUseError, lock_output_dir
 from .trainer import Trainer
 
 __all__ = [
@@ -27,10 +31,11 @@ __all__ = [
     "setup",
     "train",
     "evaluate",
-    "register_datasets",
     "configure_input_for_weights",
     "make_deterministic",
     "default_setup",
+    "launch_from_args",
+    "hold_output_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,12 +60,6 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         "you trust. detectron2's own model-zoo configs need no flag",
     )
     return parser
-
-
-def register_datasets(cfg: CfgNode) -> None:
-    """Register every ``cfg.DATASETS.COCO_REGISTER`` entry (in each process: spawned workers do
-    not inherit the parent's catalog)."""
-    register_from_config(cfg)
 
 
 def _has_last_checkpoint(cfg: CfgNode) -> bool:
@@ -147,16 +146,39 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         log.info(f"Running with full config:\n{cfg.dump()}")
-        atomic_write(path, lambda f: f.write(cfg.dump().encode()))
+        write_text_atomic(path, cfg.dump())
         log.info(f"Full config saved to {path}")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not getattr(args, "eval_only", False):
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
+def hold_output_dir(cfg: CfgNode) -> None:
+    """Lock ``cfg.OUTPUT_DIR`` for this run (:mod:`resnext_det.training.lock`) before anything
+    is written there; in every process of a distributed run, which all stop if it is taken.
+
+    The main process holds the lock; the others learn the outcome from it, so that none of them
+    writes its log into a folder another run owns.
+
+    Raises:
+        OutputDirInUseError: another live run holds OUTPUT_DIR.
+    """
+    refused = None
+    if comm.is_main_process():
+        try:
+            lock_output_dir(cfg.OUTPUT_DIR)
+        except OutputDirInUseError as exc:
+            refused = str(exc)
+    if comm.get_world_size() > 1:
+        refused = comm.all_gather(refused)[0]
+    if refused is not None:
+        raise OutputDirInUseError(refused)
+
+
 def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then
-    detectron2's ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then the
+    OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's ``default_setup`` (logging, seeding,
+    config.yaml), determinism and datasets."""
     unsafe = getattr(args, "allow_unsafe_yaml", False)
     cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
@@ -164,10 +186,11 @@ def setup(args: argparse.Namespace) -> CfgNode:
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
+    hold_output_dir(cfg)
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
         make_deterministic()
-    register_datasets(cfg)
+    register_from_config(cfg)  # in each process: spawned workers do not inherit the catalog
     return cfg
 
 
@@ -188,7 +211,42 @@ def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
 
 
 def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any] | None:
-    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint."""
+    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint.
+
+    Holds OUTPUT_DIR (a no-op after :func:`setup`, which already took it).
+    """
+    hold_output_dir(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
+
+
+# detectron2's launcher flags (default_argument_parser), by the launch() argument each sets.
+_LAUNCH_FLAGS = {
+    "num_gpus_per_machine": "--num-gpus",
+    "num_machines": "--num-machines",
+    "machine_rank": "--machine-rank",
+    "dist_url": "--dist-url",
+}
+
+
+def launch_from_args(
+    main_func: Callable[[argparse.Namespace], Any],
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+) -> Any:
+    """:func:`~resnext_det.training.launch` ``main_func(args)`` with the parsed launcher flags.
+
+    An argument :func:`launch` refuses is a usage error (exit status 2) naming the flag.
+    """
+    try:
+        return launch(
+            main_func,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except LaunchArgumentError as exc:
+        parser.error(f"{_LAUNCH_FLAGS.get(exc.argument, exc.argument)} {exc.problem}")
