@@ -50,7 +50,8 @@ from .training import (
     TrainingStateHook,
     make_deterministic,
 )
-from .training.trainer import preserved_rng
+from .training.cli import hold_output_dir
+from .training.state import preserved_rng
 
 __all__ = [
     "LazyTrainer",
@@ -326,6 +327,8 @@ def setup(args: argparse.Namespace) -> DictConfig:
     resuming = resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
     if not resuming:
         configure_lazy_for_weights(cfg)
+    # One live run per output folder, as tools/train_net.py (the lock reads only OUTPUT_DIR).
+    hold_output_dir(CfgNode({"OUTPUT_DIR": output_dir}))
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
     rank = comm.get_rank()
@@ -384,15 +387,9 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> None:
     """``tools/lazyconfig_train_net.py``: parse the command line and launch :func:`main`."""
-    from .training import launch
+    from .training import launch_from_args
 
-    args = argument_parser().parse_args(argv)
+    parser = argument_parser()
+    args = parser.parse_args(argv)
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args, parser)
