@@ -282,7 +282,6 @@ def run_predictions(
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="predict.py",
         description="Draw a detector's predictions on images and write COCO results "
         "(detectron2 demo/demo.py's flags; weights through --opts MODEL.WEIGHTS PATH).",
     )
