@@ -24,8 +24,9 @@ def run(code: str) -> str:
 
 def test_a_tool_starts_without_third_party_notices_and_other_warnings_still_show():
     # What tools/train_net.py imports and runs before its own output: the package, the training
-    # module, detectron2's model zoo (pkg_resources) and its environment report (cpp_extension's
-    # CUDA line), then a warning of our own and a torch.jit.script notice the user causes.
+    # module, detectron2's model zoo (pkg_resources; first imported by a LazyConfig here) and its
+    # environment report (cpp_extension's CUDA line), then a warning of our own and a
+    # torch.jit.script notice the user causes.
     stderr = run(
         "import runpy, sys, warnings, logging\n"
         "sys.argv = ['train_net.py', '--help']\n"
@@ -33,6 +34,8 @@ def test_a_tool_starts_without_third_party_notices_and_other_warnings_still_show
         "    runpy.run_path('tools/train_net.py', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
+        "from resnext_det.lazy import load_lazy_config\n"
+        "load_lazy_config('configs/lazy/faster_rcnn_R_50_FPN_1x.py')\n"
         "import detectron2.model_zoo\n"
         "import torch.utils.cpp_extension\n"
         "from resnext_det.training.cli import _environment_info\n"
