@@ -23,6 +23,7 @@ LAZY = CONFIGS / "lazy"
 TINY = LAZY / "tests" / "faster_rcnn_tiny.py"
 PAIRS = {
     "faster_rcnn_R_50_FPN_1x": "faster_rcnn_R_50_FPN_1x.yaml",
+    "faster_rcnn_R_101_FPN_3x": "faster_rcnn_R_101_FPN_3x.yaml",
     "faster_rcnn_X_50_32x4d_FPN_1x": "faster_rcnn_X_50_32x4d_FPN_1x.yaml",
     "faster_rcnn_X_101_32x8d_FPN_3x": "faster_rcnn_X_101_32x8d_FPN_3x.yaml",
 }
