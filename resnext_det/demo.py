@@ -22,12 +22,14 @@ from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
 from .config import load_config
+from .model_zoo import get_config_file
 
 __all__ = ["DEMO_MODELS", "DemoResult", "demo_config", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+# The package data of an installed resnext-det, or configs/demo in a checkout.
+CONFIGS = Path(get_config_file("demo/Base-demo.yaml")).parent
 # name -> config; the first is the baseline. Equal complexity: see the two yaml files.
 DEMO_MODELS = {
     "R-26 (1x16d)": CONFIGS / "faster_rcnn_R_demo.yaml",

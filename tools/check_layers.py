@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     ),
     **dict.fromkeys(["complexity", "speed", "env", "model_zoo"], 0),
     **dict.fromkeys(["weights", "data"], 1),
-    **dict.fromkeys(["training", "evaluation", "export", "benchmark"], 2),
+    **dict.fromkeys(["training", "evaluation", "export", "benchmark", "lazy", "predict"], 2),
     **dict.fromkeys(["demo", "cli"], 3),
 }
 LAYER_NAMES = ("core", "inputs", "jobs", "entry")

@@ -1,0 +1,51 @@
+"""``resnext-det``: the tools as one console command with subcommands, for pip-only installs.
+
+``resnext-det SUBCOMMAND ARGS...`` runs the subcommand's ``main(argv)`` from the package (the
+scripts in ``tools/`` are thin wrappers around the same functions, for a checkout). A subcommand
+is listed here once its tool's logic lives in a package module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["COMMANDS", "main"]
+
+# subcommand -> ("module:function taking argv", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "lazy-train": (
+        "resnext_det.lazy:run",
+        "train or evaluate from a LazyConfig .py file (tools/lazyconfig_train_net.py)",
+    ),
+    "predict": (
+        "resnext_det.predict:main",
+        "draw a detector's predictions on images; COCO results json (tools/predict.py)",
+    ),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: resnext-det SUBCOMMAND [ARGS...]  (resnext-det SUBCOMMAND --help)", ""]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"resnext-det: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, _, function = COMMANDS[name][0].partition(":")
+    run = getattr(importlib.import_module(module), function)
+    sys.argv = [f"resnext-det {name}", *rest]  # argparse's prog and detectron2's launcher
+    result = run(rest)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""detectron2's LazyConfig (Python configs) with the guarantees of ``tools/train_net.py``.
+
+A LazyConfig file is Python: loading it runs it. :func:`load_lazy_config` loads only the file a
+user names on the command line (and what that file imports), never one found by searching; the
+yaml route of ``LazyConfig.load`` (``yaml.unsafe_load``) is not offered.
+
+What ``tools/lazyconfig_train_net.py`` adds to detectron2's own script of that name:
+
+* the project's :class:`~resnext_det.training.Trainer` machinery through :class:`LazyTrainer`:
+  atomic checkpoints with the optimizer, the data stream's seed and position and every rank's
+  random state, so ``--resume`` continues exactly (``train.seed >= 0``,
+  ``train.deterministic=True``, ``dataloader.train.num_workers=0``,
+  ``dataloader.train.aspect_ratio_grouping=False``); the cross-rank non-finite-loss guard; CPU
+  DDP (gloo) and CPU AMP;
+* the input conventions set from ``train.init_checkpoint`` (:func:`configure_lazy_for_weights`,
+  which hands the values to :func:`resnext_det.configure_for_weights`);
+* the config written atomically to ``OUTPUT_DIR/config.yaml``; TensorBoard events and
+  ``metrics.json`` there (detectron2's ``default_writers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode, LazyConfig, instantiate
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import TrainerBase, create_ddp_model, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.solver import LRMultiplier
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .io import write_text_atomic
+from .training import (
+    GuardedTrainer,
+    ReplicaCheckHook,
+    ResumableSampler,
+    Trainer,
+    TrainingCheckpointer,
+    TrainingStateHook,
+    make_deterministic,
+)
+from .training.cli import hold_output_dir
+from .training.state import preserved_rng
+
+__all__ = [
+    "LazyTrainer",
+    "configure_lazy_for_weights",
+    "evaluate_lazy",
+    "load_lazy_config",
+    "main",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+# The yacs keys of the input conventions -> where a LazyConfig keeps them (the test loader's
+# image_format is "${...train.mapper.image_format}" in detectron2's common/data).
+LAZY_KEYS: dict[str, tuple[str, ...]] = {
+    "INPUT.FORMAT": ("model.input_format", "dataloader.train.mapper.image_format"),
+    "MODEL.PIXEL_MEAN": ("model.pixel_mean",),
+    "MODEL.PIXEL_STD": ("model.pixel_std",),
+    "MODEL.RESNETS.STRIDE_IN_1X1": ("model.backbone.bottom_up.spec.stride_in_1x1",),
+}
+SPEC_KEY = "model.backbone.bottom_up.spec"
+# ResNeXtSpec field -> the yacs key ResNeXtSpec.from_config reads it from.
+_SPEC_FIELDS = {
+    "depth": "DEPTH",
+    "cardinality": "NUM_GROUPS",
+    "width_per_group": "WIDTH_PER_GROUP",
+    "stem_out_channels": "STEM_OUT_CHANNELS",
+    "res2_out_channels": "RES2_OUT_CHANNELS",
+    "stride_in_1x1": "STRIDE_IN_1X1",
+    "norm": "NORM",
+    "res5_dilation": "RES5_DILATION",
+}
+
+
+def load_lazy_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()):
+    """``LazyConfig.load(path)`` + ``key=value`` overrides (hydra's syntax), errors naming the file.
+
+    Runs the Python in ``path``: call it only on a file the user named. ``.yaml`` LazyConfig
+    files are refused (detectron2 reads them with ``yaml.unsafe_load``).
+    """
+    path = os.fspath(path)
+    if not path.endswith(".py"):
+        raise ConfigError(
+            f"LazyConfig file {path}: must be a .py file (a Python config; detectron2 loads .yaml "
+            "LazyConfigs with yaml.unsafe_load, which this project does not); for a yacs .yaml "
+            "config use tools/train_net.py"
+        )
+    if not os.path.isfile(path):
+        raise ConfigError(f"LazyConfig file {path} does not exist")
+    try:
+        cfg = LazyConfig.load(path)
+    except SyntaxError as exc:
+        raise ConfigError(f"LazyConfig file {path}: {exc}") from None
+    missing = [k for k in ("model", "train") if k not in cfg]
+    if missing:
+        raise ConfigError(
+            f"LazyConfig file {path} defines no {' or '.join(missing)}: a training config needs "
+            "model, dataloader, optimizer, lr_multiplier and train (detectron2's configs/common)"
+        )
+    bad = [o for o in overrides if "=" not in str(o)]
+    if bad:
+        raise ConfigError(f"LazyConfig overrides are key=value (hydra's syntax); got {bad}")
+    try:
+        LazyConfig.apply_overrides(cfg, list(overrides))
+    except Exception as exc:  # hydra's parser and OmegaConf raise many types
+        raise ConfigError(f"LazyConfig overrides {list(overrides)} on {path}: {exc}") from None
+    return cfg
+
+
+def _select(cfg: DictConfig, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted, default=None)
+
+
+def _yacs_view(cfg: DictConfig) -> CfgNode:
+    """The conventions and architecture of a LazyConfig as the yacs keys that hold them."""
+    from .config import load_config
+
+    view = load_config()
+    spec = instantiate(_select(cfg, SPEC_KEY))  # a ResNeXtSpec: its defaults, d=0 resolved
+    for field, key in _SPEC_FIELDS.items():
+        view.MODEL.RESNETS[key] = getattr(spec, field)
+    for key, (first, *_) in LAZY_KEYS.items():
+        value = _select(cfg, first)
+        if value is None or key.startswith("MODEL.RESNETS"):
+            continue
+        *parents, leaf = key.split(".")
+        node = view
+        for p in parents:
+            node = node[p]
+        node[leaf] = list(value) if OmegaConf.is_list(value) else value
+    return view
+
+
+def configure_lazy_for_weights(cfg: DictConfig, path: str | None = None) -> dict[str, tuple]:
+    """:func:`resnext_det.configure_for_weights` for a LazyConfig (changed in place).
+
+    The LazyConfig's values are handed over as the yacs keys that hold them (``LAZY_KEYS``), and
+    what ``configure_for_weights`` changes is written back to every place that keeps it. As with
+    a yacs config without an explicit key list, values the config left at detectron2's defaults
+    are set from the weights and the others are pinned: a conflict with the weights is an error
+    naming the LazyConfig key. Remote weights (``scheme://``) keep the config's conventions.
+
+    Returns:
+        ``{lazy_key: (old, new)}`` for every value changed.
+    """
+    from .weights import configure_for_weights
+
+    path = path if path is not None else _select(cfg, "train.init_checkpoint")
+    if not path or "://" in str(path) or _select(cfg, SPEC_KEY) is None:
+        return {}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"train.init_checkpoint {path!r} does not exist (relative paths are from "
+            f"{os.getcwd()}); pass train.init_checkpoint=/path/to/file, or "
+            "train.init_checkpoint='' to train from scratch"
+        )
+    view = _yacs_view(cfg)
+    try:
+        changes = configure_for_weights(view, path)
+    except ValueError as exc:
+        names = ", ".join(f"{k} is {' and '.join(v)}" for k, v in LAZY_KEYS.items())
+        raise ValueError(f"{exc} (in this LazyConfig: {names})") from None
+    out = {}
+    for key, (old, new) in changes.items():
+        for lazy_key in LAZY_KEYS.get(key, ()):
+            if _select(cfg, lazy_key.rsplit(".", 1)[0]) is not None:
+                OmegaConf.update(cfg, lazy_key, new, merge=False)
+                out[lazy_key] = (old, new)
+    return out
+
+
+def _train_value(cfg: DictConfig, key: str, default: Any) -> Any:
+    value = _select(cfg, f"train.{key}")
+    return default if value is None else value
+
+
+class LazyTrainer(Trainer):
+    """:class:`~resnext_det.training.Trainer` built from a LazyConfig.
+
+    Model, optimizer, schedule and data come from ``cfg.model``, ``cfg.optimizer``,
+    ``cfg.lr_multiplier`` and ``cfg.dataloader`` (instantiated as detectron2's
+    ``lazyconfig_train_net.py`` does); checkpointing, resume, the loss guard and the
+    training-state hooks are the Trainer's own. ``self.cfg`` is the small yacs view those shared
+    parts read (weights, batch size, output folder); the LazyConfig is ``self.lazy_cfg``.
+
+    ``dataloader.train`` must not set a ``sampler``: the trainer positions detectron2's
+    ``TrainingSampler`` in the seeded stream (:class:`ResumableSampler`) for an exact resume.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        self.lazy_cfg = cfg
+        loader = cfg.dataloader.train
+        if _select(cfg, "dataloader.train.sampler") is not None:
+            raise ConfigError(
+                "dataloader.train.sampler is set; LazyTrainer makes its own (detectron2's "
+                "TrainingSampler, positioned for an exact resume): remove the key"
+            )
+        batch = int(loader.total_batch_size)
+        world = comm.get_world_size()
+        if batch % world:
+            raise ValueError(
+                f"dataloader.train.total_batch_size must be divisible by the number of processes "
+                f"({world}); got {batch}"
+            )
+        device = str(_train_value(cfg, "device", "cuda"))
+        model = instantiate(cfg.model).to(device)
+        logger.info(f"Model:\n{model}")
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+        seed = int(_train_value(cfg, "seed", -1))
+        self.sampler_seed = seed if seed >= 0 else comm.shared_random_seed()
+        data_loader = self.build_train_loader(None, seed=self.sampler_seed)
+
+        ddp = dict(_train_value(cfg, "ddp", {}))
+        if torch.device(device).type == "cpu":
+            ddp["device_ids"] = None
+        model = create_ddp_model(model, **ddp)
+        self._trainer = GuardedTrainer(
+            model,
+            data_loader,
+            optimizer,
+            amp=bool(_select(cfg, "train.amp.enabled")),
+            device=device,
+        )
+        self.max_iter = int(cfg.train.max_iter)
+        self.scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), self.max_iter)
+        output_dir = str(cfg.train.output_dir)
+        self.checkpointer = TrainingCheckpointer(model, output_dir, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        # What the Trainer's shared resume/final-save/guard code reads.
+        self.cfg = CfgNode(
+            {
+                "MODEL": {"WEIGHTS": str(_train_value(cfg, "init_checkpoint", ""))},
+                "SOLVER": {"IMS_PER_BATCH": batch},
+                "OUTPUT_DIR": output_dir,
+                "TEST": {"EXPECTED_RESULTS": []},
+            }
+        )
+        self.register_hooks(self.build_hooks())
+
+    def build_train_loader(self, cfg=None, *, seed: int | None = None, start: int = 0):
+        """``dataloader.train`` with a :class:`ResumableSampler` ``start`` images in.
+
+        An instance method (``cfg`` is ignored): the loader comes from ``self.lazy_cfg``.
+        """
+        spec = self.lazy_cfg.dataloader.train
+        dataset = instantiate(spec.dataset)
+        if seed is None:
+            seed = self.sampler_seed
+        sampler = ResumableSampler(TrainingSampler(len(dataset), seed=seed), start=start)
+        target = spec._target_
+        target = locate(target) if isinstance(target, str) else target
+        kwargs = {k: instantiate(spec[k]) for k in spec if k not in ("_target_", "dataset")}
+        return target(dataset=dataset, sampler=sampler, **kwargs)
+
+    def build_hooks(self) -> list[hooks.HookBase | None]:
+        """The Trainer's hooks in the Trainer's order, with periods from ``cfg.train``."""
+        cfg = self.lazy_cfg
+        period = int(_select(cfg, "train.checkpointer.period") or 5000)
+        batch = int(cfg.dataloader.train.total_batch_size)
+        self._state_hook = TrainingStateHook(period, self.sampler_seed, batch)
+        ret: list[hooks.HookBase | None] = [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(),
+            self._state_hook,
+            ReplicaCheckHook(period),
+        ]
+        if comm.is_main_process():
+            keep = _select(cfg, "train.checkpointer.max_to_keep")
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, period, max_to_keep=keep))
+
+        def test_and_save_results():
+            with preserved_rng():
+                self._last_eval_results = evaluate_lazy(cfg, self.model)
+            return self._last_eval_results
+
+        eval_period = int(_train_value(cfg, "eval_period", 0))
+        if "test" in cfg.dataloader and "evaluator" in cfg.dataloader:
+            ret.append(hooks.EvalHook(eval_period, test_and_save_results))
+        if comm.is_main_process():
+            writers = default_writers(self.cfg.OUTPUT_DIR, self.max_iter)
+            ret.append(
+                hooks.PeriodicWriter(writers, period=int(_train_value(cfg, "log_period", 20)))
+            )
+        return ret
+
+
+def evaluate_lazy(cfg: DictConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """``dataloader.test`` through ``dataloader.evaluator`` (detectron2's ``do_test``)."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+    return results
+
+
+def setup(args: argparse.Namespace) -> DictConfig:
+    """The LazyConfig of ``--config-file`` with ``key=value`` overrides; logging, seeding, the
+    conventions of ``train.init_checkpoint``, ``config.yaml`` in the output folder."""
+    from .data import register_coco_dataset
+
+    cfg = load_lazy_config(args.config_file, args.opts or [])
+    for name, json_file, image_root in getattr(args, "register", None) or []:
+        register_coco_dataset(name, json_file, image_root)  # in every process
+    output_dir = str(_train_value(cfg, "output_dir", "./output"))
+    resume = bool(getattr(args, "resume", False))
+    resuming = resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
+    if not resuming:
+        configure_lazy_for_weights(cfg)
+    # One live run per output folder, as tools/train_net.py (the lock reads only OUTPUT_DIR).
+    hold_output_dir(CfgNode({"OUTPUT_DIR": output_dir}))
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    rank = comm.get_rank()
+    for name in ("fvcore", "detectron2", "resnext_det"):
+        setup_logger(output_dir, distributed_rank=rank, name=name)
+    logger.info(f"Command line arguments: {args}")
+    if comm.is_main_process():
+        path = os.path.join(output_dir, "config.yaml")
+        try:
+            text = OmegaConf.to_yaml(cfg)
+        except Exception as exc:  # objects OmegaConf cannot print (lambdas, classes)
+            logger.warning(f"config not saved to {path}: {exc}")
+        else:
+            write_text_atomic(path, text)
+            logger.info(f"Full config saved to {path}")
+    seed = int(_train_value(cfg, "seed", -1))
+    seed_all_rng(None if seed < 0 else seed + rank)
+    if _train_value(cfg, "deterministic", False):
+        make_deterministic()
+    return cfg
+
+
+def main(args: argparse.Namespace) -> Mapping[str, Any] | None:
+    """What ``tools/lazyconfig_train_net.py`` runs in each process: train, or ``--eval-only``."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = instantiate(cfg.model).to(str(_train_value(cfg, "device", "cuda")))
+        TrainingCheckpointer(model, str(cfg.train.output_dir)).resume_or_load(
+            str(_train_value(cfg, "init_checkpoint", "")), resume=args.resume
+        )
+        return evaluate_lazy(cfg, model.eval())
+    trainer = LazyTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` (overrides ``key=value``) plus ``--register``."""
+    from detectron2.engine import default_argument_parser
+
+    parser = default_argument_parser(
+        "A LazyConfig file is Python and runs when loaded: pass only files you trust. "
+        "Overrides are key=value (hydra's syntax), e.g. train.max_iter=100."
+    )
+    parser.add_argument(
+        "--register",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME before building (repeatable), checked "
+        "as tools/train_net.py --register does",
+    )
+    return parser
+
+
+def run(argv: list[str] | None = None) -> None:
+    """``tools/lazyconfig_train_net.py``: parse the command line and launch :func:`main`."""
+    from .training import launch_from_args
+
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    print("Command Line Args:", args)
+    launch_from_args(main, args, parser)

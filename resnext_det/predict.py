@@ -1,0 +1,362 @@
+"""Pictures of predictions: a trained detector on images, drawn with detectron2's ``Visualizer``.
+
+The counterpart of detectron2's ``demo/demo.py`` (same flags: ``--config-file``, ``--input``,
+``--output``, ``--confidence-threshold``, ``--opts``; weights through ``MODEL.WEIGHTS``, any
+layout the project reads). ``tools/predict.py`` and ``resnext-det predict`` run :func:`main`.
+
+Outputs in ``--output``: one PNG per input image (``<stem>.png``; a repeated stem gets ``_2``,
+``_3``...), ``images.json`` (a COCO file of the images and categories, no annotations) and
+``coco_instances_results.json`` (COCO results, image ids from ``images.json``), so that
+``COCO("images.json").loadRes("coco_instances_results.json")`` reads them. With
+``--compare A=CFG:W B=CFG:W`` each PNG shows the two models side by side, and each model's results
+go to ``<name>/coco_instances_results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["IMAGE_SUFFIXES", "Predictor", "expand_inputs", "main", "parse_model_spec"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_SPEC = re.compile(r"^(?P<name>[^=]+)=(?P<config>.+?\.ya?ml):(?P<weights>.+)$")
+
+
+def expand_inputs(paths: Iterable[str]) -> list[Path]:
+    """Image files from files, folders (their images, sorted) and glob patterns, in the order
+    given, each once.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or a pattern or folder with no image.
+    """
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            where = f"folder {text}"
+        elif p.is_file():
+            found = [p]
+            where = text
+        elif glob.has_magic(text):
+            found = sorted(Path(q) for q in glob.glob(text, recursive=True) if Path(q).is_file())
+            where = f"pattern {text!r}"
+        else:
+            raise FileNotFoundError(f"--input {text}: no such file or folder")
+        if not found:
+            raise FileNotFoundError(
+                f"--input {where}: no image files ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        out.extend(found)
+    return list(dict.fromkeys(q.resolve() for q in out))
+
+
+def parse_model_spec(text: str) -> tuple[str, str, str]:
+    """``NAME=CONFIG.yaml:WEIGHTS`` -> (name, config, weights); weights may hold ``://``."""
+    m = _SPEC.match(text)
+    if not m:
+        raise ValueError(f"--compare takes NAME=CONFIG.yaml:WEIGHTS; got {text!r}")
+    return m["name"], m["config"], m["weights"]
+
+
+def _check_complete(model: Any, weights: str) -> None:
+    """Refuse weights that leave detector parameters at their random initialisation: drawn
+    predictions of such a model look like a model's and mean nothing."""
+    from .weights.loader import plan_load, read_weights
+
+    if not weights:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: predictions of a randomly initialised detector mean "
+            "nothing; pass --opts MODEL.WEIGHTS /path/to/model_final.pth"
+        )
+    _, report = plan_load(model, read_weights(weights))
+    problems = [f"{k} (missing)" for k in report.missing]
+    problems += [
+        f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in report.shape_mismatched
+    ]
+    if problems:
+        shown = ", ".join(problems[:6]) + (
+            f", ... ({len(problems)} in all)" if len(problems) > 6 else ""
+        )
+        raise ValueError(
+            f"weights '{weights}' leave detector parameters at their random initialisation: "
+            f"{shown}. Use a checkpoint of the whole detector (model_final.pth), not a backbone "
+            "export or a checkpoint of another NUM_CLASSES"
+        )
+
+
+class Predictor:
+    """A detector from a yacs config (``MODEL.WEIGHTS`` loaded by the project's checkpointer),
+    called on BGR images as detectron2's ``DefaultPredictor`` is.
+
+    Args:
+        cfg: the config (``MODEL.WEIGHTS`` must give every detector parameter).
+    """
+
+    def __init__(self, cfg: Any):
+        from detectron2.engine import DefaultPredictor
+
+        from .weights import ResNeXtCheckpointer
+
+        weights = cfg.MODEL.WEIGHTS
+        cfg = cfg.clone()
+        cfg.defrost()
+        # DefaultPredictor loads with detectron2's own checkpointer, which reads fewer layouts:
+        # it gets no file, and the project's checkpointer loads it after the completeness check.
+        cfg.MODEL.WEIGHTS = ""
+        self._predictor = DefaultPredictor(cfg)
+        self.model = self._predictor.model
+        _check_complete(self.model, weights)
+        ResNeXtCheckpointer(self.model).load(weights)
+        self.cfg = cfg
+
+    def __call__(self, bgr: np.ndarray) -> Any:
+        return self._predictor(bgr)["instances"].to("cpu")
+
+
+@dataclass
+class _Model:
+    name: str
+    predictor: Predictor
+    metadata: Any
+    results: list[dict]
+
+
+def _metadata(cfg: Any) -> Any:
+    from detectron2.data import MetadataCatalog
+
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    return MetadataCatalog.get(names[0] if names else "__unused")
+
+
+def _category_id(metadata: Any, contiguous: int) -> int:
+    # detectron2's COCOEvaluator maps its contiguous class ids back to the dataset's the same way.
+    mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None)
+    if mapping:
+        return {v: k for k, v in mapping.items()}[contiguous]
+    return contiguous + 1  # COCO category ids start at 1
+
+
+def _categories(metadata: Any, num_classes: int) -> list[dict]:
+    classes = list(getattr(metadata, "thing_classes", None) or [])
+    return [
+        {
+            "id": _category_id(metadata, i),
+            "name": classes[i] if i < len(classes) else f"class {i}",
+        }
+        for i in range(num_classes)
+    ]
+
+
+def _num_classes(cfg: Any) -> int:
+    return (
+        cfg.MODEL.RETINANET.NUM_CLASSES
+        if cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
+        else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    )
+
+
+def _coco_results(instances: Any, image_id: int, metadata: Any) -> list[dict]:
+    boxes = instances.pred_boxes.tensor.numpy().astype(float)
+    out = []
+    for (x0, y0, x1, y1), score, cls in zip(
+        boxes, instances.scores.numpy().tolist(), instances.pred_classes.numpy().tolist()
+    ):
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": _category_id(metadata, int(cls)),
+                "bbox": [
+                    round(float(x0), 2),
+                    round(float(y0), 2),
+                    round(float(x1 - x0), 2),
+                    round(float(y1 - y0), 2),
+                ],
+                "score": round(float(score), 5),
+            }
+        )
+    return out
+
+
+def _draw(rgb: np.ndarray, instances: Any, metadata: Any, title: str | None) -> np.ndarray:
+    import cv2
+    from detectron2.utils.visualizer import Visualizer
+
+    drawn = Visualizer(rgb, metadata, scale=1.0).draw_instance_predictions(instances)
+    panel = drawn.get_image()
+    if title:
+        bar = np.full((24, panel.shape[1], 3), 255, dtype=np.uint8)
+        cv2.putText(bar, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        panel = np.concatenate([bar, panel], axis=0)
+    return panel
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        names.append(f"{p.stem}.png" if n == 1 else f"{p.stem}_{n}.png")
+    return names
+
+
+def run_predictions(
+    models: Sequence[tuple[str, Any]],
+    inputs: Sequence[Path],
+    output: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run each ``(name, cfg)`` model on ``inputs``; write the pictures and the json files.
+
+    Returns:
+        ``{"images": [...png paths], "results": {name: results json path}, "images_json": path}``.
+    """
+    import cv2
+    from detectron2.data.detection_utils import read_image
+    from tqdm import tqdm
+
+    from .io import write_bytes_atomic, write_json_atomic
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [_Model(name, Predictor(cfg), _metadata(cfg), []) for name, cfg in models]
+    images: list[dict] = []
+    written: list[Path] = []
+    names = _unique_names(inputs)
+    for image_id, (path, png_name) in enumerate(
+        tqdm(list(zip(inputs, names)), desc="predict", unit="image", disable=not progress), 1
+    ):
+        try:
+            bgr = read_image(str(path), format="BGR")
+        except Exception as exc:  # PIL raises many types for a bad file
+            raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+        images.append(
+            {"id": image_id, "file_name": str(path), "height": bgr.shape[0], "width": bgr.shape[1]}
+        )
+        panels = []
+        for m in loaded:
+            instances = m.predictor(bgr)
+            m.results.extend(_coco_results(instances, image_id, m.metadata))
+            title = m.name if len(loaded) > 1 else None
+            panels.append(_draw(bgr[:, :, ::-1], instances, m.metadata, title))
+        picture = np.concatenate(panels, axis=1)
+        ok, encoded = cv2.imencode(".png", picture[:, :, ::-1])
+        if not ok:  # pragma: no cover - cv2 fails only on impossible shapes
+            raise RuntimeError(f"could not encode the picture of {path}")
+        written.append(write_bytes_atomic(out / png_name, encoded.tobytes(), durable=False))
+
+    first = loaded[0]
+    coco = {
+        "images": images,
+        "annotations": [],
+        "categories": _categories(first.metadata, _num_classes(first.predictor.cfg)),
+    }
+    images_json = write_json_atomic(out / "images.json", coco, indent=1)
+    results = {}
+    for m in loaded:
+        target = (
+            out / "coco_instances_results.json"
+            if len(loaded) == 1
+            else out / m.name / "coco_instances_results.json"
+        )
+        results[m.name] = write_json_atomic(target, m.results)
+    return {"images": written, "results": results, "images_json": images_json}
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Draw a detector's predictions on images and write COCO results "
+        "(detectron2 demo/demo.py's flags; weights through --opts MODEL.WEIGHTS PATH).",
+    )
+    parser.add_argument("--config-file", metavar="FILE", help="yacs config of the detector")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="image files, folders (their images) or glob patterns ('imgs/*.jpg', quoted)",
+    )
+    parser.add_argument("--output", required=True, help="folder for the pictures and json files")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of the detections drawn and written (default 0.5)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar="NAME=CFG:W",
+        help="two models side by side (instead of --config-file): name, yacs config, weights",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs (e.g. MODEL.WEIGHTS out/model_final.pth)",
+    )
+    return parser
+
+
+def _config(config_file: str, opts: list[str], threshold: float) -> Any:
+    from .config import load_config
+
+    cfg = load_config(config_file, opts)
+    # As detectron2's demo: the threshold is the heads' test score threshold.
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if bool(args.compare) == bool(args.config_file):
+        parser.error("give --config-file CFG (one model) or --compare A=CFG:W B=CFG:W (two)")
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        parser.error(f"--confidence-threshold must be in [0, 1]; got {args.confidence_threshold}")
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="resnext_det")
+    try:
+        inputs = expand_inputs(args.input)
+        if args.compare:
+            specs = [parse_model_spec(s) for s in args.compare]
+            if specs[0][0] == specs[1][0]:
+                parser.error(
+                    f"--compare: the two models need different names; got {specs[0][0]!r} twice"
+                )
+            models = [
+                (
+                    name,
+                    _config(cfg, [*args.opts, "MODEL.WEIGHTS", weights], args.confidence_threshold),
+                )
+                for name, cfg, weights in specs
+            ]
+        else:
+            models = [("model", _config(args.config_file, args.opts, args.confidence_threshold))]
+        done = run_predictions(models, inputs, args.output, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")
+    print(", ".join(str(p) for p in done["results"].values()))
+    return 0

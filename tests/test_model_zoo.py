@@ -1,0 +1,146 @@
+"""Configs by name (resnext_det.model_zoo), the resnext-det console command, and pip-only use:
+a wheel built from this tree, installed into a fresh virtual environment, used from a folder
+outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+import tomllib
+from conftest import REPO
+from detectron2.config import CfgNode
+from omegaconf import DictConfig
+
+from resnext_det import cli, model_zoo
+
+
+def test_names_are_the_files_of_configs():
+    names = model_zoo.list_configs()
+    on_disk = sorted(
+        p.relative_to(REPO / "configs").as_posix()
+        for p in (REPO / "configs").rglob("*")
+        if p.suffix in (".yaml", ".py") and "__pycache__" not in p.parts
+    )
+    assert names == on_disk
+    assert "lazy/faster_rcnn_X_50_32x4d_FPN_1x.py" in names
+    path = model_zoo.get_config_file("demo/faster_rcnn_X_demo.yaml")
+    assert Path(path) == REPO / "configs" / "demo" / "faster_rcnn_X_demo.yaml"
+
+
+def test_get_config_gives_yacs_and_lazy_configs():
+    cfg = model_zoo.get_config("faster_rcnn_X_50_32x4d_FPN_1x.yaml", ["MODEL.DEVICE", "cpu"])
+    assert isinstance(cfg, CfgNode) and cfg.MODEL.RESNETS.NUM_GROUPS == 32
+    assert cfg.MODEL.DEVICE == "cpu"
+    lazy = model_zoo.get_config("lazy/faster_rcnn_X_50_32x4d_FPN_1x.py", ["train.max_iter=7"])
+    assert isinstance(lazy, DictConfig) and lazy.train.max_iter == 7
+
+
+def test_unknown_and_escaping_names_are_refused():
+    with pytest.raises(FileNotFoundError, match="there are: .*faster_rcnn_R_50_FPN_1x.yaml"):
+        model_zoo.get_config_file("faster_rcnn_R_51_FPN_1x.yaml")
+    with pytest.raises(ValueError, match="stay inside it"):
+        model_zoo.get_config_file("../pyproject.toml")
+    with pytest.raises(ValueError, match="stay inside it"):
+        model_zoo.get_config_file(str(REPO / "configs" / "faster_rcnn_R_50_FPN_1x.yaml"))
+
+
+def test_pyproject_lists_every_package_folder():
+    """The wheel's packages are listed by hand (configs/ is mapped in): a new subpackage that is
+    not listed would be missing from pip installs."""
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(p.parent.relative_to(REPO).parts)
+        for p in (REPO / "resnext_det").rglob("__init__.py")
+    }
+    assert set(setup["packages"]) == folders | {"resnext_det.configs"}
+    assert setup["package-dir"] == {"resnext_det.configs": "configs"}
+
+
+def test_cli_lists_and_runs_its_subcommands(capsys):
+    assert cli.main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in usage
+    assert cli.main(["no-such-command"]) == 2
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: resnext-det " + name in capsys.readouterr().out
+
+
+def _source_tree(dest: Path) -> Path:
+    """The files git would commit (tracked and new, not ignored): no stale build/ or caches."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(src.read_bytes())
+    return dest
+
+
+@pytest.mark.slow
+def test_wheel_installed_outside_the_checkout(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    src = _source_tree(tmp_path / "src")
+    run = lambda *cmd, **kw: subprocess.run(  # noqa: E731
+        [str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=900, **kw
+    )
+    built = run(sys.executable, "-m", "pip", "wheel", src, "--no-deps", "--no-build-isolation",
+                "-w", tmp_path / "dist", cwd=tmp_path)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("resnext_det-*.whl")
+
+    # A fresh environment that reuses this one's torch and detectron2 (through a .pth file; its
+    # own site-packages comes first, so the wheel's resnext_det wins over any editable install).
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", "--without-pip", venv).returncode == 0
+    python = venv / "bin" / "python"
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    (Path(purelib.stdout.strip()) / "reuse_torch_detectron2.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
+    installed = run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
+                    "--no-index", wheel)  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import resnext_det
+        from resnext_det import model_zoo
+        from resnext_det.demo import run_demo
+        here = os.path.dirname(resnext_det.__file__)
+        assert here.startswith(sys.prefix), here
+        assert model_zoo.config_root() == __import__("pathlib").Path(here) / "configs"
+        cfg = model_zoo.get_config("faster_rcnn_X_50_32x4d_FPN_1x.yaml")
+        assert cfg.MODEL.RESNETS.NUM_GROUPS == 32
+        model = model_zoo.get("demo/faster_rcnn_X_demo.yaml", device="cpu")
+        print("params", sum(p.numel() for p in model.parameters()))
+        lazy = model_zoo.get("lazy/tests/faster_rcnn_tiny.py", device="cpu")
+        result = run_demo("demo_out", schedule="smoke")
+        print("exports", [str(p) for p in result.exports])
+        """
+    )
+    used = run(python, "-c", script, cwd=outside)
+    assert used.returncode == 0, used.stderr[-4000:]
+    assert "exports" in used.stdout
+    assert (outside / "demo_out" / "comparison" / "comparison.md").is_file()
+    for model in ("model_1", "model_2"):  # TensorBoard events beside each demo model
+        assert list((outside / "demo_out" / model).glob("events.out.tfevents.*"))
+        assert (outside / "demo_out" / model / "metrics.json").is_file()
+    helped = run(venv / "bin" / "resnext-det", "--help", cwd=outside)
+    assert helped.returncode == 0 and "lazy-train" in helped.stdout

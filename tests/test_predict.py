@@ -1,0 +1,188 @@
+"""Pictures of predictions (tools/predict.py) and the comparison gallery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from detectron2.modeling import build_model
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from resnext_det.config import load_config
+from resnext_det.evaluation import load_ground_truth, load_results
+from resnext_det.evaluation.gallery import gallery_markdown, per_image_counts, write_gallery
+from resnext_det.predict import expand_inputs, main, parse_model_spec
+
+TINY = REPO / "configs" / "tests" / "faster_rcnn_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from resnext_det.data import make_synthetic_coco
+
+    return make_synthetic_coco(
+        tmp_path_factory.mktemp("synthetic"), num_train=2, num_val=6, image_size=64, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A whole tiny detector's checkpoint, and one of its backbone only."""
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = build_model(load_config(TINY))
+    state = model.state_dict()
+    torch.save({"model": state}, d / "whole.pth")
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    torch.save({"model": backbone}, d / "backbone_only.pth")
+    return d
+
+
+def predict(*argv) -> int:
+    return main(["--no-progress"] + [str(a) for a in argv])
+
+
+def test_predict_on_a_folder_writes_pictures_and_coco_results(tmp_path, synthetic, checkpoints):
+    out = tmp_path / "out"
+    code = predict(
+        "--config-file", TINY, "--input", synthetic.val_image_root, "--output", out,
+        "--confidence-threshold", 0.0, "--opts", "MODEL.WEIGHTS", checkpoints / "whole.pth",
+    )  # fmt: skip
+    assert code == 0
+    inputs = sorted(synthetic.val_image_root.glob("*.png"))
+    pictures = sorted(out.glob("*.png"))
+    assert [p.name for p in pictures] == [p.stem + ".png" for p in inputs]
+    for pic, src in zip(pictures, inputs):
+        image = cv2.imread(str(pic))
+        assert image is not None and image.shape[:2] == cv2.imread(str(src)).shape[:2]
+    coco = COCO(str(out / "images.json"))
+    results = json.loads((out / "coco_instances_results.json").read_text())
+    assert results, "threshold 0 keeps the random detector's detections"
+    dets = coco.loadRes(str(out / "coco_instances_results.json"))
+    assert len(dets.getAnnIds()) == len(results)
+    assert {coco.imgs[i]["file_name"] for i in coco.getImgIds()} == {str(p) for p in inputs}
+
+
+def test_threshold_and_glob_and_compare(tmp_path, synthetic, checkpoints):
+    pattern = str(synthetic.val_image_root / "*.png")
+    w = checkpoints / "whole.pth"
+    high = tmp_path / "high"
+    assert predict("--config-file", TINY, "--input", pattern, "--output", high,
+                   "--confidence-threshold", 1.0, "--opts", "MODEL.WEIGHTS", w) == 0  # fmt: skip
+    assert json.loads((high / "coco_instances_results.json").read_text()) == []
+    side = tmp_path / "side"
+    code = predict(
+        "--input", pattern, "--output", side, "--confidence-threshold", 0.0,
+        "--compare", f"R={TINY}:{w}", f"X={TINY}:{w}",
+    )  # fmt: skip
+    assert code == 0
+    one = cv2.imread(str(next(iter(sorted(high.glob("*.png"))))))
+    two = cv2.imread(str(sorted(side.glob("*.png"))[0]))
+    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] > one.shape[0]  # + title bars
+    r = json.loads((side / "R" / "coco_instances_results.json").read_text())
+    x = json.loads((side / "X" / "coco_instances_results.json").read_text())
+    assert r == x and r  # the same weights on both sides
+
+
+def test_partial_checkpoint_is_refused(tmp_path, synthetic, checkpoints, capsys):
+    code = predict(
+        "--config-file", TINY, "--input", synthetic.val_image_root, "--output", tmp_path,
+        "--opts", "MODEL.WEIGHTS", checkpoints / "backbone_only.pth",
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "leave detector parameters at their random initialisation" in err
+    assert "roi_heads.box_predictor" in err or "proposal_generator" in err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        expand_inputs([str(tmp_path / "missing.jpg")])
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        expand_inputs([str(tmp_path)])
+    assert parse_model_spec("X=a/b.yaml:detectron2://x/y.pkl") == (
+        "X", "a/b.yaml", "detectron2://x/y.pkl",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="NAME=CONFIG.yaml:WEIGHTS"):
+        parse_model_spec("a.yaml:w.pth")
+
+
+def test_the_tool_runs_from_the_command_line(tmp_path, synthetic, checkpoints):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(TINY),
+         "--input", str(sorted(synthetic.val_image_root.glob("*.png"))[0]),
+         "--output", str(tmp_path), "--opts", "MODEL.WEIGHTS", str(checkpoints / "whole.pth")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "predict: 100%" in proc.stderr  # tqdm's progress bar
+    assert len(list(tmp_path.glob("*.png"))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Gallery
+
+
+def noisy_results(gt_json, seed: int, keep: float) -> list[dict]:
+    """Ground-truth boxes jittered, some dropped, plus false boxes; random scores."""
+    rng = np.random.default_rng(seed)
+    data = json.loads(gt_json.read_text())
+    out = []
+    for a in data["annotations"]:
+        if rng.random() > keep:
+            continue
+        x, y, w, h = a["bbox"]
+        j = rng.normal(0, 0.1 * max(w, h), 2)
+        box = [x + j[0], y + j[1], w, h]
+        out.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                    "bbox": box, "score": float(rng.uniform(0.3, 1))})  # fmt: skip
+    for img in data["images"]:
+        out.append({"image_id": img["id"], "category_id": data["categories"][0]["id"],
+                    "bbox": [1, 1, 10, 10], "score": float(rng.uniform(0.3, 1))})  # fmt: skip
+    return out
+
+
+def test_per_image_true_positives_equal_pycocotools(synthetic):
+    results = noisy_results(synthetic.val_json, seed=1, keep=0.7)
+    gt = load_ground_truth(synthetic.val_json)
+    threshold = 0.5
+    tp, _ = per_image_counts(gt, load_results(results, gt), threshold)
+    coco = COCO(str(synthetic.val_json))
+    ev = COCOeval(coco, coco.loadRes(results), "bbox")
+    ev.evaluate()
+    expected = dict.fromkeys(coco.getImgIds(), 0)
+    for e in ev.evalImgs:
+        if e is None or e["aRng"] != ev.params.areaRng[0]:
+            continue
+        m = (np.asarray(e["dtMatches"])[0] > 0) & ~np.asarray(e["dtIgnore"])[0].astype(bool)
+        expected[e["image_id"]] += int((m & (np.asarray(e["dtScores"]) >= threshold)).sum())
+    assert dict(zip(gt.image_ids.tolist(), tp.tolist())) == expected
+    assert sum(expected.values()) > 0
+
+
+def test_gallery_draws_the_images_that_differ_most(tmp_path, synthetic):
+    base = noisy_results(synthetic.val_json, seed=2, keep=1.0)
+    other = noisy_results(synthetic.val_json, seed=2, keep=0.4)
+    images = write_gallery(
+        synthetic.val_json, synthetic.val_image_root, {"R": base, "X": other}, tmp_path, top=3,
+        score_threshold=0.0,
+    )  # fmt: skip
+    assert 1 <= len(images) <= 3
+    diffs = [abs(g.true_positives["R"] - g.true_positives["X"]) for g in images]
+    assert diffs == sorted(diffs, reverse=True) and diffs[0] > 0
+    for g in images:
+        picture = cv2.imread(str(g.path))
+        source = cv2.imread(str(synthetic.val_image_root / g.file_name))
+        assert picture is not None and picture.shape[1] >= 3 * source.shape[1]
+    md = gallery_markdown(images, tmp_path)
+    assert all(g.path.name in md for g in images)
+    with pytest.raises(ValueError, match="compares two models"):
+        write_gallery(synthetic.val_json, synthetic.val_image_root, {"R": base}, tmp_path)
