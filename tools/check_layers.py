@@ -26,9 +26,11 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["errors", "version", "spec", "config", "io", "blocks", "backbone", "heads"], 0
     ),
-    **dict.fromkeys(["complexity", "speed", "env", "model_zoo"], 0),
+    **dict.fromkeys(["complexity", "speed", "env"], 0),
     **dict.fromkeys(["weights", "data"], 1),
-    **dict.fromkeys(["training", "evaluation", "export", "benchmark", "lazy", "predict"], 2),
+    **dict.fromkeys(
+        ["training", "evaluation", "export", "benchmark", "lazy", "predict", "model_zoo"], 2
+    ),
     **dict.fromkeys(["demo", "cli"], 3),
 }
 LAYER_NAMES = ("core", "inputs", "jobs", "entry")
