@@ -58,13 +58,13 @@ from .backbone import (  # noqa: E402  (registers the builders)
     ResNeXt,
     build_resnext_backbone,
     build_resnext_fpn_backbone,
+    build_resnext_retinanet_fpn_backbone,
     make_resnext,
 )
 from .blocks import BLOCK_FORMS, to_grouped_state_dict  # noqa: E402
 from .complexity import backbone_complexity  # noqa: E402
 from .config import add_resnext_config, load_config  # noqa: E402
 from .export import export_backbone  # noqa: E402
-from .heads import build_resnext_retinanet_fpn_backbone  # noqa: E402
 from .spec import (  # noqa: E402
     ARCHITECTURES,
     VARIANTS,

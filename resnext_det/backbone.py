@@ -13,8 +13,9 @@ from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicStem
+from torch import nn
 
 from .blocks import BLOCK_FORMS
 from .spec import ARCHITECTURES, STAGE_NAMES, VARIANTS, ResNeXtSpec
@@ -27,6 +28,7 @@ __all__ = [
     "make_resnext",
     "build_resnext_backbone",
     "build_resnext_fpn_backbone",
+    "build_resnext_retinanet_fpn_backbone",
 ]
 
 
@@ -148,14 +150,8 @@ def build_resnext_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNeXt:
     )
 
 
-@BACKBONE_REGISTRY.register()
-def build_resnext_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
-    """ResNeXt + FPN: p2..p6 at strides 4..64, ``MODEL.FPN.OUT_CHANNELS`` each; p6 by max-pool.
-
-    Submodule names are detectron2's (``bottom_up.*``, ``fpn_lateral{i}``, ``fpn_output{i}``), so
-    checkpoints of detectron2's R/X-FPN detectors load unchanged.
-    """
-    bottom_up = build_resnext_backbone(cfg, input_shape)
+def _fpn(cfg: CfgNode, bottom_up: ResNeXt, top_block: nn.Module) -> FPN:
+    """detectron2's FPN on ``bottom_up`` with ``MODEL.FPN.*``, its keys checked first."""
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     missing = [f for f in in_features if f not in bottom_up.output_shape()]
     if missing:
@@ -171,6 +167,36 @@ def build_resnext_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
         in_features=in_features,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnext_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """ResNeXt + FPN: p2..p6 at strides 4..64, ``MODEL.FPN.OUT_CHANNELS`` each; p6 by max-pool.
+
+    Submodule names are detectron2's (``bottom_up.*``, ``fpn_lateral{i}``, ``fpn_output{i}``), so
+    checkpoints of detectron2's R/X-FPN detectors (Faster, Mask, Cascade R-CNN) load unchanged.
+    """
+    return _fpn(cfg, build_resnext_backbone(cfg, input_shape), LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnext_retinanet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """ResNeXt + FPN for RetinaNet: p3..p7 at strides 8..128, ``MODEL.FPN.OUT_CHANNELS`` each.
+
+    P6 is a stride-2 3x3 conv on res5 (C5, as detectron2's ``build_retinanet_resnet_fpn_backbone``
+    does, not on P5), P7 one on relu(P6); module names are detectron2's, so its RetinaNet
+    checkpoints load. ``configs/Base-RetinaNet.yaml`` sets ``MODEL.RESNETS.OUT_FEATURES`` and
+    ``MODEL.FPN.IN_FEATURES`` to ``[res3, res4, res5]``.
+    """
+    bottom_up = build_resnext_backbone(cfg, input_shape)
+    if "res5" not in bottom_up.output_shape():
+        raise ValueError(
+            "build_resnext_retinanet_fpn_backbone makes P6/P7 from res5: "
+            f"MODEL.RESNETS.OUT_FEATURES must include 'res5'; got "
+            f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)}"
+        )
+    res5 = bottom_up.output_shape()["res5"].channels
+    return _fpn(cfg, bottom_up, LastLevelP6P7(res5, cfg.MODEL.FPN.OUT_CHANNELS))

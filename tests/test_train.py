@@ -116,7 +116,7 @@ def all_configs() -> list[Path]:
 @pytest.mark.parametrize("path", all_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_loads_and_describes_a_valid_backbone(path):
     cfg = load_cfg(path)
-    # RetinaNet's FPN is P3-P7 (resnext_det/heads.py); every other config uses P2-P6.
+    # RetinaNet's FPN is P3-P7 (resnext_det/backbone.py); every other config uses P2-P6.
     builder, arch = cfg.MODEL.BACKBONE.NAME, cfg.MODEL.META_ARCHITECTURE
     assert builder == (
         "build_resnext_retinanet_fpn_backbone"

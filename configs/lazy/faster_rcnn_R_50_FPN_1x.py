@@ -4,4 +4,4 @@ of the X-50-32x4d pair: C = 1, d = 64, nothing else changed)."""
 from .faster_rcnn_fpn import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.bottom_up.spec.update(depth=50, cardinality=1, width_per_group=64)
-train.init_checkpoint = "resnet50-0676ba61.pth"  # torchvision IMAGENET1K_V1
+train.init_checkpoint = "torchvision://resnet50.IMAGENET1K_V1"

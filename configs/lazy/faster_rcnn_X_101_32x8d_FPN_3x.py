@@ -6,6 +6,6 @@ from detectron2.model_zoo import get_config
 from .faster_rcnn_fpn import dataloader, model, optimizer, train
 
 model.backbone.bottom_up.spec.update(depth=101, cardinality=32, width_per_group=8)
-train.init_checkpoint = "resnext101_32x8d-8ba56ff5.pth"  # torchvision IMAGENET1K_V1
+train.init_checkpoint = "torchvision://resnext101_32x8d.IMAGENET1K_V1"
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_3x
 train.max_iter = 270000

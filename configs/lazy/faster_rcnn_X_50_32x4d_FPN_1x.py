@@ -3,4 +3,4 @@
 from .faster_rcnn_fpn import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone.bottom_up.spec.update(depth=50, cardinality=32, width_per_group=4)
-train.init_checkpoint = "resnext50_32x4d-7cdf4587.pth"  # torchvision IMAGENET1K_V1
+train.init_checkpoint = "torchvision://resnext50_32x4d.IMAGENET1K_V1"

@@ -50,4 +50,4 @@ dataloader.train.mapper.image_format = "RGB"
 # pycocotools' reference COCOeval (detectron2's fast one is compiled C++ this install may lack).
 dataloader.evaluator.use_fast_impl = False
 
-train.init_checkpoint = "resnext50_32x4d-7cdf4587.pth"
+train.init_checkpoint = "torchvision://resnext50_32x4d.IMAGENET1K_V1"
