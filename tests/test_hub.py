@@ -315,3 +315,47 @@ def test_timm_names_use_timms_recorded_url_or_are_refused():
     if without_url:
         with pytest.raises(ValueError, match="records no download URL"):
             resolve_name(f"timm://{without_url[0]}")
+
+
+def test_a_cached_or_mirrored_file_is_checked_against_its_name_too(
+    torch_home, tiny_file, monkeypatch, tmp_path
+):
+    data, name, _ = tiny_file
+    url = f"http://127.0.0.1:9/models/{name}"  # never contacted: the file is found locally
+    point_enum_at(monkeypatch, url)
+    cache(torch_home).mkdir(parents=True)
+    (cache(torch_home) / name).write_bytes(data[:-10])  # put there by hand, and cut short
+    with pytest.raises(CheckpointError, match=rf"{name}' \(for {url}\) has sha256 .*Delete it"):
+        read_weights(NAME)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / name).write_bytes(data[:-10])
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    with pytest.raises(CheckpointError, match=rf"mirror/{name}' \(for {url}\) has sha256"):
+        read_weights(NAME)
+
+
+def test_a_file_recording_other_conventions_than_its_name_is_refused(
+    torch_home, tiny_file, monkeypatch, tmp_path
+):
+    _, _, state = tiny_file
+    bgr = {"input_format": "BGR", "pixel_mean": [103.53, 116.28, 123.675], "pixel_std": [1, 1, 1]}
+    path = tmp_path / "x.pth"
+    torch.save({"model": state, "resnext_det": {"conventions": bgr}}, path)
+    name = f"resnext50_32x4d-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+    path.rename(tmp_path / name)
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))
+    point_enum_at(monkeypatch, f"http://127.0.0.1:9/{name}")
+    with pytest.raises(CheckpointError, match=r"records .*'BGR'.* but torchvision://resnext50"):
+        read_weights(NAME)
+
+
+def test_hash_digits_are_read_as_torch_hub_names_them():
+    def digits(url: str) -> str | None:
+        return resolve_name(url).hash_prefix
+
+    assert digits(X50_V1.url) == "7cdf4587"
+    assert digits("https://example.org/a/resnet50_a1_0-14fe96d1.pth") == "14fe96d1"
+    assert digits("https://example.org/my-model-1a2b3c4d.pth") == "1a2b3c4d"  # the last "-"
+    assert digits("https://example.org/model_final.pth") is None  # nothing to check
+    assert digits("https://example.org/my-face.pth") is None  # hex, but not 8+ digits
