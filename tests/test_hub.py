@@ -141,6 +141,8 @@ def test_first_load_downloads_into_torch_home_and_second_works_with_the_server_s
     server.files[f"/models/{name}"] = data
     point_enum_at(monkeypatch, server.url(f"/models/{name}"))
 
+    cache(torch_home).mkdir(parents=True)
+    (cache(torch_home) / f".{name}.tmp-1-dead").write_bytes(b"half")  # a killed download's
     model = make_resnext(SPEC)
     report = load_pretrained(model, NAME)
     assert report.layout == "torchvision" and not report.missing

@@ -21,6 +21,7 @@ the URL, the path to put the file at, and the command that converts it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import logging
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from ..errors import ResNeXtDetError
-from ..io import atomic_write
+from ..io import TMP_MARK, atomic_write
 from .io import CheckpointError, sha256_of
 from .records import Conventions
 
@@ -328,6 +329,11 @@ def fetch(source: WeightsSource, *, progress: bool = True) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _locked(dest.parent):
             if not dest.is_file():  # another process may have fetched it while we waited
+                # A download killed outright (SIGKILL, power loss) leaves its temporary file;
+                # under the lock no one else is writing one for this name.
+                for stale in dest.parent.glob(f".{glob.escape(dest.name)}{TMP_MARK}*"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
                 _download(source, dest, progress)
     _check_file(dest, source)
     return str(dest)
