@@ -51,7 +51,7 @@ class _Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # http.server's name for the GET handler
                 server.requests.append(self.path)
                 data = server.files.get(self.path)
                 if data is None:

@@ -504,7 +504,7 @@ def test_checkpointer_reads_torchvision_layout_and_resumes(tmp_path):
                     "pixel_mean": BGR_MEAN,
                     "pixel_std": [1, 1, 1],
                     "stride_in_1x1": False,
-                }
+                },
             }
         )
     )

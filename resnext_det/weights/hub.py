@@ -266,7 +266,7 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
     total = int(length) if length and length.isdigit() else None
     digest = hashlib.sha256()
 
-    def write(f) -> None:  # noqa: ANN001 (the temporary file atomic_write opens)
+    def write(f) -> None:  # f: the temporary file atomic_write opens
         received = 0
         with tqdm(
             total=total,
