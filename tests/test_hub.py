@@ -361,3 +361,20 @@ def test_hash_digits_are_read_as_torch_hub_names_them():
     assert digits("https://example.org/my-model-1a2b3c4d.pth") == "1a2b3c4d"  # the last "-"
     assert digits("https://example.org/model_final.pth") is None  # nothing to check
     assert digits("https://example.org/my-face.pth") is None  # hex, but not 8+ digits
+
+
+def test_detectron2_scheme_goes_through_detectron2s_path_manager(server, tmp_path, monkeypatch):
+    """``detectron2://`` paths keep detectron2's own resolution (iopath's download and cache)."""
+    from detectron2.utils.file_io import Detectron2Handler
+
+    torch.manual_seed(1)
+    state = detectron2_to_torchvision(make_resnext(SPEC).state_dict())
+    path = tmp_path / "x.pth"
+    torch.save(state, path)
+    server.files["/detectron2/ImageNetPretrained/tiny/X-26.pth"] = path.read_bytes()
+    monkeypatch.setattr(Detectron2Handler, "S3_DETECTRON2_PREFIX", server.url("/detectron2/"))
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))
+    model = make_resnext(SPEC)
+    load_pretrained(model, "detectron2://ImageNetPretrained/tiny/X-26.pth")
+    assert_loaded(model, state)
+    assert server.requests == ["/detectron2/ImageNetPretrained/tiny/X-26.pth"]
