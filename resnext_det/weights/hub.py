@@ -65,8 +65,12 @@ _TIMEOUT_S = 60
 _CHUNK = 1 << 20
 
 
-class WeightsUnavailableError(ResNeXtDetError):
+class WeightsUnavailableError(ResNeXtDetError, OSError):
     """A named or remote weights file could not be fetched (no network, HTTP error, cut short)."""
+
+
+class _BrokenOff(Exception):
+    """Raised inside the atomic write (which would take an OSError for a failed write)."""
 
 
 @dataclass(frozen=True)
@@ -280,8 +284,8 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 try:
                     chunk = response.read(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _unavailable(
-                        source, dest, f"the download broke off after {received} bytes ({exc})"
+                    raise _BrokenOff(
+                        f"the download broke off after {received} bytes ({exc})"
                     ) from exc
                 if not chunk:
                     break
@@ -290,10 +294,8 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 received += len(chunk)
                 bar.update(len(chunk))
         if total is not None and received != total:
-            raise _unavailable(
-                source,
-                dest,
-                f"the connection closed after {received} of {total} bytes (nothing was kept)",
+            raise _BrokenOff(
+                f"the connection closed after {received} of {total} bytes (nothing was kept)"
             )
         prefix = source.hash_prefix
         if prefix is not None and not digest.hexdigest().startswith(prefix):
@@ -304,8 +306,11 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
             )
 
     logger.info("Downloading %s (%s) to %s", url, source.description, dest)
-    with response:
-        atomic_write(dest, write)
+    try:
+        with response:
+            atomic_write(dest, write)
+    except _BrokenOff as exc:
+        raise _unavailable(source, dest, str(exc)) from exc.__cause__
     if source.hash_prefix is None:
         logger.warning("%s carries no hash in its name: its content was not verified", url)
 
