@@ -378,3 +378,18 @@ def test_detectron2_scheme_goes_through_detectron2s_path_manager(server, tmp_pat
     load_pretrained(model, "detectron2://ImageNetPretrained/tiny/X-26.pth")
     assert_loaded(model, state)
     assert server.requests == ["/detectron2/ImageNetPretrained/tiny/X-26.pth"]
+
+
+def test_two_urls_with_one_file_name_do_not_share_a_cached_file(server, torch_home, tmp_path):
+    files = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = detectron2_to_torchvision(make_resnext(SPEC).state_dict())
+        torch.save(state, tmp_path / "x.pth")
+        server.files[f"/run{seed}/model_final.pth"] = (tmp_path / "x.pth").read_bytes()
+        files[seed] = state
+    for seed, state in files.items():
+        model = make_resnext(SPEC)
+        load_pretrained(model, server.url(f"/run{seed}/model_final.pth"))
+        assert_loaded(model, state)
+    assert len(listing(cache(torch_home))) == 2

@@ -99,6 +99,15 @@ class WeightsSource:
         m = _HASH.search(self.file_name)
         return m[1] if m else None
 
+    @property
+    def cache_name(self) -> str:
+        """Its name in the cache: the file's own where it carries a hash (torchvision's cache
+        holds the same files), else prefixed by a digest of the URL, so that two URLs ending in
+        ``model_final.pth`` never share a cached file."""
+        if self.hash_prefix is not None:
+            return self.file_name
+        return f"{hashlib.sha256(self.url.encode()).hexdigest()[:12]}_{self.file_name}"
+
 
 def cache_dir() -> Path:
     """torch's hub cache for weights files (``$TORCH_HOME/hub/checkpoints``)."""
@@ -329,7 +338,7 @@ def fetch(source: WeightsSource, *, progress: bool = True) -> str:
         if candidate.is_file():
             _check_file(candidate, source)
             return str(candidate)
-    dest = cache_dir() / source.file_name
+    dest = cache_dir() / source.cache_name
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _locked(dest.parent):
