@@ -234,6 +234,8 @@ def _locked(directory: Path) -> Iterator[None]:
 
         fd = os.open(directory, os.O_RDONLY)
     except (ImportError, OSError):  # Windows, or a folder that cannot be opened: no lock
+        fd = None
+    if fd is None:
         yield
         return
     try:
@@ -340,7 +342,14 @@ def fetch(source: WeightsSource, *, progress: bool = True) -> str:
             return str(candidate)
     dest = cache_dir() / source.cache_name
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WeightsUnavailableError(
+                f"cannot create torch's hub cache {dest.parent} for {source.url} ({exc}): set "
+                f"TORCH_HOME to a writable folder, or {MIRROR_ENV} to a folder holding "
+                f"{source.file_name}"
+            ) from exc
         with _locked(dest.parent):
             if not dest.is_file():  # another process may have fetched it while we waited
                 # A download killed outright (SIGKILL, power loss) leaves its temporary file;
