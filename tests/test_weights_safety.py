@@ -254,7 +254,7 @@ def test_item12_nan_and_inf_weights_are_refused_at_load_and_conversion(tmp_path,
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
-def test_item10_the_size_checks_keep_every_real_numpy_pickle(protocol):
+def test_the_size_checks_keep_every_real_numpy_pickle(protocol):
     from resnext_det.weights.io import safe_pickle_load
 
     arrays = {
@@ -267,3 +267,15 @@ def test_item10_the_size_checks_keep_every_real_numpy_pickle(protocol):
     loaded = safe_pickle_load(pickle.dumps(arrays, protocol=protocol))
     for key, value in arrays.items():
         assert type(loaded[key]) is type(value) and np.array_equal(loaded[key], value), key
+
+
+def test_nested_or_self_referring_pickles_are_a_named_error(tmp_path):
+    path = tmp_path / "deep.pkl"
+    loop: list = []
+    loop.append(loop)  # a list that holds itself
+    n = 100_000  # lists nested 100k deep, written as opcodes (pickle.dump itself would recurse)
+    deep = b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b"."
+    for data in (pickle.dumps(loop, 2), pickle.dumps({"blobs": {"conv1_w": loop}}, 2), deep):
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=r"deep.pkl' .* pickle file"):
+            read_weights(path)

@@ -372,6 +372,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
             KeyError,
             AttributeError,
             MemoryError,
+            RecursionError,  # containers nested (or referring to themselves) without end
         ) as exc:
             raise fail("the file is truncated or corrupt", exc) from exc
         if obj == _TORCH_LEGACY_MAGIC and not isinstance(obj, bool):
