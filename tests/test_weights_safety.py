@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from resnext_det import ResNeXtSpec, make_resnext
 from resnext_det.weights import (
@@ -279,3 +281,53 @@ def test_nested_or_self_referring_pickles_are_a_named_error(tmp_path):
         path.write_bytes(data)
         with pytest.raises(CheckpointError, match=r"deep.pkl' .* pickle file"):
             read_weights(path)
+
+
+# ------------------------------------------------------------------------ fuzz: records and files
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_keys = st.sampled_from(
+    ["input_format", "pixel_mean", "pixel_std", "stride_in_1x1", "MODEL.PIXEL_MEAN", "INPUT.FORMAT",
+     "mean", "std", "source", "__author__", "conventions"]
+)  # fmt: skip
+
+
+@FUZZ
+@given(st.dictionaries(_keys, _values | st.text(max_size=40).map(json.dumps), max_size=6))
+def test_fuzz_weights_records_give_conventions_or_a_named_error(record):
+    from resnext_det.weights.records import conventions_from_metadata
+
+    try:
+        conventions = conventions_from_metadata(record, "'w.pth'")
+    except CheckpointError as exc:
+        assert str(exc).startswith("'w.pth': "), exc
+        return
+    if conventions is not None:  # what it accepted is what the config can take
+        assert conventions.input_format in (None, "RGB", "BGR")
+        for triple in (conventions.pixel_mean, conventions.pixel_std):
+            assert triple is None or (len(triple) == 3 and all(np.isfinite(triple)))
+        assert conventions.stride_in_1x1 in (None, True, False)
+
+
+@FUZZ
+@given(st.binary(min_size=1, max_size=400))
+def test_fuzz_arbitrary_pickle_bytes_give_only_a_named_checkpoint_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "w.pkl"
+    path.write_bytes(b"\x80\x02" + data)  # read as a pickle (its first byte says so)
+    try:
+        read_weights(path)
+    except CheckpointError as exc:
+        assert "w.pkl'" in str(exc), exc
+    except ValueError as exc:  # a layout's own error (e.g. keys of another architecture)
+        assert "w.pkl'" in str(exc), exc
