@@ -51,7 +51,7 @@ class _Server:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # http.server's name for the GET handler
                 server.requests.append(self.path)
                 data = server.files.get(self.path)
                 if data is None:
@@ -141,6 +141,8 @@ def test_first_load_downloads_into_torch_home_and_second_works_with_the_server_s
     server.files[f"/models/{name}"] = data
     point_enum_at(monkeypatch, server.url(f"/models/{name}"))
 
+    cache(torch_home).mkdir(parents=True)
+    (cache(torch_home) / f".{name}.tmp-1-dead").write_bytes(b"half")  # a killed download's
     model = make_resnext(SPEC)
     report = load_pretrained(model, NAME)
     assert report.layout == "torchvision" and not report.missing
@@ -315,3 +317,79 @@ def test_timm_names_use_timms_recorded_url_or_are_refused():
     if without_url:
         with pytest.raises(ValueError, match="records no download URL"):
             resolve_name(f"timm://{without_url[0]}")
+
+
+def test_a_cached_or_mirrored_file_is_checked_against_its_name_too(
+    torch_home, tiny_file, monkeypatch, tmp_path
+):
+    data, name, _ = tiny_file
+    url = f"http://127.0.0.1:9/models/{name}"  # never contacted: the file is found locally
+    point_enum_at(monkeypatch, url)
+    cache(torch_home).mkdir(parents=True)
+    (cache(torch_home) / name).write_bytes(data[:-10])  # put there by hand, and cut short
+    with pytest.raises(CheckpointError, match=rf"{name}' \(for {url}\) has sha256 .*Delete it"):
+        read_weights(NAME)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / name).write_bytes(data[:-10])
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    with pytest.raises(CheckpointError, match=rf"mirror/{name}' \(for {url}\) has sha256"):
+        read_weights(NAME)
+
+
+def test_a_file_recording_other_conventions_than_its_name_is_refused(
+    torch_home, tiny_file, monkeypatch, tmp_path
+):
+    _, _, state = tiny_file
+    bgr = {"input_format": "BGR", "pixel_mean": [103.53, 116.28, 123.675], "pixel_std": [1, 1, 1]}
+    path = tmp_path / "x.pth"
+    torch.save({"model": state, "resnext_det": {"conventions": bgr}}, path)
+    name = f"resnext50_32x4d-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+    path.rename(tmp_path / name)
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))
+    point_enum_at(monkeypatch, f"http://127.0.0.1:9/{name}")
+    with pytest.raises(CheckpointError, match=r"records .*'BGR'.* but torchvision://resnext50"):
+        read_weights(NAME)
+
+
+def test_hash_digits_are_read_as_torch_hub_names_them():
+    def digits(url: str) -> str | None:
+        return resolve_name(url).hash_prefix
+
+    assert digits(X50_V1.url) == "7cdf4587"
+    assert digits("https://example.org/a/resnet50_a1_0-14fe96d1.pth") == "14fe96d1"
+    assert digits("https://example.org/my-model-1a2b3c4d.pth") == "1a2b3c4d"  # the last "-"
+    assert digits("https://example.org/model_final.pth") is None  # nothing to check
+    assert digits("https://example.org/my-face.pth") is None  # hex, but not 8+ digits
+
+
+def test_detectron2_scheme_goes_through_detectron2s_path_manager(server, tmp_path, monkeypatch):
+    """``detectron2://`` paths keep detectron2's own resolution (iopath's download and cache)."""
+    from detectron2.utils.file_io import Detectron2Handler
+
+    torch.manual_seed(1)
+    state = detectron2_to_torchvision(make_resnext(SPEC).state_dict())
+    path = tmp_path / "x.pth"
+    torch.save(state, path)
+    server.files["/detectron2/ImageNetPretrained/tiny/X-26.pth"] = path.read_bytes()
+    monkeypatch.setattr(Detectron2Handler, "S3_DETECTRON2_PREFIX", server.url("/detectron2/"))
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath_cache"))
+    model = make_resnext(SPEC)
+    load_pretrained(model, "detectron2://ImageNetPretrained/tiny/X-26.pth")
+    assert_loaded(model, state)
+    assert server.requests == ["/detectron2/ImageNetPretrained/tiny/X-26.pth"]
+
+
+def test_two_urls_with_one_file_name_do_not_share_a_cached_file(server, torch_home, tmp_path):
+    files = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = detectron2_to_torchvision(make_resnext(SPEC).state_dict())
+        torch.save(state, tmp_path / "x.pth")
+        server.files[f"/run{seed}/model_final.pth"] = (tmp_path / "x.pth").read_bytes()
+        files[seed] = state
+    for seed, state in files.items():
+        model = make_resnext(SPEC)
+        load_pretrained(model, server.url(f"/run{seed}/model_final.pth"))
+        assert_loaded(model, state)
+    assert len(listing(cache(torch_home))) == 2

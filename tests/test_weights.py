@@ -661,3 +661,43 @@ def test_truncated_corrupt_and_unknown_files(torchvision_source, tmp_path):
     torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"cannot tell the layout .*head.weight"):
         read_weights(tmp_path / "other.pth")
+
+
+# ------------------------------------------------------------------ presets and Caffe2 GroupNorm
+
+
+def test_convert_checkpoint_preset_and_its_must_pin_refusal(tmp_path):
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from resnext_det.weights import PRESETS, convert_checkpoint
+
+    r = randomize_norm_stats(ResNet(Bottleneck, [2, 2, 2, 2], width_per_group=16), 4).state_dict()
+    src = tmp_path / "R-stats.pkl"  # a Caffe2 ResNet with BN statistics and no __author__
+    write_pickle(caffe2_blobs(r, fused=False), src)
+    out = tmp_path / "out.pkl"
+    with pytest.raises(ValueError, match=r"cannot tell the input conventions .*Pass a preset"):
+        convert_checkpoint(src, out)
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"preset must be one of .*msra.*; got 'caffe'"):
+        convert_checkpoint(src, out, preset="caffe")
+    done = convert_checkpoint(src, out, preset="msra")
+    assert done.conventions == PRESETS["msra"]
+    assert "STRIDE_IN_1X1: True" in done.yaml and "PIXEL_STD: [1, 1, 1]" in done.yaml
+    written = read_weights(out)
+    assert written.conventions.cfg_values() == PRESETS["msra"].cfg_values()
+    assert done.written == len(written.resnet) and not done.left_out
+
+
+def test_caffe2_group_norm_file_gets_the_fair_gn_conventions(tmp_path):
+    from resnext_det.weights import PRESETS
+
+    blobs = caffe2_blobs(small_torchvision().state_dict(), fused=True)
+    gn = {k.replace("_bn_s", "_gn_s").replace("_bn_b", "_gn_b"): v for k, v in blobs.items()}
+    path = tmp_path / "R-GN.pkl"  # FAIR's R-50-GN names its norms _gn_s/_gn_b
+    write_pickle(gn, path)
+    weights = read_weights(path)
+    assert weights.conventions.cfg_values() == PRESETS["fair-gn"].cfg_values()
+    assert "GroupNorm" in weights.conventions.source
+    # GroupNorm has no running statistics: none are made up for it
+    assert not any(k.endswith("running_var") for k in weights.resnet)
+    assert weights.mapping["res2.0.conv1.norm.weight"] == "res2_0_branch2a_gn_s"

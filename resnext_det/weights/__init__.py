@@ -17,8 +17,9 @@ never the file name, and NaN/Inf weights are refused (:func:`check_finite`).
 
 Modules: ``records`` (pure facts: conventions, presets, architecture, the converters' record),
 ``io`` (containers, checks), one module per layout (``torchvision``, ``caffe2``, ``detectron2``),
-``loader`` (reading and placing), ``hub`` (names), ``conventions`` (editing a cfg), ``convert``
-(writing converted files), ``checkpointer``.
+``reader`` (a file into one form, a loop over the layouts), ``loader`` (placing it in a model),
+``hub`` (names), ``conventions`` (editing a cfg), ``convert`` (writing converted files),
+``checkpointer``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,8 @@ from .conventions import configure_for_weights, explicit_keys
 from .convert import Conversion, convert_checkpoint
 from .hub import WeightsUnavailableError, resolve_weights_path
 from .io import CheckpointError, check_finite
-from .loader import (
-    FORMATS,
-    ArchitectureMismatchError,
-    LoadReport,
-    Weights,
-    load_pretrained,
-    read_weights,
-)
+from .loader import ArchitectureMismatchError, LoadReport, load_pretrained
+from .reader import FORMATS, Weights, read_weights
 from .records import PRESETS, Architecture, Conventions
 from .torchvision import detectron2_to_torchvision, torchvision_to_detectron2
 

@@ -27,7 +27,7 @@ from typing import Any
 from detectron2.config import CfgNode
 
 from ..config import load_config, load_yaml_tree
-from .loader import Weights, read_weights
+from .reader import Weights, read_weights
 from .records import (
     CFG_KEYS,
     PRESETS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .hub import resolve_name, resolve_weights_path
 from .io import save_checkpoint
-from .loader import Weights, read_weights
+from .reader import Weights, read_weights
 from .records import PRESETS, Architecture, Conventions
 
 __all__ = ["Conversion", "config_lines", "convert_checkpoint"]

@@ -21,6 +21,7 @@ the URL, the path to put the file at, and the command that converts it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import logging
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from ..errors import ResNeXtDetError
-from ..io import atomic_write
+from ..io import TMP_MARK, atomic_write
 from .io import CheckpointError, sha256_of
 from .records import Conventions
 
@@ -64,8 +65,12 @@ _TIMEOUT_S = 60
 _CHUNK = 1 << 20
 
 
-class WeightsUnavailableError(ResNeXtDetError):
+class WeightsUnavailableError(ResNeXtDetError, OSError):
     """A named or remote weights file could not be fetched (no network, HTTP error, cut short)."""
+
+
+class _BrokenOff(Exception):
+    """Raised inside the atomic write (which would take an OSError for a failed write)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,15 @@ class WeightsSource:
         """The sha256 prefix the file name carries (torch.hub's convention), or None."""
         m = _HASH.search(self.file_name)
         return m[1] if m else None
+
+    @property
+    def cache_name(self) -> str:
+        """Its name in the cache: the file's own where it carries a hash (torchvision's cache
+        holds the same files), else prefixed by a digest of the URL, so that two URLs ending in
+        ``model_final.pth`` never share a cached file."""
+        if self.hash_prefix is not None:
+            return self.file_name
+        return f"{hashlib.sha256(self.url.encode()).hexdigest()[:12]}_{self.file_name}"
 
 
 def cache_dir() -> Path:
@@ -220,6 +234,8 @@ def _locked(directory: Path) -> Iterator[None]:
 
         fd = os.open(directory, os.O_RDONLY)
     except (ImportError, OSError):  # Windows, or a folder that cannot be opened: no lock
+        fd = None
+    if fd is None:
         yield
         return
     try:
@@ -279,8 +295,8 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 try:
                     chunk = response.read(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _unavailable(
-                        source, dest, f"the download broke off after {received} bytes ({exc})"
+                    raise _BrokenOff(
+                        f"the download broke off after {received} bytes ({exc})"
                     ) from exc
                 if not chunk:
                     break
@@ -289,10 +305,8 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 received += len(chunk)
                 bar.update(len(chunk))
         if total is not None and received != total:
-            raise _unavailable(
-                source,
-                dest,
-                f"the connection closed after {received} of {total} bytes (nothing was kept)",
+            raise _BrokenOff(
+                f"the connection closed after {received} of {total} bytes (nothing was kept)"
             )
         prefix = source.hash_prefix
         if prefix is not None and not digest.hexdigest().startswith(prefix):
@@ -303,8 +317,11 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
             )
 
     logger.info("Downloading %s (%s) to %s", url, source.description, dest)
-    with response:
-        atomic_write(dest, write)
+    try:
+        with response:
+            atomic_write(dest, write)
+    except _BrokenOff as exc:
+        raise _unavailable(source, dest, str(exc)) from exc.__cause__
     if source.hash_prefix is None:
         logger.warning("%s carries no hash in its name: its content was not verified", url)
 
@@ -323,11 +340,23 @@ def fetch(source: WeightsSource, *, progress: bool = True) -> str:
         if candidate.is_file():
             _check_file(candidate, source)
             return str(candidate)
-    dest = cache_dir() / source.file_name
+    dest = cache_dir() / source.cache_name
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WeightsUnavailableError(
+                f"cannot create torch's hub cache {dest.parent} for {source.url} ({exc}): set "
+                f"TORCH_HOME to a writable folder, or {MIRROR_ENV} to a folder holding "
+                f"{source.file_name}"
+            ) from exc
         with _locked(dest.parent):
             if not dest.is_file():  # another process may have fetched it while we waited
+                # A download killed outright (SIGKILL, power loss) leaves its temporary file;
+                # under the lock no one else is writing one for this name.
+                for stale in dest.parent.glob(f".{glob.escape(dest.name)}{TMP_MARK}*"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
                 _download(source, dest, progress)
     _check_file(dest, source)
     return str(dest)

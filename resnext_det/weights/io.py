@@ -143,8 +143,8 @@ _NP_FROMBUFFER = _numpy_attr("numpy._core.numeric._frombuffer", "numpy.core.nume
 _RECONSTRUCT, _SCALAR = _NP_RECONSTRUCT, _NP_SCALAR
 
 
-class _PickleBomb(pickle.UnpicklingError):
-    """An array or scalar declaring more data than the file holds."""
+class _Refused(pickle.UnpicklingError):
+    """What the restricted unpickler refuses on purpose (a global, a call, a size)."""
 
 
 class _CheckedArray(np.ndarray):
@@ -156,33 +156,37 @@ class _CheckedArray(np.ndarray):
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError(f"malformed numpy array state ({type(state).__name__})")
+            raise _Refused(f"malformed numpy array state ({type(state).__name__})")
         shape, dtype = state[-4], state[-3]
         if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple):
-            raise pickle.UnpicklingError("malformed numpy array state (shape or dtype)")
+            raise _Refused("malformed numpy array state (shape or dtype)")
         if dtype.hasobject:
-            raise pickle.UnpicklingError(
-                "an array of Python objects (dtype=object): a checkpoint holds numbers"
-            )
+            raise _Refused("an array of Python objects (dtype=object): a checkpoint holds numbers")
         count = math.prod(int(n) for n in shape) if shape else 1
         if any(int(n) < 0 for n in shape):
-            raise pickle.UnpicklingError(f"an array of negative shape {shape}")
+            raise _Refused(f"an array of negative shape {shape}")
         _spend(self._budget, count * dtype.itemsize, f"an array of shape {shape} and {dtype}")
         super().__setstate__(state)
 
 
 def _spend(budget: list[int], nbytes: int, what: str) -> None:
     if nbytes > budget[0]:
-        raise _PickleBomb(
+        raise _Refused(
             f"{what} declares {nbytes} bytes of data, more than the {budget[0]} bytes the file "
             f"still holds: a truncated or malicious pickle (nothing was allocated)"
         )
     budget[0] -= nbytes
 
 
-# Stands for numpy.ndarray in a pickle: an argument of _reconstruct, never called itself
-# (calling ndarray(shape) would allocate any declared shape).
-_NDARRAY = object()
+class _NdarrayStandIn:
+    """Stands for numpy.ndarray in a pickle: an argument of _reconstruct, never called itself
+    (``ndarray(shape)`` would allocate any declared shape; numpy's own pickles never call it)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("the pickle calls numpy.ndarray(...) directly")
+
+
+_NDARRAY = _NdarrayStandIn()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -198,9 +202,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
         def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
             if subtype is not _NDARRAY:
-                raise pickle.UnpicklingError("numpy _reconstruct of a type other than ndarray")
+                raise _Refused("numpy _reconstruct of a type other than ndarray")
             if shape != (0,):  # numpy pickles an empty shell and fills it in __setstate__
-                raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape!r}")
+                raise _Refused(f"numpy _reconstruct with shape {shape!r}")
             return _NP_RECONSTRUCT(checked, (0,), dtype)
 
         def scalar(dtype: Any, *args: Any) -> Any:
@@ -210,16 +214,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
         def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
             if isinstance(dtype, np.dtype) and dtype.hasobject:
-                raise pickle.UnpicklingError("an array of Python objects (dtype=object)")
+                raise _Refused("an array of Python objects (dtype=object)")
             return _NP_FROMBUFFER(buf, dtype, shape, order)  # a view of bytes from the file
 
         def encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
             # Python 2 byte strings arrive as latin1 text; no other codec is needed.
             if encoding.replace("-", "").lower() != "latin1" or not isinstance(obj, str):
-                raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
+                raise _Refused(f"_codecs.encode with {encoding!r}")
             return obj.encode("latin1", errors)
 
+        def empty_bytes(*args: Any) -> bytes:
+            # protocol 2 writes b"" as a call of bytes(); bytes(n) would allocate n zero bytes
+            if args:
+                raise _Refused("the pickle calls bytes(...) with arguments")
+            return b""
+
         self._globals: dict[tuple[str, str], Any] = {
+            ("__builtin__", "bytes"): empty_bytes,
+            ("builtins", "bytes"): empty_bytes,
             ("numpy", "ndarray"): _NDARRAY,
             ("numpy", "dtype"): np.dtype,
             ("collections", "OrderedDict"): OrderedDict,
@@ -233,7 +245,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         obj = self._globals.get((module, name))
         if obj is None:
-            raise pickle.UnpicklingError(
+            raise _Refused(
                 f"refused to load global '{module}.{name}': a .pkl checkpoint may hold only numpy "
                 f"arrays and plain containers (dict, list, str, numbers); anything else could run "
                 f"code when unpickled"
@@ -349,10 +361,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
         try:
             obj = safe_pickle_load(data)
         except pickle.UnpicklingError as exc:
-            if "refused to load global" in str(exc) or isinstance(exc, _PickleBomb):
+            if isinstance(exc, _Refused):
                 raise CheckpointError(f"'{path}': {exc}") from exc
             raise fail("the file is truncated or corrupt", exc) from exc
-        except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        except (
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            AttributeError,
+            MemoryError,
+            RecursionError,  # containers nested (or referring to themselves) without end
+        ) as exc:
             raise fail("the file is truncated or corrupt", exc) from exc
         if obj == _TORCH_LEGACY_MAGIC and not isinstance(obj, bool):
             container = "torch"  # torch's legacy format: a pickle stream that starts with a magic

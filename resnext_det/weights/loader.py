@@ -1,46 +1,33 @@
-"""Read any supported checkpoint into one form, and load it into a model exactly.
+"""Load what :func:`~resnext_det.weights.reader.read_weights` read into a model, exactly.
 
-:func:`read_weights` turns a file (any container, any layout) into :class:`Weights`: the ResNet's
-tensors in detectron2's grouped layout relative to the bottom-up network, the rest of a detector's
-tensors under their own names, the architecture inferred from the shapes and the input conventions.
 :func:`load_pretrained` (and :class:`~resnext_det.weights.checkpointer.ResNeXtCheckpointer`) place
-them in a model by exact names, never by detectron2's suffix-matching heuristics.
+the ResNet by exact names under the model's bottom-up prefix, never by detectron2's
+suffix-matching heuristics, stop on a checkpoint of another architecture, and report what matched
+as detectron2's table.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from tabulate import tabulate
 from torch import nn
 
 from ..blocks import to_grouped_state_dict
-from . import caffe2, detectron2, hub
-from .io import CheckpointError, as_tensor, check_finite, is_tensor, read_checkpoint, read_sidecar
-from .records import (
-    PRESETS,
-    Architecture,
-    Conventions,
-    Converted,
-    conventions_from_metadata,
-    infer_architecture,
-)
-from .torchvision import is_torchvision_layout, torchvision_to_detectron2
+from . import detectron2
+from .reader import FORMATS, LAYOUTS, Weights, read_weights
+from .records import Architecture, Conventions, infer_architecture
 
 __all__ = [
     "FORMATS",
     "LAYOUTS",
     "Architecture",
     "ArchitectureMismatchError",
-    "Layout",
     "LoadReport",
     "Weights",
     "infer_architecture",
@@ -51,200 +38,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Top-level entries that describe weights rather than being training state.
-_METADATA = ("matching_heuristics", "resnext_det", "conventions")
 # Model keys that are derived from the config, not learned (detectron2 ignores them too).
 _NOT_LEARNED = re.compile(r"(^|\.)(pixel_mean|pixel_std)$|anchor_generator\.cell_anchors")
 
 
 class ArchitectureMismatchError(ValueError):
     """The file holds a ResNet/ResNeXt of another depth, cardinality or width than the model."""
-
-
-@dataclass
-class Weights:
-    """A checkpoint read into one form.
-
-    Attributes:
-        path: the file.
-        container: "torch", "safetensors" or "pickle".
-        layout: "torchvision" (also timm's plain ResNet/ResNeXt), "caffe2" or "detectron2".
-        resnet: the ResNet's tensors, grouped layout, names relative to the bottom-up network.
-        other: a detector's other tensors (FPN, heads) under the file's names.
-        mapping: ResNet name -> name in the file.
-        file_prefix: where the ResNet sat in a detectron2 file (``"backbone.bottom_up."``).
-        architecture: inferred from the shapes.
-        conventions: the input conventions the weights need.
-        meta: non-tensor entries and metadata of the file.
-        training_state: a training checkpoint's optimizer/scheduler/iteration (for resuming).
-    """
-
-    path: str
-    container: str
-    layout: str
-    resnet: dict[str, torch.Tensor]
-    other: dict[str, torch.Tensor]
-    mapping: dict[str, str]
-    file_prefix: str
-    architecture: Architecture | None
-    conventions: Conventions
-    meta: dict[str, Any] = field(default_factory=dict)
-    training_state: dict[str, Any] = field(default_factory=dict)
-
-
-def _decode_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """safetensors metadata values are strings; decode the ones holding JSON."""
-    out = {}
-    for k, v in meta.items():
-        if isinstance(v, str) and v[:1] in "[{":
-            with contextlib.suppress(ValueError, RecursionError):  # not JSON: keep the string
-                v = json.loads(v)
-        out[k] = v
-    return out
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A checkpoint layout: how to recognise its keys, convert them, and the conventions its
-    files need when they record none."""
-
-    name: str
-    detect: Callable[[Mapping[str, Any]], bool]
-    convert: Callable[[Mapping[str, torch.Tensor], str], Converted]
-    conventions: Callable[[Converted, Mapping[str, Any]], Conventions]
-
-
-_D2_UNRECORDED = Conventions(
-    source="a detectron2 checkpoint without recorded conventions",
-    undecided="detectron2 checkpoints do not store INPUT.FORMAT/PIXEL_MEAN/PIXEL_STD; they are "
-    "those of the config the model was trained with",
-)
-
-# Tried in order; Caffe2 first (its blob names hold no dots, so nothing else matches them).
-LAYOUTS: tuple[Layout, ...] = (
-    Layout("caffe2", caffe2.is_caffe2_layout, caffe2.caffe2_to_detectron2, caffe2.conventions_of),
-    Layout(
-        "torchvision",  # also timm's plain ResNet/ResNeXt, which keep torchvision's names
-        is_torchvision_layout,
-        lambda tensors, where: torchvision_to_detectron2(tensors),
-        lambda converted, meta: PRESETS["torchvision"],
-    ),
-    Layout(
-        "detectron2",
-        detectron2.is_detectron2_layout,
-        detectron2.split_detectron2,
-        lambda converted, meta: _D2_UNRECORDED,
-    ),
-)
-FORMATS = ("auto", "timm", *(layout.name for layout in LAYOUTS))
-
-
-def _unwrap(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(state, meta, training_state)`` of a file: the tensors' dict (under ``model``,
-    ``state_dict`` or ``blobs``, or the file itself), its other entries, and those of them that
-    are a training checkpoint's state (optimizer, scheduler, iteration, ...)."""
-    meta: dict[str, Any] = {}
-    training_state: dict[str, Any] = {}
-    for wrapper in ("model", "state_dict", "blobs"):
-        if isinstance(obj.get(wrapper), Mapping):
-            for k, v in obj.items():
-                if k == wrapper:
-                    continue
-                meta[k] = v
-                if not k.startswith("__") and k not in _METADATA:
-                    training_state[k] = v
-            return obj[wrapper], meta, training_state
-    return obj, meta, training_state
-
-
-def _recorded_conventions(path: str, meta: Mapping[str, Any]) -> Conventions | None:
-    """Conventions the file records: its sidecar's (when it matches the file), else its own."""
-    record = meta.get("resnext_det") if isinstance(meta.get("resnext_det"), Mapping) else meta
-    for source, found in ((f"sidecar '{path}.json'", read_sidecar(path)), (f"'{path}'", record)):
-        if found and (conventions := conventions_from_metadata(found, source)) is not None:
-            return conventions
-    return None
-
-
-def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
-    """Read ``path`` (any container and layout, or a weights name) into a :class:`Weights`.
-
-    Args:
-        path: the checkpoint, a name (``torchvision://resnext50_32x4d.IMAGENET1K_V1``,
-            ``timm://NAME``), an ``http(s)://`` URL (fetched into torch's hub cache and verified,
-            see :mod:`~resnext_det.weights.hub`) or another iopath URL (``detectron2://``).
-        format: "auto" (decide from the keys) or one of "torchvision", "timm", "caffe2",
-            "detectron2" to insist on a layout.
-
-    Raises:
-        CheckpointError: unreadable file, keys of no supported layout, NaN/Inf weights, or
-            conventions that do not parse or contradict the name's.
-        ValueError: keys of a torchvision/timm variant of another architecture (names it).
-        WeightsUnavailableError: a name or URL that cannot be fetched.
-    """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
-    named = hub.resolve_name(path)
-    path = hub.fetch(named) if named else hub.resolve_weights_path(path)
-    where = f"'{path}'"
-    obj, container = read_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"{where} holds a {type(obj).__name__}; expected a state_dict or a dict holding one "
-            f"under 'model' or 'state_dict' (a whole pickled nn.Module is not supported: save its "
-            f"state_dict())"
-        )
-    state, meta, training_state = _unwrap(obj)
-    meta = _decode_metadata(meta.pop("__metadata__", {})) | meta
-    meta.update({k: v for k, v in state.items() if not is_tensor(v)})
-    tensors = {k: as_tensor(k, v, where) for k, v in state.items() if is_tensor(v)}
-    if not tensors:
-        raise CheckpointError(f"{where} holds no tensors (top-level keys: {sorted(obj)[:10]})")
-    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
-        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
-    check_finite(tensors, where)
-
-    wanted = "torchvision" if format == "timm" else format
-    layout = next(
-        (x for x in LAYOUTS if x.name == wanted or (wanted == "auto" and x.detect(tensors))), None
-    )
-    if layout is None:
-        raise CheckpointError(
-            f"cannot tell the layout of {where} from its keys (e.g. {sorted(tensors)[:6]}): "
-            f"expected torchvision/timm (conv1.weight, layer1.0.conv1.weight), Caffe2 "
-            f"(conv1_w, res2_0_branch2a_w) or detectron2 (stem.conv1.weight, "
-            f"res2.0.conv1.weight, possibly under backbone.bottom_up.)"
-        )
-    try:
-        converted = layout.convert(tensors, where)
-    except CheckpointError:
-        raise
-    except ValueError as exc:
-        raise ValueError(f"{where} ({layout.name} layout): {exc}") from exc
-
-    conventions = _recorded_conventions(path, meta)
-    if named is not None and named.conventions is not None:
-        if conventions is not None and conventions.cfg_values() != named.conventions.cfg_values():
-            raise CheckpointError(
-                f"{where} records {conventions.cfg_values()} ({conventions.source}), but "
-                f"{named.name} is {named.conventions.source}: the file is not what the name says"
-            )
-        conventions = named.conventions
-    if conventions is None:
-        conventions = layout.conventions(converted, meta)
-    return Weights(
-        path,
-        container,
-        layout.name,
-        converted.resnet,
-        converted.other,
-        converted.mapping,
-        converted.file_prefix,
-        infer_architecture(converted.resnet),
-        conventions,
-        meta,
-        training_state,
-    )
 
 
 @dataclass
