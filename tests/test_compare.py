@@ -516,6 +516,9 @@ def test_bootstrap_minimum_and_bad_out(data, tmp_path, capsys):
     assert "is an existing file" in capsys.readouterr().err
     assert tool.main([*base, "--bootstrap", "0", "--out", str(a_file / "sub")]) == 2
     assert "is a file, so no folder can be made under it" in capsys.readouterr().err
+    with pytest.raises(NotADirectoryError, match=r"a_file' is an existing file"):  # the API too
+        compare_results(f["gt"], {"R-50": f["R-50"]}, bootstrap=0, out_dir=a_file, progress=False)
+    assert a_file.read_text() == "x"
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir()
