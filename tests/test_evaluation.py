@@ -309,3 +309,13 @@ def test_unknown_image_names_the_real_id_range(small_gt, tmp_path):
         ResultsFormatError, match=rf"5 images, ids {lo}\.\.{hi}\)\. Results of another"
     ):
         load_results(path, g)
+
+
+def test_results_errors_share_the_bad_file_base(tmp_path):
+    """Tools catch one base for every bad file the user gave (issue 13)."""
+    from resnext_det.errors import BadFileError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BadFileError, match=r"bad\.json: not valid JSON"):
+        load_results(bad, load_ground_truth(synthetic_ground_truth(3, seed=0)))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from resnext_det.evaluation.bootstrap import MIN_RESAMPLES  # noqa: E402
+from resnext_det.evaluation.report import check_out_dir  # noqa: E402
 
 
 def _name_value(text: str, flag: str) -> tuple[str, str]:
@@ -62,25 +62,6 @@ def _runs(pairs: list[tuple[str, object]]) -> dict[str, list]:
     for name, value in pairs:
         runs.setdefault(name, []).append(value)
     return runs
-
-
-def _check_out(out: str | None) -> str | None:
-    """Why --out cannot be written, or None: an existing file, a read-only folder or one under
-    it (found before any model is run, not after minutes of inference)."""
-    if not out:
-        return None
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        return f"--out {out!r} is an existing file, not a folder"
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"--out {out!r}: {str(probe)!r} is a file, so no folder can be made under it"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "is" if probe == path else f"would be made under {str(probe)!r}, which is"
-        return f"--out {out!r} {where} not writable"
-    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             f"--bootstrap {args.bootstrap}: use 0 (no intervals) or at least {MIN_RESAMPLES} "
             "resamples; fewer give intervals that can exclude their own point estimate"
         )
-    problem = _check_out(args.out)
-    if problem:
-        print(f"compare_backbones: error: {problem}", file=sys.stderr)
+    try:
+        check_out_dir(args.out)
+    except OSError as exc:
+        print(f"compare_backbones: error: --out: {exc}", file=sys.stderr)
         return 2
     progress = not args.no_progress
     flops = tuple(args.flops_size) if args.flops_size else None

@@ -30,7 +30,7 @@ from .coco import (
 )
 from .matching import match_detections
 from .metrics import per_category_ap, pr_curve, summarize
-from .report import output_names, write_outputs
+from .report import check_out_dir, output_names, write_outputs
 
 __all__ = ["PARTIAL_RUN_FRACTION", "as_runs", "check_partial_runs", "compare_results"]
 
@@ -185,6 +185,7 @@ def compare_results(
 
     Raises:
         FileNotFoundError, ResultsFormatError: a missing or malformed file (nothing is written).
+        NotADirectoryError, PermissionError: ``out_dir`` cannot be written (checked first).
 
     Example:
         >>> r = compare_results("val.json", {"R50": ["r_s0.json", "r_s1.json", "r_s2.json"],
@@ -197,6 +198,7 @@ def compare_results(
     baseline = names[0] if baseline is None else baseline
     if baseline not in results:
         raise ValueError(f"baseline {baseline!r} is not one of the models {names}")
+    check_out_dir(out_dir)
     gt = load_ground_truth(gt)
     dets: dict[str, list[Detections]] = {}
     for name, value in results.items():

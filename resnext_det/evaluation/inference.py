@@ -269,6 +269,9 @@ def compare_models(
 
     if not models:
         raise ValueError("compare_models needs at least one model")
+    from .report import check_out_dir
+
+    check_out_dir(out_dir)  # before minutes of inference
     name, gt, dicts, category_map = dataset_ground_truth(dataset)
     gt = load_ground_truth(gt)
     if max_images is not None:

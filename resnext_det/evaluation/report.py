@@ -20,6 +20,7 @@ from .coco import METRIC_KEYS, RECALL_THRESHOLDS
 
 __all__ = [
     "OUTPUT_FILES",
+    "check_out_dir",
     "output_names",
     "format_table",
     "render_csv",
@@ -34,6 +35,27 @@ _LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
 # `*`: the interval of a difference excludes 0 and covers test images and training runs.
 # `†`: it excludes 0 but covers test images only (a model with one run): not a finding.
 FINDING, IMAGES_ONLY = "*", "†"
+
+
+def check_out_dir(out_dir: str | os.PathLike | None) -> None:
+    """Raise if ``out_dir`` cannot hold the report: an existing file, a read-only folder or one
+    that would be made under a file or a read-only folder. Called before any work, so that a
+    comparison does not run for minutes to fail at the end."""
+    if out_dir is None or str(out_dir) == "":
+        return
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is an existing file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(
+            f"{str(path)!r}: {str(probe)!r} is a file, so no folder can be made under it"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "is" if probe == path else f"would be made under {str(probe)!r}, which is"
+        raise PermissionError(f"{str(path)!r} {where} not writable")
 
 
 def output_names(extra: dict[str, Any] | None = None) -> list[str]:
