@@ -255,6 +255,10 @@ def test_every_configs_name_resolves_to_torchvisions_own_url(monkeypatch):
         cfg = load_config(str(path))
         if not cfg.MODEL.WEIGHTS:
             continue
+        if cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/"):
+            # The Mask/Cascade configs keep the zoo's FAIR ImageNet file (and its conventions),
+            # so that detectron2's own checkpoints of those models load.
+            continue
         assert cfg.MODEL.WEIGHTS.startswith("torchvision://"), (path.name, cfg.MODEL.WEIGHTS)
         model, _, tag = cfg.MODEL.WEIGHTS[len("torchvision://") :].partition(".")
         entry = torchvision.models.get_model_weights(model)[tag]
@@ -273,7 +277,7 @@ def test_every_configs_name_resolves_to_torchvisions_own_url(monkeypatch):
                 node = node[part]
             assert node == pytest.approx(value), (path.name, key)
         named += 1
-    assert named == 7
+    assert named == 8  # the 7 Faster R-CNN ImageNet configs and RetinaNet X-50
 
 
 def test_offline_an_uncached_name_says_url_cache_path_and_convert_command(torch_home, monkeypatch):

@@ -372,6 +372,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
             KeyError,
             AttributeError,
             MemoryError,
+            OverflowError,  # a FRAME or length opcode declaring more than 2**63 bytes
             RecursionError,  # containers nested (or referring to themselves) without end
         ) as exc:
             raise fail("the file is truncated or corrupt", exc) from exc
