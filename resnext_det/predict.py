@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ResNeXtDetError
 
 __all__ = ["IMAGE_SUFFIXES", "Predictor", "expand_inputs", "main", "parse_model_spec"]
 
@@ -74,44 +74,20 @@ def parse_model_spec(text: str) -> tuple[str, str, str]:
     return m["name"], m["config"], m["weights"]
 
 
-def _check_complete(model: Any, weights: str) -> None:
-    """Refuse weights that leave detector parameters at their random initialisation: drawn
-    predictions of such a model look like a model's and mean nothing."""
-    from .weights.loader import plan_load, read_weights
-
-    if not weights:
-        raise ValueError(
-            "MODEL.WEIGHTS is empty: predictions of a randomly initialised detector mean "
-            "nothing; pass --opts MODEL.WEIGHTS /path/to/model_final.pth"
-        )
-    _, report = plan_load(model, read_weights(weights))
-    problems = [f"{k} (missing)" for k in report.missing]
-    problems += [
-        f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in report.shape_mismatched
-    ]
-    if problems:
-        shown = ", ".join(problems[:6]) + (
-            f", ... ({len(problems)} in all)" if len(problems) > 6 else ""
-        )
-        raise ValueError(
-            f"weights '{weights}' leave detector parameters at their random initialisation: "
-            f"{shown}. Use a checkpoint of the whole detector (model_final.pth), not a backbone "
-            "export or a checkpoint of another NUM_CLASSES"
-        )
-
-
 class Predictor:
     """A detector from a yacs config (``MODEL.WEIGHTS`` loaded by the project's checkpointer),
     called on BGR images as detectron2's ``DefaultPredictor`` is.
 
     Args:
         cfg: the config (``MODEL.WEIGHTS`` must give every detector parameter).
+        allow_partial_weights: draw a detector whose weights leave parameters (heads) random.
     """
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, *, allow_partial_weights: bool = False):
         from detectron2.engine import DefaultPredictor
 
         from .weights import ResNeXtCheckpointer
+        from .weights.complete import check_complete_weights
 
         weights = cfg.MODEL.WEIGHTS
         cfg = cfg.clone()
@@ -121,7 +97,9 @@ class Predictor:
         cfg.MODEL.WEIGHTS = ""
         self._predictor = DefaultPredictor(cfg)
         self.model = self._predictor.model
-        _check_complete(self.model, weights)
+        check_complete_weights(
+            self.model, weights, allow_partial=allow_partial_weights, what="prediction"
+        )
         ResNeXtCheckpointer(self.model).load(weights)
         self.cfg = cfg
 
@@ -222,6 +200,7 @@ def run_predictions(
     output: str | os.PathLike,
     *,
     progress: bool = True,
+    allow_partial_weights: bool = False,
 ) -> dict[str, Any]:
     """Run each ``(name, cfg)`` model on ``inputs``; write the pictures and the json files.
 
@@ -236,7 +215,12 @@ def run_predictions(
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = [_Model(name, Predictor(cfg), _metadata(cfg), []) for name, cfg in models]
+    loaded = [
+        _Model(
+            name, Predictor(cfg, allow_partial_weights=allow_partial_weights), _metadata(cfg), []
+        )
+        for name, cfg in models
+    ]
     images: list[dict] = []
     written: list[Path] = []
     names = _unique_names(inputs)
@@ -312,6 +296,12 @@ def argument_parser() -> argparse.ArgumentParser:
         nargs=argparse.REMAINDER,
         help="config overrides as KEY VALUE pairs (e.g. MODEL.WEIGHTS out/model_final.pth)",
     )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="draw a detector whose weights leave parameters (heads) at their random "
+        "initialisation, instead of refusing it",
+    )
     return parser
 
 
@@ -353,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
             ]
         else:
             models = [("model", _config(args.config_file, args.opts, args.confidence_threshold))]
-        done = run_predictions(models, inputs, args.output, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        done = run_predictions(
+            models,
+            inputs,
+            args.output,
+            progress=not args.no_progress,
+            allow_partial_weights=args.allow_partial_weights,
+        )
+    except (ResNeXtDetError, FileNotFoundError, ValueError) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         return 1
     print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_cfg
 from detectron2.modeling import build_model
 
-from resnext_det.evaluation.weights_check import (
+from resnext_det.training import argument_parser, evaluate
+from resnext_det.weights.complete import (
     PartialWeightsError,
     check_complete_weights,
     key_groups,
 )
-from resnext_det.training import argument_parser, evaluate
 
 
 def _cfg(tmp_path, weights, num_classes=2):

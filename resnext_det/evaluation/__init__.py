@@ -10,6 +10,7 @@ pycocotools' ``COCOeval`` (bbox); see :mod:`resnext_det.evaluation.coco`.
 
 from __future__ import annotations
 
+from ..weights.complete import PartialWeightsError, check_complete_weights
 from .accumulate import MatchTable
 from .bootstrap import MIN_RESAMPLES, BootstrapResult, paired_bootstrap, resample_weights
 from .coco import (
@@ -25,7 +26,6 @@ from .inference import compare_models
 from .matching import match_detections
 from .metrics import evaluate_results, summarize
 from .report import OUTPUT_FILES, format_table, write_outputs
-from .weights_check import PartialWeightsError, check_complete_weights
 
 __all__ = [
     "METRIC_KEYS",

@@ -1,7 +1,7 @@
 """Models mode of the comparison: build each detector, run it on the same images, time it.
 
 Each model is built from its config (:func:`~resnext_det.load_config`), checked to have weights for
-every parameter (:mod:`~resnext_det.evaluation.weights_check`), loaded with
+every parameter (:mod:`~resnext_det.weights.complete`), loaded with
 :func:`~resnext_det.load_pretrained`, counted (backbone params and
 FLOPs, before BatchNorm folding changes the parameter set) and put through
 :func:`~resnext_det.optimize_for_inference`. Inference uses detectron2's test loader and mapper,
@@ -24,8 +24,8 @@ from typing import Any, Union
 import torch
 from tqdm import tqdm
 
+from ..weights.complete import check_load_report
 from .compare import compare_results
-from .weights_check import check_load_report
 
 __all__ = [
     "build_detector",
@@ -54,7 +54,7 @@ def build_detector(
     Args:
         allow_partial_weights: score the model even if the weights leave parameters (heads)
             at their random initialisation; otherwise that raises
-            :class:`~resnext_det.evaluation.weights_check.PartialWeightsError`.
+            :class:`~resnext_det.weights.complete.PartialWeightsError`.
         what: who is being built, for messages.
 
     Returns:
@@ -79,7 +79,7 @@ def build_detector(
         report = load_pretrained(model, weights)
         problems = check_load_report(report, allow_partial=allow_partial_weights, what=what)
     else:
-        from .weights_check import check_complete_weights
+        from ..weights.complete import check_complete_weights
 
         problems = check_complete_weights(
             model, None, allow_partial=allow_partial_weights, what=what

@@ -213,7 +213,7 @@ def evaluate(
     Weights that leave a detector parameter missing or of another shape (a backbone-only file,
     heads of another NUM_CLASSES) are refused, naming the groups, unless
     ``allow_partial_weights`` (``--allow-partial-weights``)."""
-    from ..evaluation.weights_check import check_complete_weights
+    from ..weights.complete import check_complete_weights
 
     model = Trainer.build_model(cfg)
     checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)

@@ -97,7 +97,7 @@ def check_complete_weights(
     Raises:
         PartialWeightsError: a parameter would stay randomly initialised.
     """
-    from ..weights.loader import plan_load, read_weights
+    from .loader import plan_load, read_weights
 
     if not weights:
         problem = "no weights at all: every parameter keeps its random initialisation"
