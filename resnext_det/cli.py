@@ -14,6 +14,14 @@ __all__ = ["COMMANDS", "main"]
 
 # subcommand -> ("module:function taking argv", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "compare": (
+        "resnext_det.commands.compare:main",
+        "COCO AP of several detectors side by side, with intervals (tools/compare_backbones.py)",
+    ),
+    "convert": (
+        "resnext_det.commands.convert:main",
+        "weights of any layout or name -> a detectron2-ready file (tools/convert_weights.py)",
+    ),
     "lazy-train": (
         "resnext_det.lazy:run",
         "train or evaluate from a LazyConfig .py file (tools/lazyconfig_train_net.py)",

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(
         ["training", "evaluation", "export", "benchmark", "lazy", "predict", "model_zoo"], 2
     ),
-    **dict.fromkeys(["demo", "cli"], 3),
+    **dict.fromkeys(["demo", "cli", "commands"], 3),
 }
 LAYER_NAMES = ("core", "inputs", "jobs", "entry")
 

@@ -13,55 +13,12 @@ it: INPUT.FORMAT, MODEL.PIXEL_MEAN/STD, MODEL.RESNETS.STRIDE_IN_1X1 and the arch
 NUM_GROUPS, WIDTH_PER_GROUP) inferred from the shapes.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-
-def main(argv: list[str] | None = None) -> int:
-    from resnext_det.errors import ResNeXtDetError
-    from resnext_det.io import AtomicWriteError
-    from resnext_det.weights import FORMATS, PRESETS, convert_checkpoint
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "src", help="weights to convert (.pth/.pt/.bin/.safetensors/.pkl, or a name or URL)"
-    )
-    parser.add_argument("out", help="output file (.pkl: numpy pickle; otherwise torch.save)")
-    parser.add_argument(
-        "--format",
-        default="auto",
-        choices=FORMATS,
-        help="source layout (default: decided from the keys)",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="input conventions, for files whose content cannot decide them",
-    )
-    args = parser.parse_args(argv)
-    try:
-        done = convert_checkpoint(args.src, args.out, format=args.format, preset=args.preset)
-    except (ResNeXtDetError, ValueError, AtomicWriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    weights = done.weights
-    arch = weights.architecture.name if weights.architecture else "no ResNet"
-    print(
-        f"# {args.src}: {weights.layout} layout ({weights.container}), {arch}; "
-        f"{done.written} tensors written -> {args.out}"
-    )
-    if done.left_out:
-        shown = ", ".join(done.left_out[:8]) + (", ..." if len(done.left_out) > 8 else "")
-        print(f"# left out: {len(done.left_out)} tensors that are not the ResNet's: {shown}")
-    print(f"# conventions: {done.conventions.source if not args.preset else args.preset}")
-    print(done.yaml)
-    return 0
-
+from resnext_det.commands.convert import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
