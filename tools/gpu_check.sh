@@ -21,12 +21,21 @@
 # comparison.{json,md}, summary.md. Each step gets at most what is left of the limit; one that
 # runs out is reported as timed out and the rest still run if time is left.
 #
-# Usage: tools/gpu_check.sh            (PYTHON=python3.12 to pick the interpreter)
+# Usage: tools/gpu_check.sh   (PYTHON=... picks the interpreter; OUT=... the output folder)
+# With the device tool: run(command="tools/gpu_check.sh", carry=[".whl"], timeout_s=540).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-py="${PYTHON:-python3}"
+# The machine's own Python with its torch: $PYTHON, else the first of these that imports torch.
+py="${PYTHON:-}"
+if [[ -z "$py" ]]; then
+    for candidate in python3 python python3.12; do
+        if "$candidate" -c "import torch" 2> /dev/null; then py="$candidate"; break; fi
+    done
+    py="${py:-python3}"
+fi
+export PYTHONUNBUFFERED=1
 out="${OUT:-$root/output/gpu_check}"
 limit="${GPU_CHECK_LIMIT_S:-480}"
 demo_iters="${GPU_CHECK_DEMO_ITERS:-500}"
