@@ -117,7 +117,7 @@ if [[ "$cuda" == 1 ]]; then
     bench+=(--device cuda --models X-101-32x8d --tasks train forward --size 800 1333 --batch 2
             --repeats 5 --settings detectron2 channels_last amp channels_last+amp optimized
             optimized+bf16 optimized+fp16)
-    NOTE="GPU" step benchmark 150 240 "$py" "${bench[@]}"
+    NOTE="GPU" step benchmark 180 220 "$py" "${bench[@]}"
 else
     bench+=(--device cpu --models X-50-32x4d --tasks train forward --size 128 160 --batch 1
             --repeats 1 --settings detectron2 channels_last+amp optimized)
