@@ -13,10 +13,13 @@ import importlib.metadata
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
+
+from .version import __version__
 
 __all__ = [
     "DETECTRON2_OPS",
@@ -118,11 +121,9 @@ def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
 
 def collect_env() -> list[tuple[str, str]]:
     """(name, value) rows of everything this module knows, detectron2 included."""
-    import resnext_det
-
     m = machine_info()
     rows = [
-        ("resnext_det", f"{resnext_det.__version__} from {resnext_det.__path__[0]}"),
+        ("resnext_det", f"{__version__} from {Path(__file__).resolve().parent}"),
         ("Python", f"{m['python']} ({platform.platform()})"),
         ("torch", m["torch"]),
         ("torchvision", m["torchvision"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = [
     "FORMATS",

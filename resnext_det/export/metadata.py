@@ -13,8 +13,8 @@ import torch
 from detectron2.config import CfgNode
 from torch import nn
 
-from .. import __version__
 from ..backbone import ARCHITECTURES, ResNeXtSpec
+from ..version import __version__
 from ..weights.conventions import Conventions
 from ..weights.detectron2 import map_prefix
 from ..weights.loader import Weights
