@@ -109,7 +109,7 @@ def test_x50_training_steps_on_cuda(trainer, channels_last):
     from detectron2.engine import AMPTrainer
     from detectron2.utils.events import EventStorage
 
-    from resnext_det.training.trainer import GuardedTrainer
+    from resnext_det.training import GuardedTrainer
 
     model = _x50(channels_last=channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -227,7 +227,7 @@ def synthetic(tmp_path_factory):
 
 
 def _launch(driver: Path, ds, out: Path, *, resume: bool, pause: str | None = None):
-    from resnext_det.training.checkpoint import PAUSE_ENV
+    from resnext_det.io import PAUSE_ENV  # main's one atomic writer (training.checkpoint before)
 
     cmd = [
         sys.executable, str(driver), *(["--resume"] if resume else []),
@@ -368,7 +368,7 @@ def cuda_trained(tmp_path_factory):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils.events import EventStorage
 
-    from resnext_det.training.trainer import GuardedTrainer
+    from resnext_det.training import GuardedTrainer
 
     model = _x50("cuda")
     params = [p for p in model.parameters() if p.requires_grad]
