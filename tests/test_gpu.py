@@ -239,15 +239,19 @@ def _launch(driver: Path, ds, out: Path, *, resume: bool, pause: str | None = No
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", PAUSE_ENV)}
     if pause:
         env[PAUSE_ENV] = pause
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # The output goes to a file: a pipe nobody reads while the run goes on could fill and stall it.
+    console = out.with_name(f"{out.name}.{'resumed' if resume else 'run'}.txt")
+    with open(console, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    proc.console = console
+    return proc
 
 
 def _finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    proc.wait(timeout=240)
+    text = proc.console.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
 
 
 def _final(out: Path) -> dict[str, torch.Tensor]:
@@ -275,13 +279,13 @@ def test_launcher_nccl_kill_and_resume_on_one_gpu(tmp_path, synthetic):
     while not (
         out.is_dir() and any(p.startswith(".model_0000003.pth.tmp-") for p in os.listdir(out))
     ):
-        assert proc.poll() is None, f"the run ended before the kill point:\n{proc.stdout.read()}"
+        assert proc.poll() is None, f"it ended before the kill point:\n{proc.console.read_text()}"
         assert time.monotonic() < deadline, "the kill point was not reached in time"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
-    log = _finish(_launch(driver, synthetic, out, resume=True))
+    _finish(_launch(driver, synthetic, out, resume=True))
     assert "Starting training from iteration 2" in (out / "log.txt").read_text()
     diff = _max_diff(_final(out), _final(reference))
     if diff > RESUME_ATOL:  # tell rounding from a broken resume: two uninterrupted runs
