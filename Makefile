@@ -1,7 +1,7 @@
 # Every target sets up .venv/ itself first (seconds when it is already there).
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast demo raccoon lint bundle clean
+.PHONY: setup test test-fast demo raccoon lint bundle gpu-wheels gpu-check clean
 
 setup:
 	@tools/setup_env.sh
@@ -30,6 +30,16 @@ lint: setup
 BUNDLE_PYTHON ?= 3.12
 bundle: setup
 	$(PY) tools/build_bundle.py --python-version $(BUNDLE_PYTHON) --out dist/wheelhouse-py$(BUNDLE_PYTHON)
+
+# The slim wheelhouse that travels to a lent GPU machine (git-ignored .whl/, under 40 MiB): what
+# that machine lacks, for Python 3.12; tools/gpu_check.sh installs from it there.
+gpu-wheels: setup
+	rm -rf .whl
+	$(PY) tools/build_bundle.py --python-version 3.12 --slim --out .whl
+
+# On the GPU machine (its own Python 3.12 and torch; no .venv): tools/gpu_check.sh, <= 8 minutes.
+gpu-check:
+	tools/gpu_check.sh
 
 clean:
 	rm -rf .venv .cache output dist build *.egg-info

@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "resnext_det.commands.convert:main",
         "weights of any layout or name -> a detectron2-ready file (tools/convert_weights.py)",
     ),
+    "export": (
+        "resnext_det.commands.export:main",
+        "the trained backbone as torchvision/timm/detectron2 weights, TorchScript or ONNX "
+        "(tools/export_backbone.py)",
+    ),
     "lazy-train": (
         "resnext_det.lazy:run",
         "train or evaluate from a LazyConfig .py file (tools/lazyconfig_train_net.py)",

@@ -1,19 +1,34 @@
-"""``python -m resnext_det.env``: what this environment holds, for bug reports and set-up checks.
+"""What this machine and environment are: the one reporter (``python -m resnext_det.env``).
 
-Prints Python, torch, torchvision and detectron2 versions and where detectron2 came from, CUDA
-availability, and which of detectron2's compiled ops are available.
+Used for bug reports and set-up checks (the command), for the training log
+(:func:`environment_report`) and for the benchmark's ``machine`` record (:func:`machine_info`):
+Python, torch, torchvision and detectron2 versions and where detectron2 came from, the CPU, CUDA
+and the GPU, and which of detectron2's compiled ops are available.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
 import platform
 import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 
-import resnext_det
+from .version import __version__
+
+__all__ = [
+    "DETECTRON2_OPS",
+    "collect_env",
+    "compiled_ops",
+    "detectron2_source",
+    "environment_report",
+    "machine_info",
+]
 
 # The ops of detectron2 0.6's csrc/vision.cpp that its Python code calls.
 DETECTRON2_OPS = (
@@ -57,18 +72,74 @@ def compiled_ops() -> dict[str, bool]:
     return available
 
 
+def _cpu_model() -> tuple[str, bool | None]:
+    """The CPU's model name and whether it has AVX-512 BF16 (None where /proc/cpuinfo is not)."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        text = f.read()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        return name, "avx512_bf16" in text
+    return name, None
+
+
+def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
+    """The machine as a json-ready dict (the benchmark's ``machine`` record).
+
+    Keys: ``python``, ``torch``, ``torchvision``, ``threads`` (torch's CPU threads), ``cpu`` (model
+    name), ``cpu_count``, ``avx512_bf16``, ``cuda_available``; with CUDA also ``cuda`` (the
+    version torch was built with), ``cudnn``, and for ``device`` (default: the current CUDA
+    device, if any) ``gpu`` (its name), ``gpu_capability`` and ``gpu_memory_gib``.
+    """
+    cpu, bf16 = _cpu_model()
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "avx512_bf16": bf16,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    device = torch.device(device) if device is not None else None
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        index = device.index if device is not None and device.index is not None else None
+        index = torch.cuda.current_device() if index is None else index
+        props = torch.cuda.get_device_properties(index)
+        info.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu=props.name,
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+        )
+    return info
+
+
 def collect_env() -> list[tuple[str, str]]:
+    """(name, value) rows of everything this module knows, detectron2 included."""
+    m = machine_info()
     rows = [
-        ("resnext_det", f"{resnext_det.__version__} from {resnext_det.__path__[0]}"),
-        ("Python", f"{sys.version.split()[0]} ({platform.platform()})"),
-        ("torch", torch.__version__),
-        ("torchvision", torchvision.__version__),
+        ("resnext_det", f"{__version__} from {Path(__file__).resolve().parent}"),
+        ("Python", f"{m['python']} ({platform.platform()})"),
+        ("torch", m["torch"]),
+        ("torchvision", m["torchvision"]),
         ("detectron2", detectron2_source()),
-        ("CUDA available", str(torch.cuda.is_available())),
+        ("CUDA available", str(m["cuda_available"])),
     ]
-    if torch.cuda.is_available():
-        rows.append(("GPU", torch.cuda.get_device_name(0)))
-    rows.append(("CPU threads", str(torch.get_num_threads())))
+    if "gpu" in m:
+        rows.append(
+            (
+                "GPU",
+                f"{m['gpu']} (compute capability {m['gpu_capability']}, "
+                f"{m['gpu_memory_gib']} GiB; CUDA {m['cuda']}, cuDNN {m['cudnn']})",
+            )
+        )
+    rows.append(("CPU", f"{m['cpu']} ({m['cpu_count']} logical CPUs)"))
+    rows.append(("CPU threads", str(m["threads"])))
     ops = compiled_ops()
     rows.append(
         (
@@ -79,12 +150,26 @@ def collect_env() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> None:
-    rows = collect_env()
+def format_rows(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
+
+
+def environment_report() -> str:
+    """The environment for the training log: detectron2's own ``collect_env_info`` where it works,
+    else (a detectron2 without compiled ops cannot report its compiler) :func:`collect_env`'s
+    rows. (torch's own report runs pip and nvidia-smi: seconds, so it is not used.)"""
+    try:
+        from detectron2.utils.collect_env import collect_env_info
+
+        return collect_env_info()
+    except (RuntimeError, ImportError, OSError) as exc:
+        return format_rows([*collect_env(), ("detectron2.collect_env_info", str(exc))])
+
+
+def main() -> None:
+    print(format_rows(collect_env()))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

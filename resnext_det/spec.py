@@ -24,6 +24,7 @@ __all__ = [
     "VARIANTS",
     "block_params",
     "equal_complexity_width",
+    "find_variant",
     "variant_name",
 ]
 
@@ -236,6 +237,11 @@ def _variants(*rows: tuple[int, int, int, str | None, str | None]) -> dict[str, 
         spec = ResNeXtSpec(depth=depth, cardinality=c, width_per_group=d)
         table[spec.name] = Variant(spec, tv, timm)
     return table
+
+
+def find_variant(depth: int, cardinality: int, width_per_group: int) -> Variant | None:
+    """The named variant of this architecture (standard stem and widths), if it has a name."""
+    return VARIANTS.get(variant_name(depth, cardinality, width_per_group, 256))
 
 
 # The named variants of the paper, torchvision and detectron2's model zoo. Stride placement

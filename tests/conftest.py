@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 
 import resnext_det
 
@@ -34,9 +33,7 @@ def randomize_norm_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
 
 def tiny_cfg(**resnets):
     """A detectron2 config of a ResNeXt-FPN Faster R-CNN small enough for wiring tests on a CPU."""
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "Base-RCNN-FPN.yaml"))
+    cfg = resnext_det.load_config(REPO / "configs" / "Base-RCNN-FPN.yaml")
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.BACKBONE.NAME = "build_resnext_fpn_backbone"
     r = cfg.MODEL.RESNETS

@@ -25,9 +25,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def detectron2_cfg(depth: int, groups: int, width: int, backbone: str):
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    cfg.merge_from_file(
+    cfg = resnext_det.load_config(
         model_zoo.get_config_file("COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml")
     )
     cfg.MODEL.RESNETS.DEPTH = depth

@@ -51,6 +51,20 @@ def test_env_report():
     assert torch.__version__ in out
 
 
+def test_machine_info_and_environment_report():
+    """One reporter: the benchmark's ``machine`` record and the training log's text."""
+    from resnext_det.env import environment_report, machine_info
+
+    info = machine_info("cpu")
+    assert info["torch"] == torch.__version__ and info["python"] == sys.version.split()[0]
+    assert info["threads"] == torch.get_num_threads() and info["cpu_count"] >= 1
+    assert info["cuda_available"] is torch.cuda.is_available()
+    assert "gpu" not in info  # asked about the CPU
+    assert isinstance(info["cpu"], str) and info["cpu"]
+    report = environment_report()
+    assert torch.__version__ in report
+
+
 def _is_stand_in() -> bool:
     from detectron2 import _C
 
@@ -96,11 +110,91 @@ def test_faster_rcnn_never_reaches_a_compiled_op(monkeypatch):
     assert reached == []
 
 
+def _bundle():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import bundle
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    return bundle
+
+
+def _fake_wheel(folder, name: str, version: str, requires=(), tag: str = "py3-none-any"):
+    """A wheel file with only its METADATA: what the planner reads."""
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}"
+    path = folder / f"{dist}-{tag}.whl"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{dist}.dist-info/METADATA", meta)
+    return path
+
+
+@pytest.fixture
+def fake_wheelhouse(tmp_path):
+    w = tmp_path / "whl"
+    w.mkdir()
+    _fake_wheel(
+        w, "resnext-det", "0.1.0", ["torch>=2.0", "fvcore>=0.1.5", "opencv-python-headless"]
+    )
+    _fake_wheel(w, "detectron2", "0.6", ["setuptools<81", "termcolor>=1.1", "fvcore<0.1.6"])
+    _fake_wheel(w, "fvcore", "0.1.5", ["yacs>=0.1.6"])
+    _fake_wheel(w, "yacs", "0.1.8")
+    _fake_wheel(w, "termcolor", "3.1.0")
+    _fake_wheel(w, "setuptools", "80.9.0")
+    return w
+
+
+LINUX_312 = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.1",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+    "platform_release": "",
+    "platform_version": "",
+    "implementation_version": "3.12.1",
+}
+
+
+def test_install_plan_takes_exactly_what_is_missing(fake_wheelhouse):
+    """The machine's torch and its opencv-python (another name for cv2) stay; its termcolor fits
+    and stays; its setuptools 81 does not fit detectron2 and is shadowed; the rest is installed."""
+    installed = {"torch": "2.11.0", "opencv-python": "4.10.0", "termcolor": "2.4.0"}
+    installed["setuptools"] = "81.0.0"
+    plan = _bundle().plan_install(fake_wheelhouse, installed=installed, environment=LINUX_312)
+    names = sorted(w.name.split("-")[0] for w in plan.install)
+    assert names == ["detectron2", "fvcore", "resnext_det", "setuptools", "yacs"]
+    assert plan.replace == {"setuptools": "81.0.0"}
+    assert plan.present == {"torch": "2.11.0", "opencv-python": "4.10.0", "termcolor": "2.4.0"}
+    assert "to install (5)" in plan.summary()
+
+
+def test_install_plan_names_what_neither_has(fake_wheelhouse):
+    bundle = _bundle()
+    with pytest.raises(RuntimeError, match=r"torch>=2\.0 \(not installed; the machine's own\)"):
+        bundle.plan_install(
+            fake_wheelhouse, installed={"opencv-python": "4.10"}, environment=LINUX_312
+        )
+    (next(fake_wheelhouse.glob("yacs-*.whl"))).unlink()
+    with pytest.raises(RuntimeError, match=r"yacs>=0\.1\.6 \(not installed; not in .*whl\)"):
+        bundle.plan_install(
+            fake_wheelhouse,
+            installed={"torch": "2.11.0", "opencv-python-headless": "4.10"},
+            environment=LINUX_312,
+        )
+
+
 @pytest.mark.slow
 def test_offline_wheelhouse_for_python_312(tmp_path):
     """The bundle for Python 3.12 builds (from the package index) and holds every distribution
     resnext-det and detectron2 need there, torch/torchvision excepted."""
-    from resnext_det.bundle import verify_wheelhouse
+    verify_wheelhouse = _bundle().verify_wheelhouse
 
     out = tmp_path / "wheelhouse"
     subprocess.run(

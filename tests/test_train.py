@@ -20,7 +20,6 @@ import pytest
 import torch
 from conftest import REPO
 from detectron2 import model_zoo
-from detectron2.config import get_cfg
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
 import resnext_det
@@ -54,10 +53,7 @@ IMAGENET_CONFIGS = {
 
 
 def load_cfg(path: Path | str):
-    cfg = get_cfg()
-    resnext_det.add_resnext_config(cfg)
-    cfg.merge_from_file(str(path))
-    return cfg
+    return resnext_det.load_config(path)
 
 
 def flat(node, prefix=""):

@@ -42,21 +42,18 @@ RGB_MEAN, RGB_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 BGR_MEAN, BGR_STD = [103.53, 116.28, 123.675], [57.375, 57.12, 58.395]
 EPS = 1e-5
 
-# name -> (torchvision constructor, ResNeXtSpec arguments)
+# torchvision name -> (torchvision constructor, ResNeXtSpec arguments), from the one VARIANTS table
 TORCHVISION = {
-    "resnext50_32x4d": (
-        torchvision.models.resnext50_32x4d,
-        dict(depth=50, cardinality=32, width_per_group=4),
-    ),
-    "resnext101_32x8d": (
-        torchvision.models.resnext101_32x8d,
-        dict(depth=101, cardinality=32, width_per_group=8),
-    ),
-    "resnext101_64x4d": (
-        torchvision.models.resnext101_64x4d,
-        dict(depth=101, cardinality=64, width_per_group=4),
-    ),
-    "resnet50": (torchvision.models.resnet50, dict(depth=50, cardinality=1, width_per_group=64)),
+    v.torchvision: (
+        getattr(torchvision.models, v.torchvision),
+        dict(
+            depth=v.spec.depth,
+            cardinality=v.spec.cardinality,
+            width_per_group=v.spec.width_per_group,
+        ),
+    )
+    for v in resnext_det.VARIANTS.values()
+    if v.torchvision in ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnet50")
 }
 
 

@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 from ..data import register_from_config
+from ..env import environment_report
 from ..io import write_text_atomic
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
@@ -115,26 +116,6 @@ def make_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _environment_info() -> str:
-    try:
-        from detectron2.utils.collect_env import collect_env_info
-
-        return collect_env_info()
-    except RuntimeError as exc:
-        # A detectron2 without compiled ops cannot report its compiler. (torch's own report
-        # runs pip and nvidia-smi: seconds, so a short summary instead.)
-        import platform
-
-        import detectron2
-        import torchvision
-
-        return (
-            f"Python {platform.python_version()}, torch {torch.__version__}, torchvision "
-            f"{torchvision.__version__}, detectron2 {detectron2.__version__} ({exc}), CUDA "
-            f"available: {torch.cuda.is_available()}, CPU threads: {torch.get_num_threads()}"
-        )
-
-
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     """detectron2's ``default_setup``: logger, environment and config in the log, ``config.yaml``
     in OUTPUT_DIR, seeding (``SEED + rank``), cuDNN benchmark flag.
@@ -150,7 +131,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     log = setup_logger(output_dir, distributed_rank=rank)
     setup_logger(output_dir, distributed_rank=rank, name="resnext_det")
     log.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
-    log.info("Environment info:\n" + _environment_info())
+    log.info("Environment info:\n" + environment_report())
     log.info(f"Command line arguments: {args}")
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")

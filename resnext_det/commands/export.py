@@ -1,0 +1,75 @@
+"""Export the backbone of a trained detector for other code: torchvision, timm, detectron2,
+TorchScript or ONNX, with a metadata sidecar ``<out>.json``.
+
+Examples:
+    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+        --format torchvision --out x50_torchvision.pth
+    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+        --format timm --container safetensors --out x50_timm.safetensors
+    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+        --format onnx --fpn --fold-bn --out x50_fpn.onnx
+    # config overrides go last, as in detectron2's tools:
+    tools/export_backbone.py ... --format detectron2 --out bb.pth MODEL.RESNETS.NUM_GROUPS 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from resnext_det.export import CONTAINERS, FORMATS, export_backbone
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import ResNeXtDetError
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
+    parser.add_argument("--weights", required=True, metavar="CHECKPOINT", help="checkpoint file")
+    parser.add_argument(
+        "--format",
+        required=True,
+        choices=list(FORMATS),
+        help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()),
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    parser.add_argument(
+        "--container",
+        choices=CONTAINERS,
+        default=None,
+        help="file type of the state-dict formats (default: safetensors if --out ends in "
+        ".safetensors, else torch)",
+    )
+    parser.add_argument(
+        "--fpn", action="store_true", help="include the FPN (detectron2/torchscript/onnx)"
+    )
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold frozen/eval BatchNorm into the convs (torchscript/onnx)",
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ..."
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = export_backbone(
+            args.config_file,
+            args.weights,
+            args.format,
+            args.out,
+            fpn=args.fpn,
+            fold_bn=args.fold_bn,
+            container=args.container,
+            opts=args.opts,
+        )
+    except (ResNeXtDetError, ValueError, OSError) as exc:
+        # Bad input (wrong config for the checkpoint, a format that cannot hold the model, a full
+        # disk, weights not to be had): the message names the file, key or shapes; a traceback
+        # would add nothing. Nothing was written.
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(result.summary())
+    return 0
