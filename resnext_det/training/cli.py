@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,13 +20,16 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config
 from ..data import register_from_config
 from ..env import environment_report
+from ..errors import ConfigError
 from ..io import write_text_atomic
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
 from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer
-from .launch import LaunchArgumentError, launch
+from .launch import LaunchArgumentError, launch, torchrun_env
 from .lock import OutputDirInUseError, lock_output_dir
+from .seeds import seed_run_config, train_seed_runs
+from .state import make_deterministic
 from .trainer import Trainer
 
 __all__ = [
@@ -36,6 +40,9 @@ __all__ = [
     "configure_input_for_weights",
     "make_deterministic",
     "default_setup",
+    "build_config",
+    "seed_runs_from_args",
+    "train_seed_runs",
     "launch_from_args",
     "hold_output_dir",
 ]
@@ -66,6 +73,30 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="--eval-only: score the model even if MODEL.WEIGHTS leaves parameters (heads) at "
         "their random initialisation (refused otherwise, naming them)",
+    )
+    runs = parser.add_argument_group(
+        "seed runs",
+        "runs of one config that differ only in SEED, each in OUTPUT_DIR/seed_<k>/; "
+        "a run resumes from its checkpoint, or is skipped when finished, when run again",
+    )
+    which = runs.add_mutually_exclusive_group()
+    which.add_argument(
+        "--seed-runs", type=int, metavar="N", help="train seeds 0..N-1, one after another"
+    )
+    which.add_argument("--seeds", type=int, nargs="+", metavar="K", help="train these seeds")
+    which.add_argument(
+        "--seed",
+        type=int,
+        metavar="K",
+        help="train only seed K (any launcher, torchrun too): one job of a Slurm array or of "
+        "separate jobs run side by side",
+    )
+    runs.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="J",
+        help="with --seed-runs/--seeds: J runs at once, in separate processes of one thread each",
     )
     return parser
 
@@ -105,15 +136,6 @@ def configure_input_for_weights(
             "scratch."
         )
     configure_for_weights(cfg, weights, pinned=pinned)
-
-
-def make_deterministic() -> None:
-    """Ask torch for deterministic kernels (``DETERMINISTIC True``); ops without one warn."""
-    # cuBLAS needs this before its first use to be deterministic (torch's reproducibility notes).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
@@ -165,17 +187,26 @@ def hold_output_dir(cfg: CfgNode) -> None:
         raise OutputDirInUseError(refused)
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then the
-    OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's ``default_setup`` (logging, seeding,
-    config.yaml), determinism and datasets."""
+def build_config(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of ``--config-file``, trailing ``KEY VALUE`` pairs, ``--register``, the
+    conventions of MODEL.WEIGHTS and ``--seed`` (SEED and OUTPUT_DIR/seed_<k>); nothing written."""
     unsafe = getattr(args, "allow_unsafe_yaml", False)
     cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
         cfg.DATASETS.COCO_REGISTER.append(list(entry))
+    if getattr(args, "seed", None) is not None:
+        cfg = seed_run_config(cfg, args.seed)
+        cfg.defrost()
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """:func:`build_config`; then the OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's
+    ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+    cfg = build_config(args)
     hold_output_dir(cfg)
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
@@ -254,3 +285,36 @@ def launch_from_args(
         )
     except LaunchArgumentError as exc:
         parser.error(f"{_LAUNCH_FLAGS.get(exc.argument, exc.argument)} {exc.problem}")
+
+
+def seed_runs_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> list[Path] | None:
+    """``--seed-runs N`` / ``--seeds K ...``: train those runs (:func:`train_seed_runs`, each
+    single-process, ``--parallel`` at once) and return their ``model_final.pth``; None when
+    neither flag was given. Combinations that cannot work are usage errors naming the flags."""
+    if args.seed_runs is not None:
+        if args.seed_runs < 1:
+            parser.error(f"--seed-runs must be at least 1; got {args.seed_runs}")
+        seeds = list(range(args.seed_runs))
+    elif args.seeds:
+        seeds = list(args.seeds)
+    else:
+        if args.parallel != 1:
+            parser.error("--parallel needs --seed-runs or --seeds")
+        return None
+    if args.eval_only:
+        parser.error("--seed-runs/--seeds train; evaluate each run's model_final.pth instead")
+    if args.num_gpus != 1 or args.num_machines != 1 or torchrun_env() is not None:
+        parser.error(
+            "--seed-runs/--seeds train single-process runs; for multi-process runs start one job "
+            "per seed with --seed K"
+        )
+    if args.parallel < 1:
+        parser.error(f"--parallel must be a positive integer; got {args.parallel}")
+    try:
+        return train_seed_runs(build_config(args), seeds, parallel=args.parallel)
+    except ConfigError as exc:
+        if "seeds must be" in str(exc):
+            parser.error(f"--seeds: {exc}")
+        raise
