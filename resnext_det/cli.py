@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "the trained backbone as torchvision/timm/detectron2 weights, TorchScript or ONNX "
         "(tools/export_backbone.py)",
     ),
+    "train": (
+        "resnext_det.commands.train:main",
+        "train or evaluate a detector from a yacs config, seed runs too (tools/train_net.py)",
+    ),
     "lazy-train": (
         "resnext_det.lazy:run",
         "train or evaluate from a LazyConfig .py file (tools/lazyconfig_train_net.py)",

@@ -64,10 +64,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dataset_catalog():
-    """Undo the data sets a test registers: detectron2's catalogs are process-global, and a name
-    registered again with other files is (rightly) an error."""
+def _undo_registrations():
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     before = set(DatasetCatalog.list())
@@ -75,3 +72,12 @@ def _isolated_dataset_catalog():
     for name in set(DatasetCatalog.list()) - before:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+# Undo the data sets a test registers: detectron2's catalogs are process-global, and a name
+# registered again with other files is (rightly) an error. Per module too, for the module-scoped
+# fixtures that register (they run before a test's own snapshot).
+_isolated_dataset_catalog = pytest.fixture(autouse=True)(_undo_registrations)
+_isolated_dataset_catalog_per_module = pytest.fixture(autouse=True, scope="module")(
+    _undo_registrations
+)

@@ -28,36 +28,15 @@ Examples::
         DATASETS.TRAIN "('mine_train',)"
 """
 
-from __future__ import annotations
-
-import os
 import sys
+from pathlib import Path
 
-# Run from a checkout without installing: make the repository's package importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import resnext_det  # noqa: E402,F401  (registers the ResNeXt backbones)
-from resnext_det.training import (  # noqa: E402
-    argument_parser,
-    evaluate,
-    launch_from_args,
-    seed_runs_from_args,
-    setup,
-    train,
-)
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        return evaluate(cfg, resume=args.resume, allow_partial_weights=args.allow_partial_weights)
-    # --seed K is one run of a set: run again, it continues (as --seed-runs does)
-    return train(cfg, resume=args.resume or args.seed is not None)
-
+from resnext_det.commands.train import main as command  # noqa: E402
+from resnext_det.commands.train import run as main  # noqa: E402,F401  (per process, as detectron2's)
+from resnext_det.training import argument_parser  # noqa: E402,F401
 
 if __name__ == "__main__":
-    parser = argument_parser()
-    args = parser.parse_args()
-    print("Command Line Args:", args)
-    if seed_runs_from_args(args, parser) is None:
-        launch_from_args(main, args, parser)
+    sys.exit(command())
