@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "resnext_det.commands.convert:main",
         "weights of any layout or name -> a detectron2-ready file (tools/convert_weights.py)",
     ),
+    "demo": (
+        "resnext_det.commands.demo:main",
+        "the embedded default: generated data, R/X training runs, comparison, export",
+    ),
     "export": (
         "resnext_det.commands.export:main",
         "the trained backbone as torchvision/timm/detectron2 weights, TorchScript or ONNX "

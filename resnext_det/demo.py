@@ -2,10 +2,15 @@
 
 1. generate the deterministic shapes set (:func:`resnext_det.data.make_synthetic_coco`);
 2. train a ResNet-FPN and a ResNeXt-FPN Faster R-CNN of equal complexity (``configs/demo/``: the
-   same network but for C and d, d from the paper's template) from scratch on the CPU;
-3. evaluate both on the val split side by side (AP, AP@0.5, ..., with paired-bootstrap intervals,
-   params, GFLOPs and time per image: :func:`resnext_det.evaluation.compare_models`);
-4. export the ResNeXt backbone (detectron2 safetensors for ``MODEL.WEIGHTS``, and ONNX).
+   same network but for C and d, d from the paper's template) from scratch on the CPU, several
+   runs of each that differ only in SEED (:func:`resnext_det.training.train_runs`: the runs of
+   both models in one pool, one thread per run, as many runs at once as the machine has cores);
+3. evaluate every run on the val split and compare the models (AP, AP@0.5, ..., with intervals
+   that cover both the test images and the training runs, params, GFLOPs and time per image:
+   :func:`resnext_det.evaluation.compare_models`): one run per model cannot tell a real
+   difference from a lucky run, which is why the demo trains several;
+4. export the ResNeXt backbone of its first run (detectron2 safetensors for ``MODEL.WEIGHTS``,
+   and ONNX).
 
 ``make demo`` runs it; ``schedule="smoke"`` is the same pipeline with a few iterations, for tests.
 """
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,10 @@ DEMO_MODELS = {
     "X-26 (4x6d)": CONFIGS / "faster_rcnn_X_demo.yaml",
 }
 # The smoke schedule: every step of the pipeline, in seconds rather than minutes.
-SMOKE = {"num_train": 8, "num_val": 4, "max_iter": 3, "ims_per_batch": 2, "bootstrap": 20}
+SMOKE = {"num_train": 8, "num_val": 4, "max_iter": 3, "ims_per_batch": 2, "bootstrap": 200}
+# Training runs per model: 3 is the fewest whose between-run spread means something (the
+# comparison's run term has n-1 degrees of freedom per model); docs/statistics.md.
+RUNS = 3
 
 
 @dataclass
@@ -44,7 +53,8 @@ class DemoResult:
     out_dir: Path
     comparison: dict[str, Any]
     exports: list[Path]
-    train_seconds: dict[str, float]
+    train_seconds: float  # all runs of all models, wall clock
+    runs: dict[str, list[Path]]  # model name -> each run's model_final.pth
 
 
 def demo_config(config_file: Path, out_dir: Path, *, smoke: bool = False) -> CfgNode:
@@ -65,21 +75,31 @@ def demo_config(config_file: Path, out_dir: Path, *, smoke: bool = False) -> Cfg
 
 
 def run_demo(
-    out_dir: str | Path = "output/demo", *, schedule: str = "full", seed: int = 0
+    out_dir: str | Path = "output/demo",
+    *,
+    schedule: str = "full",
+    seed: int = 0,
+    runs: int = RUNS,
+    parallel: int | None = None,
 ) -> DemoResult:
     """Run the whole job; every output lands under ``out_dir``.
 
     Args:
-        out_dir: data, per-model training output, ``comparison/`` and ``export/``.
-        schedule: ``full`` (the configs' schedules, minutes per model on a CPU) or ``smoke``.
+        out_dir: data, per-model training output (``model_<i>/seed_<k>/``), ``comparison/`` and
+            ``export/``. Run again, finished runs are skipped and killed ones resumed.
+        schedule: ``full`` (the configs' schedules, minutes per run on a CPU) or ``smoke``.
         seed: the data set's seed.
+        runs: training runs per model (seeds ``0..runs-1``).
+        parallel: runs trained at once, one thread each; default: the machine's cores.
     """
     if schedule not in ("full", "smoke"):
         raise ValueError(f"schedule must be 'full' or 'smoke'; got {schedule!r}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive integer; got {runs!r}")
     from .data import make_synthetic_coco
     from .evaluation import compare_models
     from .export import export_backbone
-    from .training.cli import train
+    from .training import seed_run_config, train_runs
 
     smoke = schedule == "smoke"
     out = Path(out_dir)
@@ -91,17 +111,20 @@ def run_demo(
     data.register("synthetic")
     logger.info(f"demo data set: {data.train_json}, {data.val_json}")
 
-    models: dict[str, tuple[CfgNode, Path]] = {}
-    train_seconds: dict[str, float] = {}
-    for i, (name, config_file) in enumerate(DEMO_MODELS.items(), 1):
-        cfg = demo_config(config_file, out / f"model_{i}", smoke=smoke)
-        final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
-        logger.info(f"[{i}/{len(DEMO_MODELS)}] training {name} ({config_file.name}) -> {final}")
-        start = time.perf_counter()
-        train(cfg, resume=True)  # resume: a rerun continues (or skips) instead of starting over
-        train_seconds[name] = time.perf_counter() - start
-        models[name] = (cfg, final)
-
+    configs = {
+        name: demo_config(config_file, out / f"model_{i}", smoke=smoke)
+        for i, (name, config_file) in enumerate(DEMO_MODELS.items(), 1)
+    }
+    jobs = [(cfg, k) for k in range(runs) for cfg in configs.values()]  # R and X alternate
+    workers = parallel or max(1, min(os.cpu_count() or 1, len(jobs)))
+    logger.info(f"training {runs} runs of each of {list(configs)}, {workers} at a time")
+    start = time.perf_counter()
+    finals = dict(zip(((id(cfg), k) for cfg, k in jobs), train_runs(jobs, parallel=workers)))
+    train_seconds = time.perf_counter() - start
+    models = {
+        name: [(seed_run_config(cfg, k), finals[id(cfg), k]) for k in range(runs)]
+        for name, cfg in configs.items()
+    }
     comparison = compare_models(
         models,
         "synthetic_val",
@@ -109,7 +132,7 @@ def run_demo(
         bootstrap=SMOKE["bootstrap"] if smoke else 1000,
     )
 
-    cfg_x, weights_x = models[list(models)[-1]]
+    cfg_x, weights_x = models[list(models)[-1]][0]
     exports = [
         export_backbone(
             cfg_x, weights_x, "detectron2", out / "export" / "backbone.safetensors", fpn=True
@@ -118,4 +141,5 @@ def run_demo(
             cfg_x, weights_x, "onnx", out / "export" / "backbone_fpn.onnx", fpn=True, fold_bn=True
         ).path,
     ]
-    return DemoResult(out, comparison, exports, train_seconds)
+    runs_by_model = {name: [path for _, path in pairs] for name, pairs in models.items()}
+    return DemoResult(out, comparison, exports, train_seconds, runs_by_model)

@@ -22,11 +22,22 @@ def test_demo_models_are_of_equal_complexity(tmp_path):
 
 
 def test_demo_smoke(tmp_path):
-    result = run_demo(tmp_path / "demo", schedule="smoke")
+    """The whole multi-run path: 3 runs of each model, two at a time in worker processes, the
+    seed-aware comparison, the export."""
+    result = run_demo(tmp_path / "demo", schedule="smoke", runs=3, parallel=2)
     report = json.loads((tmp_path / "demo" / "comparison" / "comparison.json").read_text())
     assert list(report["models"]) == list(DEMO_MODELS)
-    for metrics in report["models"].values():
+    for i, (name, metrics) in enumerate(report["models"].items(), 1):
         assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "backbone_gflops"} <= set(metrics)
+        assert metrics["runs"] == 3 and len(metrics["per_run"]) == 3
+        assert result.runs[name] == [
+            tmp_path / "demo" / f"model_{i}" / f"seed_{k}" / "model_final.pth" for k in range(3)
+        ]
+    # the runs differ only in SEED, and did differ
+    finals = result.runs[list(DEMO_MODELS)[0]]
+    assert finals[0].read_bytes() != finals[1].read_bytes()
+    text = (tmp_path / "demo" / "comparison" / "comparison.md").read_text()
+    assert "3 vs 3 training runs" in text
     for suffix in ("md", "csv"):
         assert (tmp_path / "demo" / "comparison" / f"comparison.{suffix}").stat().st_size > 0
     with Image.open(tmp_path / "demo" / "comparison" / "comparison.png") as image:

@@ -139,8 +139,9 @@ def test_wheel_installed_outside_the_checkout(tmp_path):
     assert used.returncode == 0, used.stderr[-4000:]
     assert "exports" in used.stdout
     assert (outside / "demo_out" / "comparison" / "comparison.md").is_file()
-    for model in ("model_1", "model_2"):  # TensorBoard events beside each demo model
-        assert list((outside / "demo_out" / model).glob("events.out.tfevents.*"))
-        assert (outside / "demo_out" / model / "metrics.json").is_file()
+    for model in ("model_1", "model_2"):  # TensorBoard events beside each demo run
+        for run_dir in [outside / "demo_out" / model / f"seed_{k}" for k in range(3)]:
+            assert list(run_dir.glob("events.out.tfevents.*")), run_dir
+            assert (run_dir / "metrics.json").is_file()
     helped = run(venv / "bin" / "resnext-det", "--help", cwd=outside)
     assert helped.returncode == 0 and "lazy-train" in helped.stdout

@@ -24,7 +24,7 @@ from .hooks import ReplicaCheckHook, TrainingStateHook
 from .launch import LaunchArgumentError, launch, torchrun_env
 from .lock import OutputDirInUseError, OutputDirLock, lock_output_dir
 from .sampler import ResumableSampler
-from .seeds import seed_run_config, seed_run_dir, train_seed_run, train_seed_runs
+from .seeds import seed_run_config, seed_run_dir, train_runs, train_seed_run, train_seed_runs
 from .state import (
     capture_rng_state,
     make_deterministic,
@@ -64,5 +64,6 @@ __all__ = [
     "torchrun_env",
     "train",
     "train_seed_run",
+    "train_runs",
     "train_seed_runs",
 ]

@@ -37,7 +37,7 @@ from .lock import lock_output_dir
 from .state import make_deterministic
 from .trainer import Trainer
 
-__all__ = ["seed_run_config", "seed_run_dir", "train_seed_run", "train_seed_runs"]
+__all__ = ["seed_run_config", "seed_run_dir", "train_runs", "train_seed_run", "train_seed_runs"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,20 +157,34 @@ def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) ->
 
         finals = train_seed_runs(cfg, range(3))   # [OUT/seed_0/model_final.pth, ...]
     """
-    seeds = _check_seeds(seeds)
-    for seed in seeds:
+    return train_runs([(cfg, seed) for seed in _check_seeds(seeds)], parallel=parallel)
+
+
+def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> list[Path]:
+    """Train seed runs of one or several configs, ``parallel`` at once (as :func:`train_seed_runs`
+    does for one config): the demo puts the runs of both its models in one pool, so that no
+    worker waits for another model's last run.
+
+    Returns:
+        each run's ``model_final.pth``, in the order of ``runs``.
+    """
+    runs = list(runs)
+    for cfg, seed in runs:
         seed_run_config(cfg, seed)  # every run's config is valid before any starts
+    folders = [seed_run_dir(cfg.OUTPUT_DIR, seed) for cfg, seed in runs]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"two runs would share one folder: {[str(f) for f in folders]}")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive integer; got {parallel!r}")
     if parallel == 1:
-        return [_noted(train_seed_run, cfg, seed) for seed in seeds]
+        return [_noted(train_seed_run, cfg, seed) for cfg, seed in runs]
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(
-        max_workers=min(parallel, len(seeds)),
+        max_workers=min(parallel, len(runs)),
         mp_context=multiprocessing.get_context(method),
         initializer=_one_thread,
     ) as pool:
-        futures = [pool.submit(_noted, train_seed_run, cfg, seed) for seed in seeds]
+        futures = [pool.submit(_noted, train_seed_run, cfg, seed) for cfg, seed in runs]
         return [f.result() for f in futures]
 
 
