@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -42,6 +43,10 @@ __all__ = ["seed_run_config", "seed_run_dir", "train_seed_run", "train_seed_runs
 logger = logging.getLogger(__name__)
 
 _LOGGERS = ("detectron2", "fvcore", "resnext_det")
+
+# What every process has once detectron2 is imported (its builtin COCO, LVIS, VOC names): never
+# carried to workers (reading them would load their annotation files here, for nothing).
+_REGISTERED_ON_IMPORT = frozenset(DatasetCatalog.list())
 
 
 def seed_run_dir(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -131,20 +136,16 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
 def _carried_datasets(cfg: CfgNode) -> dict[str, tuple[list[dict], dict]]:
     """The data sets of ``cfg`` registered in this process by code (not by
     ``DATASETS.COCO_REGISTER``): their records and metadata, for worker processes to register."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     own = {entry[0] for entry in cfg.DATASETS.COCO_REGISTER}
     names = dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     return {
         name: (DatasetCatalog.get(name), MetadataCatalog.get(name).as_dict())
         for name in names
-        if name not in own and name in DatasetCatalog.list()
+        if name not in own and name not in _REGISTERED_ON_IMPORT and name in DatasetCatalog.list()
     }
 
 
 def _worker_init(datasets: dict[str, tuple[list[dict], dict]]) -> None:
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     # Side-by-side runs share the cores: one thread each (more only oversubscribes them).
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
