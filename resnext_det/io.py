@@ -145,7 +145,7 @@ def _os_error_behind(
 ) -> Exception:
     """The ``OSError`` a writer's exception stands for (a recorded one, or a full disk), else
     ``exc`` itself. Call it before the temporary files are removed (they hold the space)."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         return exc
     if recorded is not None:
         return recorded

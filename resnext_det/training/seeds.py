@@ -5,7 +5,7 @@ small networks, so a comparison needs several runs per model (the comparison rea
 of one model). Each run is an ordinary training run in its own folder, independent of the others:
 
 * :func:`train_seed_runs` trains a list of seeds one after another in this process, or ``parallel``
-  of them side by side in separate processes with one thread each;
+  of them side by side in spawned processes with one thread each;
 * ``tools/train_net.py --seed K`` trains one of them (any launcher, torchrun included), so that a
   cluster scheduler (a Slurm array over K, separate torchrun jobs) can fan them out.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -42,6 +43,10 @@ __all__ = ["seed_run_config", "seed_run_dir", "train_runs", "train_seed_run", "t
 logger = logging.getLogger(__name__)
 
 _LOGGERS = ("detectron2", "fvcore", "resnext_det")
+
+# What every process has once detectron2 is imported (its builtin COCO, LVIS, VOC names): never
+# carried to workers (reading them would load their annotation files here, for nothing).
+_REGISTERED_ON_IMPORT = frozenset(DatasetCatalog.list())
 
 
 def seed_run_dir(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -128,10 +133,26 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
     return Path(run.OUTPUT_DIR) / "model_final.pth"
 
 
-def _one_thread() -> None:
+def _carried_datasets(cfg: CfgNode) -> dict[str, tuple[list[dict], dict]]:
+    """The data sets of ``cfg`` registered in this process by code (not by
+    ``DATASETS.COCO_REGISTER``): their records and metadata, for worker processes to register."""
+    own = {entry[0] for entry in cfg.DATASETS.COCO_REGISTER}
+    names = dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
+    return {
+        name: (DatasetCatalog.get(name), MetadataCatalog.get(name).as_dict())
+        for name in names
+        if name not in own and name not in _REGISTERED_ON_IMPORT and name in DatasetCatalog.list()
+    }
+
+
+def _worker_init(datasets: dict[str, tuple[list[dict], dict]]) -> None:
     # Side-by-side runs share the cores: one thread each (more only oversubscribes them).
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+    for name, (records, metadata) in datasets.items():
+        DatasetCatalog.register(name, lambda records=records: records)
+        metadata = {k: v for k, v in metadata.items() if k != "name"}
+        MetadataCatalog.get(name).set(**metadata)
 
 
 def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) -> list[Path]:
@@ -141,9 +162,8 @@ def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) ->
         cfg: the config; ``SEED`` and ``OUTPUT_DIR`` are set per run, nothing else differs.
         seeds: distinct non-negative seeds, e.g. ``range(3)``.
         parallel: how many runs at once. 1: one after another in this process. More: that many
-            worker processes with one thread each (forked where the platform can, so data sets
-            registered in this process are there too; elsewhere spawned, and the data sets must
-            come from ``DATASETS.COCO_REGISTER``).
+            worker processes with one thread each (spawned: torch's autograd cannot be forked),
+            given the records of the data sets registered in this process.
 
     Returns:
         each run's ``model_final.pth``, in the order of ``seeds``.
@@ -178,11 +198,14 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
         raise ConfigError(f"parallel must be a positive integer; got {parallel!r}")
     if parallel == 1:
         return [_noted(train_seed_run, cfg, seed) for cfg, seed in runs]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    carried: dict[str, tuple[list[dict], dict]] = {}
+    for cfg, _ in runs:
+        carried.update(_carried_datasets(cfg))
     with ProcessPoolExecutor(
         max_workers=min(parallel, len(runs)),
-        mp_context=multiprocessing.get_context(method),
-        initializer=_one_thread,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(carried,),
     ) as pool:
         futures = [pool.submit(_noted, train_seed_run, cfg, seed) for cfg, seed in runs]
         return [f.result() for f in futures]
