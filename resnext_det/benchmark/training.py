@@ -1,0 +1,430 @@
+"""Training speed and training outcome of the demo's detectors under different CPU settings.
+
+Two measurements, both against fp32 channels-first in the same run:
+
+* :func:`time_training_settings`: several trainers (one per setting: channels_last, bf16
+  autocast, thread count, data-loader workers) built in one process on the same data and the
+  same initial weights, stepped in interleaved chunks (A B C A B C ...) so that load from other
+  processes falls on all of them alike; seconds per iteration of each.
+* :func:`time_parallel_runs`: ``n`` training runs one after another with all threads each
+  against the same runs side by side with one thread each (separate processes), interleaved.
+
+:func:`loss_curves` trains the same seeds with each setting for a few hundred iterations and
+returns the loss curves, for the "same outcome as fp32" comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from detectron2.config import CfgNode
+
+__all__ = [
+    "TrainSetting",
+    "TRAIN_SETTINGS",
+    "demo_train_config",
+    "time_training_settings",
+    "time_parallel_runs",
+    "loss_curves",
+]
+
+
+@dataclass(frozen=True)
+class TrainSetting:
+    """How a CPU training run executes (not what it trains): see :mod:`resnext_det.speed`."""
+
+    name: str
+    channels_last: bool = False
+    amp_dtype: str = ""  # "" (fp32) or "bfloat16"
+    threads: int = 0  # 0: torch's default (one per core)
+    num_workers: int = 0
+
+    def apply(self, cfg: CfgNode) -> CfgNode:
+        """A copy of ``cfg`` that trains with this setting (``CPU_TRAINING`` keys)."""
+        cfg = cfg.clone()
+        cfg.defrost()
+        t = cfg.CPU_TRAINING
+        t.ENABLED = True
+        t.CHANNELS_LAST = self.channels_last
+        t.AMP_DTYPE = self.amp_dtype
+        t.NUM_THREADS = self.threads
+        cfg.DATALOADER.NUM_WORKERS = self.num_workers
+        return cfg
+
+
+TRAIN_SETTINGS: dict[str, TrainSetting] = {
+    s.name: s
+    for s in (
+        TrainSetting("fp32"),
+        TrainSetting("channels_last", channels_last=True),
+        TrainSetting("bf16", amp_dtype="bfloat16"),
+        TrainSetting("channels_last+bf16", channels_last=True, amp_dtype="bfloat16"),
+        TrainSetting("fp32+1thread", threads=1),
+        TrainSetting("fp32+workers1", num_workers=1),
+    )
+}
+
+
+def demo_train_config(
+    config_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    max_iter: int | None = None,
+    ims_per_batch: int | None = None,
+    seed: int = 0,
+) -> CfgNode:
+    """A demo config (``configs/demo/*.yaml``) writing to ``out_dir``, with no evaluation."""
+    from ..config import load_config
+
+    cfg = load_config(config_file)
+    cfg.OUTPUT_DIR = str(out_dir)
+    cfg.DATASETS.TEST = ()
+    cfg.SEED = seed
+    if ims_per_batch is not None:
+        cfg.SOLVER.IMS_PER_BATCH = ims_per_batch
+    if max_iter is not None:
+        scale = max_iter / cfg.SOLVER.MAX_ITER
+        cfg.SOLVER.STEPS = tuple(max(1, round(s * scale)) for s in cfg.SOLVER.STEPS)
+        cfg.SOLVER.WARMUP_ITERS = max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))
+        cfg.SOLVER.MAX_ITER = max_iter
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10**9  # no checkpoints but the final one
+    return cfg
+
+
+class _SteppedTrainer:
+    """A :class:`~resnext_det.training.Trainer` advanced a chunk of iterations at a time."""
+
+    def __init__(self, cfg: CfgNode):
+        from detectron2.utils.events import EventStorage
+
+        from ..speed import apply_cpu_training, cpu_training_settings
+        from ..training import Trainer
+
+        self.cfg = cfg
+        cfg.freeze()
+        settings = cpu_training_settings(cfg)
+        self.trainer = Trainer(cfg)
+        # TODO(train merge): the Trainer applies these itself.
+        apply_cpu_training(self.trainer.model, settings)
+        self.trainer._trainer.amp = bool(settings and settings.amp_dtype)
+        self.threads = torch.get_num_threads()
+        self.trainer.resume_or_load(resume=False)
+        self.trainer.iter = self.trainer.start_iter = 0
+        self.storage = EventStorage(0)
+        self.trainer.storage = self.storage
+        self.losses: list[float] = []
+        self.data_times: list[float] = []
+        self.step_times: list[float] = []
+        with self.storage:
+            self.trainer.before_train()
+
+    def step(self, n: int) -> list[float]:
+        t = self.trainer
+        times = []
+        torch.set_num_threads(self.threads)
+        with self.storage:
+            for _ in range(n):
+                start = time.perf_counter()
+                t.before_step()
+                t.run_step()
+                t.after_step()
+                times.append(time.perf_counter() - start)
+                self.step_times.append(times[-1])
+                latest = self.storage.latest()
+                self.losses.append(float(latest["total_loss"][0]))
+                self.data_times.append(float(latest["data_time"][0]))
+                t.iter += 1
+                self.storage.iter = t.iter
+        return times
+
+
+def time_training_settings(
+    config_file: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    settings: list[str] | tuple[str, ...] = ("fp32", "channels_last", "bf16", "channels_last+bf16"),
+    rounds: int = 5,
+    iters_per_round: int = 10,
+    warmup: int = 3,
+    ims_per_batch: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Seconds per training iteration of the demo under each setting, interleaved.
+
+    Every trainer starts from the same seed (weights and data order), so all do the same work
+    while their weights stay close; ``rounds`` rounds of ``iters_per_round`` iterations each.
+    """
+    from ..data import make_synthetic_coco
+
+    unknown = [s for s in settings if s not in TRAIN_SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}; known: {list(TRAIN_SETTINGS)}")
+    make_synthetic_coco(data_dir).register("synthetic")
+    default_threads = torch.get_num_threads()
+    total = warmup + rounds * iters_per_round
+    trainers = {}
+    for name in settings:
+        cfg = demo_train_config(
+            config_file,
+            Path(out_dir) / name,
+            max_iter=total + 1,
+            ims_per_batch=ims_per_batch,
+            seed=seed,
+        )
+        trainers[name] = _SteppedTrainer(TRAIN_SETTINGS[name].apply(cfg))
+    torch.set_num_threads(default_threads)
+    for tr in trainers.values():
+        tr.step(warmup)
+    per_iter: dict[str, list[float]] = {n: [] for n in trainers}
+    for _ in range(rounds):
+        for name, tr in trainers.items():
+            per_iter[name].append(statistics.median(tr.step(iters_per_round)))
+    base = statistics.median(per_iter[settings[0]])
+    results = []
+    for name, tr in trainers.items():
+        med = statistics.median(per_iter[name])
+        results.append(
+            {
+                "setting": name,
+                **{k: v for k, v in vars(TRAIN_SETTINGS[name]).items() if k != "name"},
+                "threads_used": tr.threads,
+                "s_per_iter_rounds": per_iter[name],
+                "s_per_iter_median": med,
+                "spread": [min(per_iter[name]), max(per_iter[name])],
+                "ratio_to_first": med / base,
+                "data_time_share": sum(tr.data_times[warmup:]) / sum(tr.step_times[warmup:]),
+                "losses": tr.losses,
+            }
+        )
+    return {"config_file": str(config_file), "results": results}
+
+
+def _one_run_command(
+    config_file: str, data_dir: str, out_dir: str, threads: int, max_iter: int, ims: int | None
+) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "resnext_det.benchmark.training",
+        "--run",
+        config_file,
+        data_dir,
+        out_dir,
+        str(threads),
+        str(max_iter),
+        str(ims or 0),
+    ]
+    return args
+
+
+def _run_processes(commands: list[list[str]], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in commands]
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError(f"training subprocess failed ({p.returncode}): {p.args}")
+    return time.perf_counter() - start
+
+
+def time_parallel_runs(
+    config_file: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    runs: int = 2,
+    max_iter: int = 40,
+    rounds: int = 3,
+    ims_per_batch: int | None = None,
+) -> dict[str, Any]:
+    """Wall time of ``runs`` trainings of ``max_iter`` iterations, one after another with all
+    cores' threads each ("sequential") or side by side with one thread each ("parallel"),
+    interleaved over ``rounds``; each run a fresh process (its start-up included)."""
+    from ..data import make_synthetic_coco
+
+    make_synthetic_coco(data_dir)
+    cores = os.cpu_count() or 1
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    times: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    for r in range(rounds):
+        for mode in times:
+            threads = cores if mode == "sequential" else 1
+            cmds = [
+                _one_run_command(
+                    str(config_file),
+                    str(data_dir),
+                    str(Path(out_dir) / f"{mode}_{r}_{k}"),
+                    threads,
+                    max_iter,
+                    ims_per_batch,
+                )
+                for k in range(runs)
+            ]
+            if mode == "sequential":
+                times[mode].append(sum(_run_processes([c], env) for c in cmds))
+            else:
+                times[mode].append(_run_processes(cmds, env))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "runs": runs,
+        "max_iter": max_iter,
+        "cores": cores,
+        "seconds": times,
+        "median_s": med,
+        "parallel_over_sequential": med["parallel"] / med["sequential"],
+    }
+
+
+def loss_curves(
+    config_file: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    settings: list[str] | tuple[str, ...] = ("fp32", "channels_last+bf16"),
+    seeds: list[int] | tuple[int, ...] = (0, 1),
+    max_iter: int = 300,
+    ims_per_batch: int | None = None,
+) -> dict[str, Any]:
+    """Training loss of every (setting, seed) over ``max_iter`` iterations of the demo schedule
+    compressed to ``max_iter``; the trainers are interleaved, 10 iterations at a time."""
+    from ..data import make_synthetic_coco
+
+    make_synthetic_coco(data_dir).register("synthetic")
+    trainers = {}
+    for name in settings:
+        for seed in seeds:
+            cfg = demo_train_config(
+                config_file,
+                Path(out_dir) / f"{name}_s{seed}",
+                max_iter=max_iter,
+                ims_per_batch=ims_per_batch,
+                seed=seed,
+            )
+            trainers[(name, seed)] = _SteppedTrainer(TRAIN_SETTINGS[name].apply(cfg))
+    done = 0
+    while done < max_iter:
+        n = min(10, max_iter - done)
+        for tr in trainers.values():
+            tr.step(n)
+        done += n
+    return {
+        "config_file": str(config_file),
+        "max_iter": max_iter,
+        "curves": [
+            {"setting": name, "seed": seed, "losses": tr.losses}
+            for (name, seed), tr in trainers.items()
+        ],
+    }
+
+
+def train_and_evaluate(
+    config_file: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    setting: str = "channels_last+bf16",
+    max_iter: int | None = None,
+    ims_per_batch: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One demo training run with ``setting``, then COCO AP on the generated val split."""
+    from ..data import make_synthetic_coco
+    from ..speed import apply_cpu_training, cpu_training_settings
+    from ..training import Trainer
+
+    make_synthetic_coco(data_dir).register("synthetic")
+    cfg = demo_train_config(
+        config_file, out_dir, max_iter=max_iter, ims_per_batch=ims_per_batch, seed=seed
+    )
+    cfg = TRAIN_SETTINGS[setting].apply(cfg)
+    cfg.DATASETS.TEST = ("synthetic_val",)
+    cfg.freeze()
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    settings = cpu_training_settings(cfg)
+    apply_cpu_training(trainer.model, settings)  # TODO(train merge): the Trainer does it
+    trainer._trainer.amp = bool(settings and settings.amp_dtype)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    return {
+        "config_file": str(config_file),
+        "setting": setting,
+        "seed": seed,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - start,
+        "bbox": dict(results["bbox"]),
+    }
+
+
+def _main_one_run(argv: list[str]) -> None:
+    """``--run CONFIG DATA OUT THREADS MAX_ITER IMS``: one training run (for the parallel test)."""
+    from ..data import make_synthetic_coco
+    from ..training import train
+
+    config_file, data_dir, out_dir, threads, max_iter, ims = argv
+    make_synthetic_coco(data_dir).register("synthetic")
+    cfg = demo_train_config(
+        config_file, out_dir, max_iter=int(max_iter), ims_per_batch=int(ims) or None
+    )
+    cfg = replace(TRAIN_SETTINGS["fp32"], threads=int(threads)).apply(cfg)
+    cfg.freeze()
+    with contextlib.redirect_stderr(open(os.devnull, "w")):
+        train(cfg)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--run"]:
+        _main_one_run(sys.argv[2:])
+    else:
+        import argparse
+
+        p = argparse.ArgumentParser()
+        p.add_argument("what", choices=["settings", "parallel", "losses", "schedule"])
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--setting", default="channels_last+bf16")
+        p.add_argument("--config", default="configs/demo/faster_rcnn_X_demo.yaml")
+        p.add_argument("--data", default="output/speed/data")
+        p.add_argument("--out", default="output/speed")
+        p.add_argument("--settings", nargs="+")
+        p.add_argument("--ims", type=int)
+        p.add_argument("--iters", type=int, default=300)
+        p.add_argument("--rounds", type=int, default=5)
+        a = p.parse_args()
+        if a.what == "settings":
+            rep = time_training_settings(
+                a.config,
+                a.data,
+                a.out,
+                rounds=a.rounds,
+                ims_per_batch=a.ims,
+                **({"settings": a.settings} if a.settings else {}),
+            )
+            for r in rep["results"]:
+                r.pop("losses")
+        elif a.what == "parallel":
+            rep = time_parallel_runs(a.config, a.data, a.out, rounds=a.rounds, ims_per_batch=a.ims)
+        elif a.what == "schedule":
+            rep = train_and_evaluate(
+                a.config,
+                a.data,
+                a.out,
+                setting=a.setting,
+                max_iter=a.iters,
+                ims_per_batch=a.ims,
+                seed=a.seed,
+            )
+        else:
+            rep = loss_curves(a.config, a.data, a.out, max_iter=a.iters, ims_per_batch=a.ims)
+        print("RESULT " + json.dumps(rep))
