@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
+import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "PAUSE_ENV",
     "TMP_MARK",
     "AtomicWriteError",
     "atomic_write",
@@ -34,6 +38,13 @@ __all__ = [
 # Temporary files are named ".<name>.tmp-<pid>-<random>": hidden, next to their target, and
 # recognisable, so that the leftovers of a killed writer can be found and removed.
 TMP_MARK = ".tmp-"
+
+# For crash tests only: "SECONDS" or "SECONDS:GLOB" makes atomic_write sleep after a temporary
+# file is written and fsynced and before it is renamed into place (for files whose name matches
+# GLOB, default all), so that a test can SIGKILL the process inside that window.
+PAUSE_ENV = "RESNEXT_DET_TEST_PAUSE_BEFORE_RENAME"
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicWriteError(OSError):
@@ -78,12 +89,21 @@ def _fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _test_pause(tmp: Path, path: Path) -> None:
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return
+    seconds, _, pattern = value.partition(":")
+    if fnmatch.fnmatch(path.name, pattern or "*"):
+        logger.warning(f"{PAUSE_ENV}={value}: pausing before renaming {tmp} -> {path}")
+        time.sleep(float(seconds))
+
+
 def atomic_write(
     path: str | os.PathLike,
     write: Callable[[IO[bytes]], Any],
     *,
     error: type[AtomicWriteError] = AtomicWriteError,
-    before_replace: Callable[[Path, Path], None] | None = None,
     durable: bool = True,
 ) -> Path:
     """Write ``path`` through ``write(file)``: it is either the old file or the whole new one.
@@ -92,8 +112,6 @@ def atomic_write(
         path: destination file; its directory is created if missing.
         write: called with the open binary temporary file; writes the content.
         error: the :class:`AtomicWriteError` subclass to raise.
-        before_replace: called with (temporary, destination) after the fsync and before the
-            rename; crash tests use it to hold the process inside that window.
         durable: fsync the file and the directory (a power loss keeps the new file). False
             skips both (the rename still protects against kills and errors): for many small files
             that are cheap to make again, such as generated images, where fsync doubles the time.
@@ -116,8 +134,7 @@ def atomic_write(
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace(tmp, dest)
+        _test_pause(tmp, dest)
         os.replace(tmp, dest)
         if durable:
             _fsync_dir(dest.parent)

@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from resnext_det.training.checkpoint import PAUSE_ENV
+from resnext_det.io import PAUSE_ENV
 
 TINY = REPO / "configs" / "tests" / "faster_rcnn_tiny.yaml"
 TRAIN_NET = REPO / "tools" / "train_net.py"

@@ -33,13 +33,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import resnext_det  # noqa: E402,F401  (registers the ResNeXt backbones)
-from resnext_det.training import argument_parser, evaluate, launch, train  # noqa: E402
-from resnext_det.training import setup as setup_training  # noqa: E402
-
-
-def setup(args):
-    """Create the config and do detectron2's basic setup (logging, seed, config.yaml)."""
-    return setup_training(args)
+from resnext_det.training import (  # noqa: E402
+    argument_parser,
+    evaluate,
+    launch_from_args,
+    setup,
+    train,
+)
 
 
 def main(args):
@@ -50,13 +50,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = argument_parser().parse_args()
+    parser = argument_parser()
+    args = parser.parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args, parser)

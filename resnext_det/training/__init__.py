@@ -1,36 +1,34 @@
 """Training: the trainer, atomic checkpoints, resumable data order, launchers for GPUs and CPUs.
 
-``tools/train_net.py`` is ``setup`` + ``train``/``evaluate`` + ``launch`` from here.
+Modules by job: :mod:`.trainer` (the ``DefaultTrainer``), :mod:`.step` (the guarded step),
+:mod:`.hooks` (resume state, replica check), :mod:`.state` (random states, fingerprints),
+:mod:`.sampler` (data order), :mod:`.checkpoint`, :mod:`.launch`, :mod:`.cli` (what
+``tools/train_net.py`` does: parse, set up, train or evaluate).
 """
 
 from __future__ import annotations
 
-from .checkpoint import CheckpointWriteError, TrainingCheckpointer, atomic_write
+from .checkpoint import CheckpointWriteError, TrainingCheckpointer
 from .cli import (
     argument_parser,
     configure_input_for_weights,
     evaluate,
+    launch_from_args,
     make_deterministic,
-    register_datasets,
     setup,
     train,
 )
-from .launch import launch, torchrun_env
+from .hooks import ReplicaCheckHook, TrainingStateHook
+from .launch import LaunchArgumentError, launch, torchrun_env
 from .sampler import ResumableSampler
-from .trainer import (
-    GuardedTrainer,
-    NonFiniteLossError,
-    ReplicaCheckHook,
-    Trainer,
-    TrainingStateHook,
-    capture_rng_state,
-    parameter_fingerprint,
-    restore_rng_state,
-)
+from .state import capture_rng_state, parameter_fingerprint, restore_rng_state
+from .step import GuardedTrainer, NonFiniteLossError
+from .trainer import Trainer
 
 __all__ = [
     "CheckpointWriteError",
     "GuardedTrainer",
+    "LaunchArgumentError",
     "NonFiniteLossError",
     "ReplicaCheckHook",
     "ResumableSampler",
@@ -38,14 +36,13 @@ __all__ = [
     "TrainingCheckpointer",
     "TrainingStateHook",
     "argument_parser",
-    "atomic_write",
     "capture_rng_state",
     "configure_input_for_weights",
     "evaluate",
     "launch",
+    "launch_from_args",
     "make_deterministic",
     "parameter_fingerprint",
-    "register_datasets",
     "restore_rng_state",
     "setup",
     "torchrun_env",

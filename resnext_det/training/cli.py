@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,9 +18,11 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 from ..data import register_from_config
+from ..io import write_text_atomic
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
-from .checkpoint import TrainingCheckpointer, atomic_write
+from .checkpoint import TrainingCheckpointer
+from .launch import LaunchArgumentError, launch
 from .trainer import Trainer
 
 __all__ = [
@@ -27,10 +30,10 @@ __all__ = [
     "setup",
     "train",
     "evaluate",
-    "register_datasets",
     "configure_input_for_weights",
     "make_deterministic",
     "default_setup",
+    "launch_from_args",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,12 +58,6 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         "you trust. detectron2's own model-zoo configs need no flag",
     )
     return parser
-
-
-def register_datasets(cfg: CfgNode) -> None:
-    """Register every ``cfg.DATASETS.COCO_REGISTER`` entry (in each process: spawned workers do
-    not inherit the parent's catalog)."""
-    register_from_config(cfg)
 
 
 def _has_last_checkpoint(cfg: CfgNode) -> bool:
@@ -147,7 +144,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
     if comm.is_main_process() and output_dir:
         path = os.path.join(output_dir, "config.yaml")
         log.info(f"Running with full config:\n{cfg.dump()}")
-        atomic_write(path, lambda f: f.write(cfg.dump().encode()))
+        write_text_atomic(path, cfg.dump())
         log.info(f"Full config saved to {path}")
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not getattr(args, "eval_only", False):
@@ -167,7 +164,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
         make_deterministic()
-    register_datasets(cfg)
+    register_from_config(cfg)  # in each process: spawned workers do not inherit the catalog
     return cfg
 
 
@@ -192,3 +189,34 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any] | None:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
+
+
+# detectron2's launcher flags (default_argument_parser), by the launch() argument each sets.
+_LAUNCH_FLAGS = {
+    "num_gpus_per_machine": "--num-gpus",
+    "num_machines": "--num-machines",
+    "machine_rank": "--machine-rank",
+    "dist_url": "--dist-url",
+}
+
+
+def launch_from_args(
+    main_func: Callable[[argparse.Namespace], Any],
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+) -> Any:
+    """:func:`~resnext_det.training.launch` ``main_func(args)`` with the parsed launcher flags.
+
+    An argument :func:`launch` refuses is a usage error (exit status 2) naming the flag.
+    """
+    try:
+        return launch(
+            main_func,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except LaunchArgumentError as exc:
+        parser.error(f"{_LAUNCH_FLAGS.get(exc.argument, exc.argument)} {exc.problem}")

@@ -23,12 +23,25 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
-__all__ = ["launch", "torchrun_env", "DEFAULT_TIMEOUT"]
+__all__ = ["DEFAULT_TIMEOUT", "LaunchArgumentError", "launch", "torchrun_env"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class LaunchArgumentError(ValueError):
+    """An argument of :func:`launch` that is not allowed.
+
+    ``argument`` is the parameter's name and ``problem`` the rest of the message, so that a
+    command-line tool can say it with its own flag (``--num-gpus`` for ``num_gpus_per_machine``).
+    """
+
+    def __init__(self, argument: str, problem: str):
+        super().__init__(f"{argument} {problem}")
+        self.argument = argument
+        self.problem = problem
 
 
 def torchrun_env() -> dict[str, int] | None:
@@ -135,11 +148,11 @@ def launch(
 
     Args:
         main_func: the per-process entry point.
-        num_gpus_per_machine: processes per machine (``--num-gpus``), ignored under torchrun.
-        num_machines: machines (``--num-machines``), ignored under torchrun.
-        machine_rank: this machine's rank (``--machine-rank``), ignored under torchrun.
-        dist_url: ``tcp://host:port`` of machine 0 (``--dist-url``), or ``"auto"`` for a free
-            local port; ignored under torchrun, which uses ``MASTER_ADDR``/``MASTER_PORT``.
+        num_gpus_per_machine: processes per machine, ignored under torchrun.
+        num_machines: machines, ignored under torchrun.
+        machine_rank: this machine's rank, ignored under torchrun.
+        dist_url: ``tcp://host:port`` of machine 0, or ``"auto"`` (or None) for a free local
+            port; ignored under torchrun, which uses ``MASTER_ADDR``/``MASTER_PORT``.
         args: arguments for ``main_func``.
         timeout: collective-operation timeout.
         backend: ``"auto"`` (NCCL when CUDA is available, else gloo), ``"nccl"`` or ``"gloo"``;
@@ -149,6 +162,10 @@ def launch(
     Returns:
         what ``main_func`` returns in a single process or under torchrun; None when workers
         were spawned.
+
+    Raises:
+        LaunchArgumentError: an argument out of range (named as the parameter, for the caller
+            to translate into its own terms).
     """
     env = torchrun_env()
     if env is not None:
@@ -160,11 +177,16 @@ def launch(
         finally:
             dist.destroy_process_group()
 
-    for name, value in (("--num-gpus", num_gpus_per_machine), ("--num-machines", num_machines)):
+    for name, value in (
+        ("num_gpus_per_machine", num_gpus_per_machine),
+        ("num_machines", num_machines),
+    ):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            raise LaunchArgumentError(name, f"must be a positive integer; got {value!r}")
     if not 0 <= machine_rank < num_machines:
-        raise ValueError(f"--machine-rank must be in 0..{num_machines - 1}; got {machine_rank}")
+        raise LaunchArgumentError(
+            "machine_rank", f"must be in 0..{num_machines - 1}; got {machine_rank}"
+        )
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
@@ -183,7 +205,11 @@ def launch(
 
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+            raise LaunchArgumentError(
+                "dist_url",
+                f"'auto' works on one machine only ({num_machines} machines); give "
+                "tcp://HOST:PORT of machine 0",
+            )
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("", 0))
             dist_url = f"tcp://127.0.0.1:{sock.getsockname()[1]}"

@@ -25,9 +25,15 @@ import itertools
 from collections.abc import Iterator
 
 import torch
+from detectron2.config import CfgNode
+from detectron2.data.samplers import (
+    RandomSubsetTrainingSampler,
+    RepeatFactorTrainingSampler,
+    TrainingSampler,
+)
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler"]
+__all__ = ["ResumableSampler", "build_train_sampler"]
 
 
 class ResumableSampler(Sampler):
@@ -83,3 +89,25 @@ def _training_stream(size: int, shuffle: bool, seed: int, *, skip_epochs: int) -
             yield from torch.randperm(size, generator=g).tolist()
         else:
             yield from range(size)
+
+
+_SAMPLERS = ("TrainingSampler", "RepeatFactorTrainingSampler", "RandomSubsetTrainingSampler")
+
+
+def build_train_sampler(cfg: CfgNode, dataset: list[dict], *, seed: int, start: int = 0):
+    """``DATALOADER.SAMPLER_TRAIN`` with an explicit seed, positioned ``start`` images in."""
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name == "TrainingSampler":
+        base = TrainingSampler(len(dataset), seed=seed)
+    elif name == "RepeatFactorTrainingSampler":
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset, cfg.DATALOADER.REPEAT_THRESHOLD
+        )
+        base = RepeatFactorTrainingSampler(factors, seed=seed)
+    elif name == "RandomSubsetTrainingSampler":
+        base = RandomSubsetTrainingSampler(
+            len(dataset), cfg.DATALOADER.RANDOM_SUBSET_RATIO, seed_shuffle=seed, seed_subset=seed
+        )
+    else:
+        raise ValueError(f"DATALOADER.SAMPLER_TRAIN must be one of {_SAMPLERS}; got {name!r}")
+    return ResumableSampler(base, start=start)

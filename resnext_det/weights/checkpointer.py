@@ -10,13 +10,14 @@ through :meth:`ResNeXtCheckpointer._load_file`, so ``resume_or_load``, ``--resum
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from ..io import atomic_write
+from ..io import AtomicWriteError, atomic_write
 from .conventions import PRESETS, Conventions
 from .io import save_checkpoint
 from .loader import Architecture, Weights, plan_load, read_weights
@@ -48,11 +49,21 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
     Loading places the ResNet under the model's bottom-up prefix (``backbone.bottom_up.`` for FPN,
     ``backbone.`` + ``roi_heads.res5.`` for C4) by exact names, stops on a checkpoint of another
-    architecture, and logs detectron2's matched-weights table. Saving is atomic (a crash never
-    leaves a half-written ``model_final.pth``) and records the model's input conventions.
+    architecture, and logs detectron2's matched-weights table.
 
-    Args: as :class:`detectron2.checkpoint.DetectionCheckpointer`.
+    Saving is fvcore's ``save`` made durable: the checkpoint file, then ``last_checkpoint``, each
+    written through :func:`resnext_det.io.atomic_write` (a kill or a full disk never leaves a
+    half-written ``model_final.pth``, and ``last_checkpoint`` only moves once the file it names is
+    whole), with the model's input conventions recorded beside the weights. A failed write raises
+    :attr:`write_error` naming the file and the checkpoint that is still intact. Paths with a
+    ``scheme://`` (remote storage through iopath) keep fvcore's non-atomic save.
+
+    Args: as :class:`detectron2.checkpoint.DetectionCheckpointer` (whose ``__init__`` already
+    unwraps ``DistributedDataParallel``, so ``self.model`` has the names that are saved).
     """
+
+    #: The :class:`~resnext_det.io.AtomicWriteError` a failed save raises.
+    write_error: type[AtomicWriteError] = AtomicWriteError
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         weights = read_weights(filename)
@@ -62,22 +73,54 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         # _load_model loads them as they are (no suffix matching).
         return {"model": state, **weights.training_state}
 
+    def _is_local(self) -> bool:
+        return "://" not in str(self.save_dir)
+
     def save(self, name: str, **kwargs: Any) -> None:
         """As fvcore's ``Checkpointer.save``, but atomic and with the model's conventions."""
         if not self.save_dir or not self.save_to_disk:
             return
+        if not self._is_local():
+            return super().save(name, **kwargs)
         data: dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        data["resnext_det"] = model_metadata(self.model)
+        metadata = model_metadata(self.model)
+        if metadata:
+            data["resnext_det"] = metadata
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         if os.path.basename(save_file) != basename:
             raise ValueError(f"checkpoint name must be a plain file name; got {name!r}")
         self.logger.info("Saving checkpoint to %s", save_file)
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        self._write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._is_local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        self._write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+            done=f"{last_filename_basename} was written whole, but ",
+        )
+
+    def _write(self, path: str, write: Callable[[IO[bytes]], Any], *, done: str = "") -> None:
+        """Every file of a save is written here; a failure says what is still intact."""
+        try:
+            atomic_write(path, write, error=self.write_error)
+        except AtomicWriteError as exc:
+            raise type(exc)(exc.errno, f"{exc.strerror}. {done}{self._intact()}") from exc
+
+    def _intact(self) -> str:
+        if self.has_checkpoint() and self.get_checkpoint_file():
+            return (
+                f"the previous checkpoint, {self.get_checkpoint_file()} (named in "
+                f"{os.path.join(self.save_dir, 'last_checkpoint')}), is intact: resume from it "
+                "(train_net.py --resume)"
+            )
+        return f"no earlier checkpoint exists in {self.save_dir}"
 
 
 def config_lines(path: str, conventions: Conventions, architecture: Architecture | None) -> str:

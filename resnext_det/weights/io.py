@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import BadFileError
 from ..io import atomic_write, write_bytes_atomic
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadFileError):
     """A checkpoint file that cannot be read or does not hold what it must; names the file."""
 
 

@@ -1,0 +1,72 @@
+"""Random-number state and parameter fingerprints: what a resumed or distributed run compares.
+
+The random state is saved in checkpoints so that a resumed run draws what the interrupted one
+would have (augmentations use numpy's and Python's global RNGs, proposal sampling uses torch's).
+It is stored as plain lists and tensors so that ``torch.load(weights_only=True)`` reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["capture_rng_state", "restore_rng_state", "preserved_rng", "parameter_fingerprint"]
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's Python, numpy, torch (and CUDA) random states, in a torch.save-safe form."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (evaluation) without changing the random state training continues from."""
+    state = capture_rng_state()
+    try:
+        yield
+    finally:
+        restore_rng_state(state)
+
+
+def parameter_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-1 of every parameter's bytes, in name order: equal iff the parameters are bit-equal."""
+    model = getattr(model, "module", model)  # DistributedDataParallel: the same names as saved
+    h = hashlib.sha1()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
