@@ -107,16 +107,11 @@ class _SteppedTrainer:
     def __init__(self, cfg: CfgNode):
         from detectron2.utils.events import EventStorage
 
-        from ..speed import apply_cpu_training, cpu_training_settings
         from ..training import Trainer
 
         self.cfg = cfg
         cfg.freeze()
-        settings = cpu_training_settings(cfg)
-        self.trainer = Trainer(cfg)
-        # TODO(train merge): the Trainer applies these itself.
-        apply_cpu_training(self.trainer.model, settings)
-        self.trainer._trainer.amp = bool(settings and settings.amp_dtype)
+        self.trainer = Trainer(cfg)  # applies cfg.CPU_TRAINING (threads included)
         self.threads = torch.get_num_threads()
         self.trainer.resume_or_load(resume=False)
         self.trainer.iter = self.trainer.start_iter = 0
@@ -125,6 +120,8 @@ class _SteppedTrainer:
         self.losses: list[float] = []
         self.data_times: list[float] = []
         self.step_times: list[float] = []
+        self.hook_times: list[float] = []
+        self.cpu_times: list[float] = []
         with self.storage:
             self.trainer.before_train()
 
@@ -134,11 +131,15 @@ class _SteppedTrainer:
         torch.set_num_threads(self.threads)
         with self.storage:
             for _ in range(n):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 t.before_step()
+                mid = time.perf_counter()
                 t.run_step()
+                end_step = time.perf_counter()
                 t.after_step()
                 times.append(time.perf_counter() - start)
+                self.hook_times.append(times[-1] - (end_step - mid))
+                self.cpu_times.append(time.process_time() - start_cpu)
                 self.step_times.append(times[-1])
                 latest = self.storage.latest()
                 self.losses.append(float(latest["total_loss"][0]))
@@ -159,8 +160,12 @@ def time_training_settings(
     warmup: int = 3,
     ims_per_batch: int | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Seconds per training iteration of the demo under each setting, interleaved.
+
+    ``threads`` overrides every setting's thread count. With one thread, the process CPU time
+    per iteration (recorded beside the wall time) is what the iteration takes on a quiet core.
 
     Every trainer starts from the same seed (weights and data order), so all do the same work
     while their weights stay close; ``rounds`` rounds of ``iters_per_round`` iterations each.
@@ -182,15 +187,21 @@ def time_training_settings(
             ims_per_batch=ims_per_batch,
             seed=seed,
         )
-        trainers[name] = _SteppedTrainer(TRAIN_SETTINGS[name].apply(cfg))
+        setting = TRAIN_SETTINGS[name]
+        if threads is not None:
+            setting = replace(setting, threads=threads)
+        trainers[name] = _SteppedTrainer(setting.apply(cfg))
     torch.set_num_threads(default_threads)
     for tr in trainers.values():
         tr.step(warmup)
     per_iter: dict[str, list[float]] = {n: [] for n in trainers}
+    cpu_per_iter: dict[str, list[float]] = {n: [] for n in trainers}
     for _ in range(rounds):
         for name, tr in trainers.items():
             per_iter[name].append(statistics.median(tr.step(iters_per_round)))
+            cpu_per_iter[name].append(statistics.median(tr.cpu_times[-iters_per_round:]))
     base = statistics.median(per_iter[settings[0]])
+    cpu_base = statistics.median(cpu_per_iter[settings[0]])
     results = []
     for name, tr in trainers.items():
         med = statistics.median(per_iter[name])
@@ -203,7 +214,11 @@ def time_training_settings(
                 "s_per_iter_median": med,
                 "spread": [min(per_iter[name]), max(per_iter[name])],
                 "ratio_to_first": med / base,
+                "cpu_s_per_iter_rounds": cpu_per_iter[name],
+                "cpu_s_per_iter_median": statistics.median(cpu_per_iter[name]),
+                "cpu_ratio_to_first": statistics.median(cpu_per_iter[name]) / cpu_base,
                 "data_time_share": sum(tr.data_times[warmup:]) / sum(tr.step_times[warmup:]),
+                "hook_time_share": sum(tr.hook_times[warmup:]) / sum(tr.step_times[warmup:]),
                 "losses": tr.losses,
             }
         )
@@ -339,7 +354,6 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """One demo training run with ``setting``, then COCO AP on the generated val split."""
     from ..data import make_synthetic_coco
-    from ..speed import apply_cpu_training, cpu_training_settings
     from ..training import Trainer
 
     make_synthetic_coco(data_dir).register("synthetic")
@@ -351,9 +365,6 @@ def train_and_evaluate(
     cfg.freeze()
     start = time.perf_counter()
     trainer = Trainer(cfg)
-    settings = cpu_training_settings(cfg)
-    apply_cpu_training(trainer.model, settings)  # TODO(train merge): the Trainer does it
-    trainer._trainer.amp = bool(settings and settings.amp_dtype)
     trainer.resume_or_load(resume=False)
     results = trainer.train()
     return {
@@ -401,6 +412,7 @@ if __name__ == "__main__":
         p.add_argument("--ims", type=int)
         p.add_argument("--iters", type=int, default=300)
         p.add_argument("--rounds", type=int, default=5)
+        p.add_argument("--threads", type=int)
         a = p.parse_args()
         if a.what == "settings":
             rep = time_training_settings(
@@ -409,6 +421,7 @@ if __name__ == "__main__":
                 a.out,
                 rounds=a.rounds,
                 ims_per_batch=a.ims,
+                threads=a.threads,
                 **({"settings": a.settings} if a.settings else {}),
             )
             for r in rep["results"]:
