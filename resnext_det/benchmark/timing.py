@@ -172,7 +172,7 @@ def run_benchmark(
                 memory[v.setting.name] = peak_memory(dev, v.step)
             walls: dict[str, list[float]] = {v.setting.name: [] for v in variants}
             cpus: dict[str, list[float]] = {v.setting.name: [] for v in variants}
-            group_probe = PeakProbe(dev) if peak else None
+            group_probe = PeakProbe(dev, clock=clock) if peak else None
             if group_probe:
                 group_probe.warmup()
             for _ in tqdm(range(repeats), desc=f"{label}: rounds", disable=not progress):

@@ -15,8 +15,6 @@ returns the loss curves, for the "same outcome as fp32" comparison.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -29,12 +27,16 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+_REPO = Path(__file__).resolve().parents[2]
+
 __all__ = [
     "TrainSetting",
     "TRAIN_SETTINGS",
     "demo_train_config",
     "time_training_settings",
     "time_parallel_runs",
+    "train_net_command",
+    "train_and_evaluate",
     "loss_curves",
 ]
 
@@ -95,7 +97,8 @@ def demo_train_config(
     if max_iter is not None:
         scale = max_iter / cfg.SOLVER.MAX_ITER
         cfg.SOLVER.STEPS = tuple(max(1, round(s * scale)) for s in cfg.SOLVER.STEPS)
-        cfg.SOLVER.WARMUP_ITERS = max(1, round(cfg.SOLVER.WARMUP_ITERS * scale))
+        # The warm-up stays as long as the config's: shortened, the demo at lr 0.02 diverges.
+        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max_iter // 2)
         cfg.SOLVER.MAX_ITER = max_iter
     cfg.SOLVER.CHECKPOINT_PERIOD = 10**9  # no checkpoints but the final one
     return cfg
@@ -225,31 +228,56 @@ def time_training_settings(
     return {"config_file": str(config_file), "results": results}
 
 
-def _one_run_command(
-    config_file: str, data_dir: str, out_dir: str, threads: int, max_iter: int, ims: int | None
+def _schedule_opts(cfg: CfgNode) -> list[str]:
+    s = cfg.SOLVER
+    return [
+        "SOLVER.MAX_ITER", str(s.MAX_ITER), "SOLVER.STEPS", str(tuple(s.STEPS)),
+        "SOLVER.WARMUP_ITERS", str(s.WARMUP_ITERS), "SOLVER.IMS_PER_BATCH", str(s.IMS_PER_BATCH),
+        "SOLVER.CHECKPOINT_PERIOD", str(s.CHECKPOINT_PERIOD),
+    ]  # fmt: skip
+
+
+def train_net_command(
+    config_file: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    threads: int,
+    max_iter: int | None = None,
+    ims_per_batch: int | None = None,
+    seed: int = 0,
 ) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "resnext_det.benchmark.training",
-        "--run",
-        config_file,
-        data_dir,
-        out_dir,
-        str(threads),
-        str(max_iter),
-        str(ims or 0),
-    ]
-    return args
+    """The ``tools/train_net.py`` command of one demo training run on the generated set in
+    ``data_dir``, with ``CPU_TRAINING.NUM_THREADS threads`` (1 for runs side by side)."""
+    from ..data import make_synthetic_coco
+
+    data = make_synthetic_coco(data_dir)
+    cfg = demo_train_config(
+        config_file, out_dir, max_iter=max_iter, ims_per_batch=ims_per_batch, seed=seed
+    )
+    return [
+        sys.executable, str(_REPO / "tools" / "train_net.py"), "--config-file", str(config_file),
+        "--register", "synthetic_train", str(data.train_json), str(data.train_image_root),
+        "--register", "synthetic_val", str(data.val_json), str(data.val_image_root),
+        "OUTPUT_DIR", str(out_dir), "DATASETS.TEST", "()", "SEED", str(seed),
+        "CPU_TRAINING.NUM_THREADS", str(threads), *_schedule_opts(cfg),
+    ]  # fmt: skip
 
 
-def _run_processes(commands: list[list[str]], env: dict[str, str]) -> float:
-    start = time.perf_counter()
+def _run_processes(commands: list[list[str]], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``commands`` side by side; (wall seconds, CPU seconds of the children)."""
+    import resource
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    start, start_cpu = time.perf_counter(), children_cpu()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in commands]
     for p in procs:
         if p.wait() != 0:
             raise RuntimeError(f"training subprocess failed ({p.returncode}): {p.args}")
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu() - start_cpu
 
 
 def time_parallel_runs(
@@ -258,7 +286,7 @@ def time_parallel_runs(
     out_dir: str | os.PathLike,
     *,
     runs: int = 2,
-    max_iter: int = 40,
+    max_iter: int = 30,
     rounds: int = 3,
     ims_per_batch: int | None = None,
 ) -> dict[str, Any]:
@@ -269,33 +297,39 @@ def time_parallel_runs(
 
     make_synthetic_coco(data_dir)
     cores = os.cpu_count() or 1
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
     times: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
     for r in range(rounds):
         for mode in times:
             threads = cores if mode == "sequential" else 1
             cmds = [
-                _one_run_command(
-                    str(config_file),
-                    str(data_dir),
-                    str(Path(out_dir) / f"{mode}_{r}_{k}"),
-                    threads,
-                    max_iter,
-                    ims_per_batch,
+                train_net_command(
+                    config_file,
+                    data_dir,
+                    Path(out_dir) / f"{mode}_{r}_{k}",
+                    threads=threads,
+                    max_iter=max_iter,
+                    ims_per_batch=ims_per_batch,
+                    seed=k,
                 )
                 for k in range(runs)
             ]
             if mode == "sequential":
-                times[mode].append(sum(_run_processes([c], env) for c in cmds))
+                done = [_run_processes([c], env) for c in cmds]
             else:
-                times[mode].append(_run_processes(cmds, env))
+                done = [_run_processes(cmds, env)]
+            times[mode].append(sum(w for w, _ in done))
+            cpu[mode].append(sum(c for _, c in done))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "runs": runs,
         "max_iter": max_iter,
         "cores": cores,
         "seconds": times,
+        "cpu_seconds": cpu,
         "median_s": med,
+        "cpu_median_s": {k: statistics.median(v) for k, v in cpu.items()},
         "parallel_over_sequential": med["parallel"] / med["sequential"],
     }
 
@@ -351,8 +385,10 @@ def train_and_evaluate(
     max_iter: int | None = None,
     ims_per_batch: int | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """One demo training run with ``setting``, then COCO AP on the generated val split."""
+    """One demo training run with ``setting`` (``threads`` overriding its thread count), then
+    COCO AP on the generated val split."""
     from ..data import make_synthetic_coco
     from ..training import Trainer
 
@@ -360,13 +396,17 @@ def train_and_evaluate(
     cfg = demo_train_config(
         config_file, out_dir, max_iter=max_iter, ims_per_batch=ims_per_batch, seed=seed
     )
-    cfg = TRAIN_SETTINGS[setting].apply(cfg)
+    chosen = TRAIN_SETTINGS[setting]
+    cfg = (chosen if threads is None else replace(chosen, threads=threads)).apply(cfg)
     cfg.DATASETS.TEST = ("synthetic_val",)
     cfg.freeze()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    trainer.train()
+    results = (
+        trainer._last_eval_results
+    )  # DefaultTrainer.train returns it only with EXPECTED_RESULTS
     return {
         "config_file": str(config_file),
         "setting": setting,
@@ -375,69 +415,6 @@ def train_and_evaluate(
         "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
         "threads": torch.get_num_threads(),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - start_cpu,
         "bbox": dict(results["bbox"]),
     }
-
-
-def _main_one_run(argv: list[str]) -> None:
-    """``--run CONFIG DATA OUT THREADS MAX_ITER IMS``: one training run (for the parallel test)."""
-    from ..data import make_synthetic_coco
-    from ..training import train
-
-    config_file, data_dir, out_dir, threads, max_iter, ims = argv
-    make_synthetic_coco(data_dir).register("synthetic")
-    cfg = demo_train_config(
-        config_file, out_dir, max_iter=int(max_iter), ims_per_batch=int(ims) or None
-    )
-    cfg = replace(TRAIN_SETTINGS["fp32"], threads=int(threads)).apply(cfg)
-    cfg.freeze()
-    with contextlib.redirect_stderr(open(os.devnull, "w")):
-        train(cfg)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--run"]:
-        _main_one_run(sys.argv[2:])
-    else:
-        import argparse
-
-        p = argparse.ArgumentParser()
-        p.add_argument("what", choices=["settings", "parallel", "losses", "schedule"])
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--setting", default="channels_last+bf16")
-        p.add_argument("--config", default="configs/demo/faster_rcnn_X_demo.yaml")
-        p.add_argument("--data", default="output/speed/data")
-        p.add_argument("--out", default="output/speed")
-        p.add_argument("--settings", nargs="+")
-        p.add_argument("--ims", type=int)
-        p.add_argument("--iters", type=int, default=300)
-        p.add_argument("--rounds", type=int, default=5)
-        p.add_argument("--threads", type=int)
-        a = p.parse_args()
-        if a.what == "settings":
-            rep = time_training_settings(
-                a.config,
-                a.data,
-                a.out,
-                rounds=a.rounds,
-                ims_per_batch=a.ims,
-                threads=a.threads,
-                **({"settings": a.settings} if a.settings else {}),
-            )
-            for r in rep["results"]:
-                r.pop("losses")
-        elif a.what == "parallel":
-            rep = time_parallel_runs(a.config, a.data, a.out, rounds=a.rounds, ims_per_batch=a.ims)
-        elif a.what == "schedule":
-            rep = train_and_evaluate(
-                a.config,
-                a.data,
-                a.out,
-                setting=a.setting,
-                max_iter=a.iters,
-                ims_per_batch=a.ims,
-                seed=a.seed,
-            )
-        else:
-            rep = loss_curves(a.config, a.data, a.out, max_iter=a.iters, ims_per_batch=a.ims)
-        print("RESULT " + json.dumps(rep))
