@@ -195,3 +195,25 @@ def test_peak_probe_counts_multiply_adds():
     t = sorted(s["float32"]["times_s"])
     assert s["float32"]["gmacs_per_s"] == pytest.approx(256**3 / 1e9 / ((t[0] + t[1]) / 2))
     assert s["float32"]["spread_gmacs_per_s"][0] <= s["float32"]["gmacs_per_s"]
+
+
+def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tmp_path):
+    """The demo probes compress the schedule but not the warm-up (shortened, the demo diverged)
+    and train through tools/train_net.py with the thread count given."""
+    from resnext_det.benchmark.training import demo_train_config, train_net_command
+    from resnext_det.data import make_synthetic_coco
+
+    x = REPO / "configs" / "demo" / "faster_rcnn_X_demo.yaml"
+    full = demo_train_config(x, tmp_path / "full")
+    cfg = demo_train_config(x, tmp_path / "o", max_iter=full.SOLVER.MAX_ITER // 2, seed=3)
+    assert cfg.SOLVER.MAX_ITER == full.SOLVER.MAX_ITER // 2 and cfg.SEED == 3
+    half = tuple(round(s / 2) for s in full.SOLVER.STEPS)
+    assert tuple(cfg.SOLVER.STEPS) == half
+    assert cfg.SOLVER.WARMUP_ITERS == full.SOLVER.WARMUP_ITERS
+    data = make_synthetic_coco(tmp_path / "d", num_train=2, num_val=1, image_size=64)
+    cmd = train_net_command(x, data, tmp_path / "o", threads=1, max_iter=100, seed=2)
+    assert cmd[1].endswith("tools/train_net.py")
+    tail = cmd[cmd.index("OUTPUT_DIR") :]
+    opts = dict(zip(tail[::2], tail[1::2]))
+    assert opts["CPU_TRAINING.NUM_THREADS"] == "1" and opts["SEED"] == "2"
+    assert opts["SOLVER.MAX_ITER"] == "100" and opts["DATASETS.TEST"] == "()"

@@ -239,7 +239,7 @@ def _schedule_opts(cfg: CfgNode) -> list[str]:
 
 def train_net_command(
     config_file: str | os.PathLike,
-    data_dir: str | os.PathLike,
+    data,
     out_dir: str | os.PathLike,
     *,
     threads: int,
@@ -247,11 +247,9 @@ def train_net_command(
     ims_per_batch: int | None = None,
     seed: int = 0,
 ) -> list[str]:
-    """The ``tools/train_net.py`` command of one demo training run on the generated set in
-    ``data_dir``, with ``CPU_TRAINING.NUM_THREADS threads`` (1 for runs side by side)."""
-    from ..data import make_synthetic_coco
-
-    data = make_synthetic_coco(data_dir)
+    """The ``tools/train_net.py`` command of one demo training run on the generated set
+    ``data`` (a :class:`~resnext_det.data.SyntheticCOCO`), with ``CPU_TRAINING.NUM_THREADS
+    threads`` (1 for runs side by side)."""
     cfg = demo_train_config(
         config_file, out_dir, max_iter=max_iter, ims_per_batch=ims_per_batch, seed=seed
     )
@@ -295,7 +293,7 @@ def time_parallel_runs(
     interleaved over ``rounds``; each run a fresh process (its start-up included)."""
     from ..data import make_synthetic_coco
 
-    make_synthetic_coco(data_dir)
+    data = make_synthetic_coco(data_dir)
     cores = os.cpu_count() or 1
     env = {**os.environ, "PYTHONPATH": str(_REPO)}
     times: dict[str, list[float]] = {"sequential": [], "parallel": []}
@@ -306,7 +304,7 @@ def time_parallel_runs(
             cmds = [
                 train_net_command(
                     config_file,
-                    data_dir,
+                    data,
                     Path(out_dir) / f"{mode}_{r}_{k}",
                     threads=threads,
                     max_iter=max_iter,
@@ -417,4 +415,5 @@ def train_and_evaluate(
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - start_cpu,
         "bbox": dict(results["bbox"]),
+        "total_loss": [v for v, _ in trainer.storage.history("total_loss").values()],
     }
