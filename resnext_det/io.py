@@ -7,7 +7,11 @@ filesystem, so the rename cannot turn into a copy), flushed and fsynced, renamed
 with ``os.replace`` (atomic on POSIX and Windows), and the directory fsynced so that the rename
 itself survives a power loss. :func:`staged_files` does the same for several files that belong
 together (an export and its metadata sidecar, the files of a report): none is renamed until all
-were written.
+were written, and a failed rename puts back the ones before it.
+
+A full disk is reported as one (``errno`` ``ENOSPC``, the path, "No space left on device") at any
+fill level, also when the writer hides it: torch's zip writer turns it into "unexpected pos" at
+some fill levels, and writers that open the path themselves lose the errno.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,6 +103,57 @@ def _test_pause(tmp: Path, path: Path) -> None:
         time.sleep(float(seconds))
 
 
+class _RecordingFile:
+    """The file a writer is given: it remembers the first ``OSError`` of a write.
+
+    torch's zip writer (``torch.save`` to a file object) turns the ``ENOSPC`` of a full disk into
+    ``RuntimeError: [enforce fail at inline_container.cc:...] unexpected pos ...`` at some fill
+    levels; the recorded error says what really happened.
+    """
+
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int | None:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+# A writer that failed while the disk had less than this left was most likely stopped by the full
+# disk (writers that open the path themselves, such as torch.jit.save, lose the errno).
+_FULL_MARGIN = 64 << 10
+
+
+def _no_space_left(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+    return free * st.f_frsize < _FULL_MARGIN
+
+
+def _os_error_behind(
+    exc: Exception, recorded: OSError | None, directories: Iterable[Path]
+) -> Exception:
+    """The ``OSError`` a writer's exception stands for (a recorded one, or a full disk), else
+    ``exc`` itself. Call it before the temporary files are removed (they hold the space)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    if recorded is not None:
+        return recorded
+    if any(_no_space_left(d) for d in dict.fromkeys(directories)):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return exc
+
+
 def atomic_write(
     path: str | os.PathLike,
     write: Callable[[IO[bytes]], Any],
@@ -129,11 +184,20 @@ def atomic_write(
     tmp = _temp_path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(_create(tmp), "wb") as f:
-            write(f)
-            f.flush()
+        with os.fdopen(_create(tmp), "wb") as raw:
+            f = _RecordingFile(raw)
+            try:
+                write(f)  # type: ignore[arg-type]
+            except Exception as exc:
+                behind = _os_error_behind(exc, f.error, [dest.parent])
+                if behind is exc:
+                    raise
+                raise behind from exc
+            if f.error is not None:  # a writer that swallowed its file's error
+                raise f.error
+            raw.flush()
             if durable:
-                os.fsync(f.fileno())
+                os.fsync(raw.fileno())
         _test_pause(tmp, dest)
         os.replace(tmp, dest)
         if durable:
@@ -176,8 +240,10 @@ def staged_files(
 
     Yields one empty temporary file per path (same directory, permissions from the umask) for the
     block to write, by path, with any writer (``torch.jit.save``, ``fig.savefig``, onnx). When the
-    block succeeds, each is fsynced and renamed onto its path in order; when it raises, they are
-    all removed and no destination is touched.
+    block succeeds, each is fsynced and renamed onto its path in order, each file it replaces
+    kept (hard-linked aside) until every rename has succeeded: if one fails (a folder where a
+    file should go, a read-only entry), the ones already renamed are put back as they were. When
+    the block raises, the temporaries are removed and no destination is touched.
 
     Example::
 
@@ -186,8 +252,9 @@ def staged_files(
             tmp_sidecar.write_text(json.dumps(metadata))
 
     Raises:
-        AtomicWriteError: (or ``error``) an ``OSError`` while writing or renaming, naming the
-            destinations and keeping the cause's errno. Other exceptions propagate unchanged.
+        AtomicWriteError: (or ``error``) an ``OSError`` while writing or renaming (or a writer's
+            failure on a full disk), naming the destinations and keeping the cause's errno.
+            Other exceptions propagate unchanged.
     """
     dests = [Path(os.path.abspath(p)) for p in paths]
     temps: list[Path] = []
@@ -198,15 +265,20 @@ def staged_files(
             tmp = _temp_path(dest)
             os.close(_create(tmp))
             temps.append(tmp)
-        yield list(temps)
+        try:
+            yield list(temps)
+        except Exception as exc:
+            behind = _os_error_behind(exc, None, (d.parent for d in dests))
+            if behind is exc:
+                raise
+            raise behind from exc
         for tmp in temps:
             fd = os.open(tmp, os.O_RDWR)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for tmp, dest in zip(temps, dests):
-            os.replace(tmp, dest)
+        _replace_all(temps, dests)
         for directory in dict.fromkeys(dest.parent for dest in dests):
             _fsync_dir(directory)
     except OSError as exc:
@@ -217,3 +289,49 @@ def staged_files(
         for tmp in temps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _replace_all(temps: Sequence[Path], dests: Sequence[Path]) -> None:
+    """``os.replace`` each temporary onto its destination, or none of them.
+
+    What a destination held is first hard-linked to a backup name (the rename then swaps the
+    entry atomically, so a reader never finds it missing; without hard links it is renamed
+    aside); on a failure the earlier destinations get their backups back, or are removed when
+    they did not exist. A kill in the middle (microseconds) can still leave a mixed group: only
+    swapping a whole folder would close that window.
+    """
+    done: list[tuple[Path, Path | None]] = []  # (destination, its backup or None if it was new)
+    try:
+        for tmp, dest in zip(temps, dests):
+            backup = None
+            if os.path.lexists(dest) and not os.path.isdir(dest):
+                backup = _temp_path(dest)
+                try:
+                    os.link(dest, backup, follow_symlinks=False)
+                except OSError:
+                    os.replace(dest, backup)
+            try:
+                os.replace(tmp, dest)
+            except OSError as exc:
+                if backup is not None and not os.path.lexists(dest):
+                    os.replace(backup, dest)  # the fallback had moved it aside
+                elif backup is not None:
+                    os.unlink(backup)
+                raise OSError(
+                    exc.errno, f"{exc.strerror}: {dest} (none of the group was changed)"
+                ) from exc
+            done.append((dest, backup))
+    except OSError:
+        for dest, backup in reversed(done):
+            try:
+                if backup is None:
+                    os.unlink(dest)
+                else:
+                    os.replace(backup, dest)
+            except OSError as undo:  # nothing more can be done than saying so
+                logger.error(f"could not restore {dest} after a failed group write: {undo}")
+        raise
+    for _, backup in done:
+        if backup is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)

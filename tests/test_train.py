@@ -254,6 +254,35 @@ def test_train_resume_and_eval_only(tmp_path, synthetic):
         assert set(other) == set(results["bbox"])
 
 
+@pytest.mark.slow
+def test_compile_at_eval_only_gives_the_eager_detections(tmp_path, synthetic, monkeypatch):
+    """MODEL.RESNEXT.COMPILE True at --eval-only compiles the backbone (inductor: a C compiler and
+    about a minute here) and gives the eager model's raw detections."""
+    import resnext_det.speed as speed
+
+    cfg = tiny_setup(synthetic, tmp_path / "train")
+    TrainingCheckpointer(Trainer.build_model(cfg), str(tmp_path)).save("weights")
+    compiled, real = [], speed.compile_module
+    monkeypatch.setattr(speed, "compile_module", lambda m, **k: compiled.append(m) or real(m, **k))
+
+    def detections(name: str, *switches: str) -> list[dict]:
+        args = ["--eval-only", "--config-file", str(TINY), *register_args(synthetic)]
+        args += ["OUTPUT_DIR", str(tmp_path / name), "MODEL.WEIGHTS", str(tmp_path / "weights.pth")]
+        evaluate(setup(argument_parser().parse_args([*args, *switches])))
+        found = tmp_path / name / "inference" / "synthetic_val" / "coco_instances_results.json"
+        return sorted(json.loads(found.read_text()), key=lambda d: (d["image_id"], -d["score"]))
+
+    eager = detections("eager")
+    assert not compiled
+    fast = detections("compiled", "MODEL.RESNEXT.COMPILE", "True")
+    assert len(compiled) == 1 and compiled[0]._compiled_call_impl is not None
+    assert eager and len(fast) == len(eager)
+    for a, b in zip(eager, fast):
+        assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
+        assert b["score"] == pytest.approx(a["score"], abs=1e-4)
+        assert b["bbox"] == pytest.approx(a["bbox"], abs=1e-2)
+
+
 def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = argument_parser().parse_args(

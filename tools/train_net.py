@@ -19,6 +19,10 @@ Examples::
     python tools/train_net.py --config-file CFG --resume
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
 
+    # 3 runs that differ only in SEED (OUT/seed_0 .. seed_2), 2 at a time; or one of them
+    python tools/train_net.py --config-file CFG --seed-runs 3 --parallel 2 OUTPUT_DIR OUT
+    python tools/train_net.py --config-file CFG --seed $SLURM_ARRAY_TASK_ID OUTPUT_DIR OUT
+
     # a COCO-format dataset of your own
     python tools/train_net.py --config-file CFG --register mine_train ann.json images/ \\
         DATASETS.TRAIN "('mine_train',)"
@@ -37,6 +41,7 @@ from resnext_det.training import (  # noqa: E402
     argument_parser,
     evaluate,
     launch_from_args,
+    seed_runs_from_args,
     setup,
     train,
 )
@@ -46,11 +51,13 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         return evaluate(cfg, resume=args.resume)
-    return train(cfg, resume=args.resume)
+    # --seed K is one run of a set: run again, it continues (as --seed-runs does)
+    return train(cfg, resume=args.resume or args.seed is not None)
 
 
 if __name__ == "__main__":
     parser = argument_parser()
     args = parser.parse_args()
     print("Command Line Args:", args)
-    launch_from_args(main, args, parser)
+    if seed_runs_from_args(args, parser) is None:
+        launch_from_args(main, args, parser)

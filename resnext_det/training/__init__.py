@@ -2,7 +2,8 @@
 
 Modules by job: :mod:`.trainer` (the ``DefaultTrainer``), :mod:`.step` (the guarded step),
 :mod:`.hooks` (resume state, replica check), :mod:`.state` (random states, fingerprints),
-:mod:`.sampler` (data order), :mod:`.checkpoint`, :mod:`.launch`, :mod:`.cli` (what
+:mod:`.sampler` (data order), :mod:`.checkpoint`, :mod:`.lock` (one run per OUTPUT_DIR),
+:mod:`.seeds` (runs that differ in SEED), :mod:`.launch`, :mod:`.cli` (what
 ``tools/train_net.py`` does: parse, set up, train or evaluate).
 """
 
@@ -11,17 +12,25 @@ from __future__ import annotations
 from .checkpoint import CheckpointWriteError, TrainingCheckpointer
 from .cli import (
     argument_parser,
+    build_config,
     configure_input_for_weights,
     evaluate,
     launch_from_args,
-    make_deterministic,
+    seed_runs_from_args,
     setup,
     train,
 )
 from .hooks import ReplicaCheckHook, TrainingStateHook
 from .launch import LaunchArgumentError, launch, torchrun_env
+from .lock import OutputDirInUseError, OutputDirLock, lock_output_dir
 from .sampler import ResumableSampler
-from .state import capture_rng_state, parameter_fingerprint, restore_rng_state
+from .seeds import seed_run_config, seed_run_dir, train_seed_run, train_seed_runs
+from .state import (
+    capture_rng_state,
+    make_deterministic,
+    parameter_fingerprint,
+    restore_rng_state,
+)
 from .step import GuardedTrainer, NonFiniteLossError
 from .trainer import Trainer
 
@@ -30,21 +39,30 @@ __all__ = [
     "GuardedTrainer",
     "LaunchArgumentError",
     "NonFiniteLossError",
+    "OutputDirInUseError",
+    "OutputDirLock",
     "ReplicaCheckHook",
     "ResumableSampler",
     "Trainer",
     "TrainingCheckpointer",
     "TrainingStateHook",
     "argument_parser",
+    "build_config",
     "capture_rng_state",
     "configure_input_for_weights",
     "evaluate",
     "launch",
     "launch_from_args",
+    "lock_output_dir",
     "make_deterministic",
     "parameter_fingerprint",
     "restore_rng_state",
+    "seed_run_config",
+    "seed_run_dir",
+    "seed_runs_from_args",
     "setup",
     "torchrun_env",
     "train",
+    "train_seed_run",
+    "train_seed_runs",
 ]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,11 +19,15 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
 from ..data import register_from_config
+from ..errors import ConfigError
 from ..io import write_text_atomic
 from ..speed import apply_inference_config, autocast
 from ..weights import configure_for_weights, explicit_keys
 from .checkpoint import TrainingCheckpointer
-from .launch import LaunchArgumentError, launch
+from .launch import LaunchArgumentError, launch, torchrun_env
+from .lock import OutputDirInUseError, lock_output_dir
+from .seeds import seed_run_config, train_seed_runs
+from .state import make_deterministic
 from .trainer import Trainer
 
 __all__ = [
@@ -33,7 +38,11 @@ __all__ = [
     "configure_input_for_weights",
     "make_deterministic",
     "default_setup",
+    "build_config",
+    "seed_runs_from_args",
+    "train_seed_runs",
     "launch_from_args",
+    "hold_output_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +65,30 @@ def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="let --config-file use Python yaml tags (they run code when loaded); only for a file "
         "you trust. detectron2's own model-zoo configs need no flag",
+    )
+    runs = parser.add_argument_group(
+        "seed runs",
+        "runs of one config that differ only in SEED, each in OUTPUT_DIR/seed_<k>/; "
+        "a run resumes from its checkpoint, or is skipped when finished, when run again",
+    )
+    which = runs.add_mutually_exclusive_group()
+    which.add_argument(
+        "--seed-runs", type=int, metavar="N", help="train seeds 0..N-1, one after another"
+    )
+    which.add_argument("--seeds", type=int, nargs="+", metavar="K", help="train these seeds")
+    which.add_argument(
+        "--seed",
+        type=int,
+        metavar="K",
+        help="train only seed K (any launcher, torchrun too): one job of a Slurm array or of "
+        "separate jobs run side by side",
+    )
+    runs.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="J",
+        help="with --seed-runs/--seeds: J runs at once, in separate processes of one thread each",
     )
     return parser
 
@@ -93,15 +126,6 @@ def configure_input_for_weights(
             "MODEL.WEIGHTS /path/to/file, or MODEL.WEIGHTS '' to train from scratch."
         )
     configure_for_weights(cfg, weights, pinned=pinned)
-
-
-def make_deterministic() -> None:
-    """Ask torch for deterministic kernels (``DETERMINISTIC True``); ops without one warn."""
-    # cuBLAS needs this before its first use to be deterministic (torch's reproducibility notes).
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
 
 def _environment_info() -> str:
@@ -151,16 +175,49 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace) -> None:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
-def setup(args: argparse.Namespace) -> CfgNode:
-    """Config from ``--config-file``, trailing ``KEY VALUE`` pairs and ``--register``; then
-    detectron2's ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+def hold_output_dir(cfg: CfgNode) -> None:
+    """Lock ``cfg.OUTPUT_DIR`` for this run (:mod:`resnext_det.training.lock`) before anything
+    is written there; in every process of a distributed run, which all stop if it is taken.
+
+    The main process holds the lock; the others learn the outcome from it, so that none of them
+    writes its log into a folder another run owns.
+
+    Raises:
+        OutputDirInUseError: another live run holds OUTPUT_DIR.
+    """
+    refused = None
+    if comm.is_main_process():
+        try:
+            lock_output_dir(cfg.OUTPUT_DIR)
+        except OutputDirInUseError as exc:
+            refused = str(exc)
+    if comm.get_world_size() > 1:
+        refused = comm.all_gather(refused)[0]
+    if refused is not None:
+        raise OutputDirInUseError(refused)
+
+
+def build_config(args: argparse.Namespace) -> CfgNode:
+    """The frozen config of ``--config-file``, trailing ``KEY VALUE`` pairs, ``--register``, the
+    conventions of MODEL.WEIGHTS and ``--seed`` (SEED and OUTPUT_DIR/seed_<k>); nothing written."""
     unsafe = getattr(args, "allow_unsafe_yaml", False)
     cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
         cfg.DATASETS.COCO_REGISTER.append(list(entry))
+    if getattr(args, "seed", None) is not None:
+        cfg = seed_run_config(cfg, args.seed)
+        cfg.defrost()
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
     cfg.freeze()
+    return cfg
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """:func:`build_config`; then the OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's
+    ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+    cfg = build_config(args)
+    hold_output_dir(cfg)
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
         make_deterministic()
@@ -185,7 +242,11 @@ def evaluate(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any]:
 
 
 def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any] | None:
-    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint."""
+    """Train with :class:`Trainer`; with ``resume``, continue from the last whole checkpoint.
+
+    Holds OUTPUT_DIR (a no-op after :func:`setup`, which already took it).
+    """
+    hold_output_dir(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
@@ -220,3 +281,36 @@ def launch_from_args(
         )
     except LaunchArgumentError as exc:
         parser.error(f"{_LAUNCH_FLAGS.get(exc.argument, exc.argument)} {exc.problem}")
+
+
+def seed_runs_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> list[Path] | None:
+    """``--seed-runs N`` / ``--seeds K ...``: train those runs (:func:`train_seed_runs`, each
+    single-process, ``--parallel`` at once) and return their ``model_final.pth``; None when
+    neither flag was given. Combinations that cannot work are usage errors naming the flags."""
+    if args.seed_runs is not None:
+        if args.seed_runs < 1:
+            parser.error(f"--seed-runs must be at least 1; got {args.seed_runs}")
+        seeds = list(range(args.seed_runs))
+    elif args.seeds:
+        seeds = list(args.seeds)
+    else:
+        if args.parallel != 1:
+            parser.error("--parallel needs --seed-runs or --seeds")
+        return None
+    if args.eval_only:
+        parser.error("--seed-runs/--seeds train; evaluate each run's model_final.pth instead")
+    if args.num_gpus != 1 or args.num_machines != 1 or torchrun_env() is not None:
+        parser.error(
+            "--seed-runs/--seeds train single-process runs; for multi-process runs start one job "
+            "per seed with --seed K"
+        )
+    if args.parallel < 1:
+        parser.error(f"--parallel must be a positive integer; got {args.parallel}")
+    try:
+        return train_seed_runs(build_config(args), seeds, parallel=args.parallel)
+    except ConfigError as exc:
+        if "seeds must be" in str(exc):
+            parser.error(f"--seeds: {exc}")
+        raise

@@ -1,4 +1,4 @@
-"""Random-number state and parameter fingerprints: what a resumed or distributed run compares.
+"""Random-number state, determinism and parameter fingerprints: what makes runs repeatable.
 
 The random state is saved in checkpoints so that a resumed run draws what the interrupted one
 would have (augmentations use numpy's and Python's global RNGs, proposal sampling uses torch's).
@@ -8,6 +8,7 @@ It is stored as plain lists and tensors so that ``torch.load(weights_only=True)`
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "restore_rng_state", "preserved_rng", "parameter_fingerprint"]
+__all__ = [
+    "capture_rng_state",
+    "restore_rng_state",
+    "preserved_rng",
+    "parameter_fingerprint",
+    "make_deterministic",
+]
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -70,3 +77,12 @@ def parameter_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def make_deterministic() -> None:
+    """Ask torch for deterministic kernels (``DETERMINISTIC True``); ops without one warn."""
+    # cuBLAS needs this before its first use to be deterministic (torch's reproducibility notes).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

@@ -233,7 +233,7 @@ class Trainer(DefaultTrainer):
         return NonFiniteLossError(
             f"{exc} {where}. Lower SOLVER.BASE_LR, raise SOLVER.WARMUP_ITERS, enable "
             "SOLVER.CLIP_GRADIENTS, or check the annotations (empty or inverted boxes); then "
-            "resume with --resume."
+            "resume (train_net.py --resume)."
         )
 
     # -- builders ----------------------------------------------------------------------------

@@ -1,0 +1,202 @@
+"""Several training runs of one config that differ only in ``SEED``: ``OUTPUT_DIR/seed_<k>/``.
+
+Run-to-run variation (weights init and data order) is larger than the effect of the backbone on
+small networks, so a comparison needs several runs per model (the comparison reads them as runs
+of one model). Each run is an ordinary training run in its own folder, independent of the others:
+
+* :func:`train_seed_runs` trains a list of seeds one after another in this process, or ``parallel``
+  of them side by side in spawned processes with one thread each;
+* ``tools/train_net.py --seed K`` trains one of them (any launcher, torchrun included), so that a
+  cluster scheduler (a Slurm array over K, separate torchrun jobs) can fan them out.
+
+A run is resumed when its folder holds a checkpoint, and skipped when it has finished, so a
+command that was killed or pre-empted is simply run again. Each folder is locked by its run
+(:mod:`resnext_det.training.lock`); the parent folder is not, so that separate jobs can share it.
+With ``DETERMINISTIC True`` (and ``DATALOADER.NUM_WORKERS 0``) the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from ..data import register_from_config
+from ..errors import ConfigError
+from ..io import write_text_atomic
+from .lock import lock_output_dir
+from .state import make_deterministic
+from .trainer import Trainer
+
+__all__ = ["seed_run_config", "seed_run_dir", "train_seed_run", "train_seed_runs"]
+
+logger = logging.getLogger(__name__)
+
+_LOGGERS = ("detectron2", "fvcore", "resnext_det")
+
+# What every process has once detectron2 is imported (its builtin COCO, LVIS, VOC names): never
+# carried to workers (reading them would load their annotation files here, for nothing).
+_REGISTERED_ON_IMPORT = frozenset(DatasetCatalog.list())
+
+
+def seed_run_dir(output_dir: str | os.PathLike, seed: int) -> Path:
+    """The folder of the run of ``seed``: ``output_dir/seed_<seed>``."""
+    return Path(output_dir) / f"seed_{seed}"
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if not seeds or bad or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            "seeds must be distinct non-negative integers (a negative SEED means a random one, "
+            f"which no run could repeat), at least one; got {seeds!r}"
+        )
+    return seeds
+
+
+def seed_run_config(cfg: CfgNode, seed: int) -> CfgNode:
+    """``cfg`` with ``SEED`` = ``seed`` and ``OUTPUT_DIR`` = its seed folder (frozen)."""
+    (seed,) = _check_seeds([seed])
+    if not cfg.OUTPUT_DIR:
+        raise ConfigError("OUTPUT_DIR must be set for seed runs (they go to OUTPUT_DIR/seed_<k>)")
+    run = cfg.clone()
+    run.defrost()
+    run.SEED = seed
+    run.OUTPUT_DIR = os.fspath(seed_run_dir(cfg.OUTPUT_DIR, seed))
+    run.freeze()
+    return run
+
+
+@contextlib.contextmanager
+def _run_log(output_dir: str) -> Iterator[None]:
+    """This run's log lines (and only them) into ``output_dir/log.txt``.
+
+    detectron2's ``setup_logger(output)`` is cached per folder and never removes a handler, so
+    runs one after another in one process would each write into every earlier run's log.
+    """
+    for name in _LOGGERS:
+        setup_logger(name=name)  # console, once per process
+    handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
+    )
+    for name in _LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield
+    finally:
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+
+
+def train_seed_run(cfg: CfgNode, seed: int) -> Path:
+    """Train (or resume, or skip when finished) the run of ``seed`` in this process.
+
+    What ``tools/train_net.py`` sets up for a run, for this run only: the folder's lock, its log,
+    ``config.yaml``, every random generator seeded with ``seed``, deterministic kernels when
+    ``DETERMINISTIC``, the datasets of ``DATASETS.COCO_REGISTER``.
+
+    Returns:
+        the run's ``model_final.pth``.
+
+    Raises:
+        OutputDirInUseError: another live process trains this seed.
+    """
+    run = seed_run_config(cfg, seed)
+    lock = lock_output_dir(run.OUTPUT_DIR)
+    try:
+        with _run_log(run.OUTPUT_DIR):
+            logger.info(f"Seed run {seed}: {run.OUTPUT_DIR}")
+            write_text_atomic(os.path.join(run.OUTPUT_DIR, "config.yaml"), run.dump())
+            seed_all_rng(seed)
+            if run.DETERMINISTIC:
+                make_deterministic()
+            register_from_config(run)
+            trainer = Trainer(run)
+            trainer.resume_or_load(resume=True)
+            trainer.train()
+    finally:
+        if lock is not None:
+            lock.release()
+    return Path(run.OUTPUT_DIR) / "model_final.pth"
+
+
+def _carried_datasets(cfg: CfgNode) -> dict[str, tuple[list[dict], dict]]:
+    """The data sets of ``cfg`` registered in this process by code (not by
+    ``DATASETS.COCO_REGISTER``): their records and metadata, for worker processes to register."""
+    own = {entry[0] for entry in cfg.DATASETS.COCO_REGISTER}
+    names = dict.fromkeys([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
+    return {
+        name: (DatasetCatalog.get(name), MetadataCatalog.get(name).as_dict())
+        for name in names
+        if name not in own and name not in _REGISTERED_ON_IMPORT and name in DatasetCatalog.list()
+    }
+
+
+def _worker_init(datasets: dict[str, tuple[list[dict], dict]]) -> None:
+    # Side-by-side runs share the cores: one thread each (more only oversubscribes them).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    for name, (records, metadata) in datasets.items():
+        DatasetCatalog.register(name, lambda records=records: records)
+        metadata = {k: v for k, v in metadata.items() if k != "name"}
+        MetadataCatalog.get(name).set(**metadata)
+
+
+def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) -> list[Path]:
+    """Train the runs of ``seeds`` of ``cfg``, each into ``cfg.OUTPUT_DIR/seed_<k>/``.
+
+    Args:
+        cfg: the config; ``SEED`` and ``OUTPUT_DIR`` are set per run, nothing else differs.
+        seeds: distinct non-negative seeds, e.g. ``range(3)``.
+        parallel: how many runs at once. 1: one after another in this process. More: that many
+            worker processes with one thread each (spawned: torch's autograd cannot be forked),
+            given the records of the data sets registered in this process.
+
+    Returns:
+        each run's ``model_final.pth``, in the order of ``seeds``.
+
+    Raises:
+        ConfigError: bad seeds or ``parallel``, or no OUTPUT_DIR.
+        Exception: a run's own error, with a note naming its seed and folder (the other runs
+            still finish).
+
+    Example::
+
+        finals = train_seed_runs(cfg, range(3))   # [OUT/seed_0/model_final.pth, ...]
+    """
+    seeds = _check_seeds(seeds)
+    for seed in seeds:
+        seed_run_config(cfg, seed)  # every run's config is valid before any starts
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"parallel must be a positive integer; got {parallel!r}")
+    if parallel == 1:
+        return [_noted(train_seed_run, cfg, seed) for seed in seeds]
+    with ProcessPoolExecutor(
+        max_workers=min(parallel, len(seeds)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(_carried_datasets(cfg),),
+    ) as pool:
+        futures = [pool.submit(_noted, train_seed_run, cfg, seed) for seed in seeds]
+        return [f.result() for f in futures]
+
+
+def _noted(run, cfg: CfgNode, seed: int) -> Path:
+    try:
+        return run(cfg, seed)
+    except Exception as exc:
+        exc.add_note(f"(in the run of SEED {seed}, {seed_run_dir(cfg.OUTPUT_DIR, seed)})")
+        raise
