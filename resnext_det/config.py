@@ -29,6 +29,7 @@ def add_resnext_config(cfg: CN) -> CN:
     Safe to call twice. Changes no detectron2 default.
     """
     if "RESNEXT" in cfg.MODEL:
+        _add_cpu_training_config(cfg)
         return cfg
     cfg.MODEL.RESNEXT = CN()
     # How a block's C paths are computed; all three give the same outputs from the same weights and
@@ -63,7 +64,31 @@ def add_resnext_config(cfg: CN) -> CN:
     # and resumed ends with the same weights as an uninterrupted one. Slower on GPUs: use it for
     # debugging and reproducibility checks, not for speed.
     cfg.DETERMINISTIC = False
+    _add_cpu_training_config(cfg)
     return cfg
+
+
+def _add_cpu_training_config(cfg: CN) -> None:
+    """``cfg.CPU_TRAINING``: how training runs on the CPU (not what it learns); applied in one
+    place, :func:`resnext_det.speed.cpu_training_settings`. The defaults are the fastest settings
+    whose training outcome matched fp32 channels-first (docs/benchmarks.md, "CPU training")."""
+    if "CPU_TRAINING" in cfg:
+        return
+    cfg.CPU_TRAINING = CN()
+    # Apply the keys below when MODEL.DEVICE is cpu. False: detectron2's defaults (fp32, NCHW,
+    # torch's thread count), e.g. to time or debug the unmodified trainer.
+    cfg.CPU_TRAINING.ENABLED = True
+    # Weights and activations of the whole detector in channels_last (NHWC): same numbers, faster
+    # grouped convolutions in oneDNN.
+    cfg.CPU_TRAINING.CHANNELS_LAST = True
+    # Autocast dtype of the forward pass: "" (fp32) or "bfloat16" (no gradient scaler needed: it
+    # has fp32's exponent range). Pays off on CPUs with AVX-512 BF16 or AMX; on others it is
+    # emulated and slower, so it is used only where torch reports native bf16 support.
+    # SOLVER.AMP.ENABLED True also trains in bfloat16 on the CPU.
+    cfg.CPU_TRAINING.AMP_DTYPE = "bfloat16"
+    # torch intra-op threads; 0 = torch's default (one per core). 1 when several runs share the
+    # machine side by side (each run then owns a core).
+    cfg.CPU_TRAINING.NUM_THREADS = 0
 
 
 def trusted_config_roots() -> tuple[Path, ...]:

@@ -12,6 +12,11 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
 * :func:`optimize_for_inference`: both of the above plus ``eval()``; the fp32-equal default.
 * :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
 * :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
+
+Training on the CPU (``cfg.CPU_TRAINING``): :func:`cpu_training_settings` turns the config into
+one :class:`CPUTrainingSettings` record (channels_last, bf16 autocast where the CPU has native
+bf16, thread count), which the trainer applies (:func:`apply_cpu_training`) and the benchmark
+measures, so that the fast path cannot differ from what was timed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d
@@ -36,6 +42,10 @@ __all__ = [
     "compile_module",
     "apply_inference_config",
     "max_relative_error",
+    "CPUTrainingSettings",
+    "cpu_training_settings",
+    "apply_cpu_training",
+    "native_bf16",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,3 +262,77 @@ def max_relative_error(actual, expected) -> float:
         got = {k: getattr(v, "tensor", v) for k, v in actual.get_fields().items()}
         return max_relative_error(got, fields)
     raise ValueError(f"cannot compare outputs of type {type(expected).__name__}")
+
+
+def native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    with contextlib.suppress(AttributeError, RuntimeError):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+@dataclass(frozen=True)
+class CPUTrainingSettings:
+    """How a CPU training run executes (``cfg.CPU_TRAINING`` resolved for this machine).
+
+    Attributes:
+        channels_last: the detector's weights (and so activations) in NHWC.
+        amp_dtype: autocast dtype of the forward pass, "" for fp32.
+        num_threads: torch intra-op threads (0: leave torch's default).
+    """
+
+    channels_last: bool = False
+    amp_dtype: str = ""
+    num_threads: int = 0
+
+
+_CPU_AMP = ("", "bfloat16")
+
+
+def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
+    """The CPU training settings ``cfg`` asks for on this machine; None when ``MODEL.DEVICE``
+    is not the CPU or ``CPU_TRAINING.ENABLED`` is False (detectron2's defaults then apply).
+
+    ``AMP_DTYPE "bfloat16"`` resolves to fp32 on a CPU without native bf16 (logged), and
+    ``SOLVER.AMP.ENABLED`` asks for bf16 whatever ``CPU_TRAINING`` says.
+
+    Raises:
+        ValueError: ``CPU_TRAINING.AMP_DTYPE`` or ``NUM_THREADS`` has a value not allowed.
+    """
+    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+        return None
+    node = cfg.get("CPU_TRAINING")
+    amp = "bfloat16" if cfg.SOLVER.AMP.ENABLED else ""
+    if node is None or not node.ENABLED:
+        return CPUTrainingSettings(amp_dtype=amp) if amp else None
+    if node.AMP_DTYPE not in _CPU_AMP:
+        raise ValueError(
+            f"CPU_TRAINING.AMP_DTYPE must be one of {list(_CPU_AMP)}; got {node.AMP_DTYPE!r}"
+        )
+    threads = node.NUM_THREADS
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ValueError(
+            f"CPU_TRAINING.NUM_THREADS must be an integer >= 0 (0: torch's default); got "
+            f"{threads!r}"
+        )
+    if node.AMP_DTYPE and not amp:
+        if native_bf16():
+            amp = node.AMP_DTYPE
+        else:
+            logger.info("CPU_TRAINING.AMP_DTYPE bfloat16: this CPU has no native bf16; fp32")
+    return CPUTrainingSettings(
+        channels_last=bool(node.CHANNELS_LAST), amp_dtype=amp, num_threads=threads
+    )
+
+
+def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -> nn.Module:
+    """Apply ``settings`` to ``model`` (before its optimizer is made) and to this process's
+    thread count; in place, returns ``model``. The autocast dtype is the trainer's to use."""
+    if settings is None:
+        return model
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    if settings.channels_last:
+        to_channels_last(model)
+    return model

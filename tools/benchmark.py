@@ -14,6 +14,11 @@ Examples::
     python tools/benchmark.py --models R-50 X-50-32x4d --tasks forward backward train inference \\
         --size 320 480 --repeats 3 --output /tmp/bench
 
+    # The training-iteration target (Faster R-CNN X-50-32x4d-FPN, 2 images at 512x640):
+    python tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
+        --settings detectron2 channels_last amp channels_last+amp cpu_train_defaults \
+        --repeats 7 --output docs/benchmarks/cpu_train_512x640
+
     # On a GPU:
     python tools/benchmark.py --device cuda --models X-101-32x8d --tasks train --batch 2 \\
         --settings detectron2 channels_last amp channels_last+amp --output docs/benchmarks/gpu
@@ -35,12 +40,13 @@ from resnext_det.benchmark import (  # noqa: E402
     DEFAULT_SETTINGS,
     SETTINGS,
     TASKS,
+    BenchmarkInputError,
     run_benchmark,
     write_benchmark,
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="+", default=["X-50-32x4d"], choices=list(BENCH_MODELS))
     p.add_argument("--tasks", nargs="+", default=["forward"], choices=list(TASKS))
@@ -71,25 +77,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write OUTPUT.json, OUTPUT.md and OUTPUT.png (each atomically)",
     )
     p.add_argument("--no-plot", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--no-peak",
+        action="store_true",
+        help="skip the matrix-product peak timed in every round (no fraction-of-peak column)",
+    )
+    return p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run_benchmark(
-        models=args.models,
-        tasks=args.tasks,
-        settings=args.settings,
-        device=args.device,
-        size=tuple(args.size),
-        batch=args.batch,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        seed=args.seed,
-        clock=args.clock,
-    )
+    try:
+        report = run_benchmark(
+            models=args.models,
+            tasks=args.tasks,
+            settings=args.settings,
+            device=args.device,
+            size=tuple(args.size),
+            batch=args.batch,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            seed=args.seed,
+            clock=args.clock,
+            peak=not args.no_peak,
+        )
+    except BenchmarkInputError as exc:
+        parser.error(f"--{exc.field}: {exc.detail}")
     command = "python tools/benchmark.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )

@@ -17,7 +17,9 @@ What :class:`Trainer` changes, and why:
   all-reduce until the 30-minute timeout).
 * **CPU**: DDP without ``device_ids`` (gloo), and ``SOLVER.AMP.ENABLED`` on the CPU runs bfloat16
   autocast without a gradient scaler (detectron2 0.6's ``AMPTrainer`` asserts CUDA); on CUDA it
-  is float16 with a ``GradScaler``, as in detectron2.
+  is float16 with a ``GradScaler``, as in detectron2. ``cfg.CPU_TRAINING`` (channels_last, bf16
+  autocast, threads: :func:`resnext_det.speed.cpu_training_settings`) is applied here, the one
+  place, and is what ``tools/benchmark.py``'s ``cpu_train_defaults`` setting times.
 * **Evaluation** is COCO's, with ``use_fast_impl=False`` (detectron2's fast COCOeval is compiled
   C++ that this install may lack); it runs with the training RNG state set aside, so periodic
   evaluation does not change what is trained.
@@ -45,6 +47,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper
+from ..speed import apply_cpu_training, cpu_training_settings
 from .checkpoint import TrainingCheckpointer
 from .hooks import ReplicaCheckHook, TrainingStateHook
 from .sampler import build_train_sampler
@@ -85,6 +88,9 @@ class Trainer(DefaultTrainer):
             )
 
         model = self.build_model(cfg)
+        # The CPU speed settings (cfg.CPU_TRAINING; None off the CPU), before the optimizer.
+        self.cpu_training = cpu_training_settings(cfg)
+        apply_cpu_training(model, self.cpu_training)
         optimizer = self.build_optimizer(cfg, model)
         self.sampler_seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         data_loader = self.build_train_loader(cfg, seed=self.sampler_seed)
@@ -93,8 +99,9 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(
             model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
         )
+        amp = bool(self.cpu_training.amp_dtype) if self.cpu_training else cfg.SOLVER.AMP.ENABLED
         self._trainer = GuardedTrainer(
-            model, data_loader, optimizer, amp=cfg.SOLVER.AMP.ENABLED, device=cfg.MODEL.DEVICE
+            model, data_loader, optimizer, amp=amp, device=cfg.MODEL.DEVICE
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

@@ -1,0 +1,135 @@
+"""What the benchmark compares: the models, the tasks and the settings (ways of running them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = [
+    "BENCH_MODELS",
+    "TORCHVISION_MODELS",
+    "TASKS",
+    "BASELINE",
+    "CPU_TRAIN_DEFAULTS",
+    "Setting",
+    "SETTINGS",
+    "DEFAULT_SETTINGS",
+    "BenchmarkInputError",
+]
+
+
+class BenchmarkInputError(ValueError):
+    """A benchmark argument is not allowed; ``field`` names it (``size``, ``models``, ...) so
+    that a command line can name its own flag."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
+# name -> (depth, cardinality, width_per_group); torchvision's constructor of the same network.
+BENCH_MODELS: dict[str, tuple[int, int, int]] = {
+    "R-50": (50, 1, 64),
+    "X-50-32x4d": (50, 32, 4),
+    "R-101": (101, 1, 64),
+    "X-101-32x8d": (101, 32, 8),
+    "X-101-64x4d": (101, 64, 4),
+}
+TORCHVISION_MODELS = {
+    "R-50": "resnet50",
+    "X-50-32x4d": "resnext50_32x4d",
+    "R-101": "resnet101",
+    "X-101-32x8d": "resnext101_32x8d",
+    "X-101-64x4d": "resnext101_64x4d",
+}
+# forward / backward: the backbone (stem + res2..res5) alone; train / inference: Faster R-CNN FPN.
+TASKS = ("forward", "backward", "train", "inference")
+BASELINE = "detectron2"
+# The setting that is what tools/train_net.py does on the CPU by default.
+CPU_TRAIN_DEFAULTS = "cpu_train_defaults"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of running a model.
+
+    ``amp="auto"`` is training AMP as ``SOLVER.AMP.ENABLED`` runs it: float16 (with a gradient
+    scaler) on CUDA, bfloat16 on CPU. ``optimize`` is :func:`optimize_for_inference` (inference
+    tasks only: a folded model cannot train).
+    """
+
+    name: str
+    source: str = "project"  # "project", "detectron2" (build_resnet_backbone) or "torchvision"
+    block_form: str = "grouped"
+    channels_last: bool = False
+    optimize: bool = False
+    amp: str = ""
+    compile: bool = False
+    # The project's CPU training defaults (cfg.CPU_TRAINING, speed.cpu_training_settings)
+    # as the trainer applies them; resolved per config by resolve().
+    cpu_training_defaults: bool = False
+
+    def applies_to(self, task: str) -> bool:
+        training = task in ("backward", "train")
+        if self.cpu_training_defaults:
+            return task == "train"
+        if self.optimize and training:
+            return False
+        if self.amp == "auto" and not training:
+            return False  # inference settings name their dtype
+        if self.amp in ("bfloat16", "float16") and training:
+            return False  # training AMP is SOLVER.AMP.ENABLED: "auto"
+        # torchvision's detectors are other architectures, not comparable: backbone tasks only.
+        return self.source != "torchvision" or task in ("forward", "backward")
+
+    def resolve(self, cfg) -> Setting | None:
+        """The concrete setting for ``cfg`` (``cpu_training_defaults``: what the trainer would
+        apply to ``cfg``; None where that is nothing, e.g. on CUDA)."""
+        if not self.cpu_training_defaults:
+            return self
+        from ..speed import cpu_training_settings
+
+        s = cpu_training_settings(cfg)
+        if s is None:
+            return None
+        return replace(self, channels_last=s.channels_last, amp=s.amp_dtype)
+
+    def amp_dtype(self, device: torch.device) -> str:
+        if self.amp == "auto":
+            return "float16" if device.type == "cuda" else "bfloat16"
+        return self.amp
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting(BASELINE, source="detectron2"),
+        Setting("torchvision", source="torchvision"),
+        Setting("grouped"),
+        Setting("aggregated", block_form="aggregated"),
+        Setting("concat", block_form="concat"),
+        Setting("channels_last", channels_last=True),
+        Setting("optimized", optimize=True),
+        Setting("optimized+bf16", optimize=True, amp="bfloat16"),
+        Setting("optimized+fp16", optimize=True, amp="float16"),
+        Setting("optimized+compile", optimize=True, compile=True),
+        Setting("optimized+bf16+compile", optimize=True, amp="bfloat16", compile=True),
+        Setting("amp", amp="auto"),
+        Setting("channels_last+amp", channels_last=True, amp="auto"),
+        Setting("channels_last+compile", channels_last=True, compile=True),
+        Setting(CPU_TRAIN_DEFAULTS, cpu_training_defaults=True),
+    )
+}
+DEFAULT_SETTINGS = (
+    BASELINE,
+    "torchvision",
+    "grouped",
+    "channels_last",
+    "optimized",
+    "optimized+bf16",
+    "amp",
+    "channels_last+amp",
+    CPU_TRAIN_DEFAULTS,
+)

@@ -1,0 +1,219 @@
+"""resnext_det.benchmark: records, numerics against the baseline, reports, errors in library terms.
+
+Small images at real widths (the benchmark's models are the paper's): the point is the wiring and
+the numbers each task checks, not the times.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from conftest import REPO
+
+from resnext_det.benchmark import (
+    CPU_TRAIN_DEFAULTS,
+    SETTINGS,
+    BenchmarkInputError,
+    benchmark_markdown,
+    run_benchmark,
+    write_benchmark,
+)
+from resnext_det.benchmark.measure import PeakProbe, quiet_verdict
+from resnext_det.benchmark.variants import bench_config
+from resnext_det.speed import cpu_training_settings, native_bf16
+
+FP32_TOL = 1e-4
+BF16_TOL = 5e-2
+
+
+def test_benchmark_runs_and_writes_reports(tmp_path):
+    """A small CPU run of the benchmark: records, the baseline ratio, numerics, atomic files."""
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["forward"],
+        settings=["optimized", "optimized+bf16"],
+        size=(64, 64),
+        repeats=2,
+        warmup=0,
+        progress=False,
+    )
+    rows = {r["setting"]: r for r in report["results"]}
+    assert list(rows) == ["detectron2", "optimized", "optimized+bf16"]  # baseline added, first
+    assert rows["detectron2"]["ratio_to_baseline"] == 1.0
+    assert rows["optimized"]["max_rel_err_vs_baseline"] < FP32_TOL
+    assert 0 < rows["optimized+bf16"]["max_rel_err_vs_baseline"] < BF16_TOL
+    assert rows["optimized"]["fold_bn"] and rows["optimized+bf16"]["amp"] == "bfloat16"
+    assert all(len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] for r in rows.values())
+    lo, hi = rows["optimized"]["ratio_spread"]
+    assert lo <= rows["optimized"]["ratio_to_baseline"] <= hi
+    # fvcore's count of R-50's res2..res5 at 64x64: 4.1 GMACs at 224x224, scaled by area.
+    assert rows["detectron2"]["gmacs_per_image"] == pytest.approx(4.1 * 64**2 / 224**2, rel=0.1)
+    # The peak is timed in the same rounds; a 64x64 backbone reaches a fraction of it.
+    peak = report["peak"]["R-50 forward"]
+    assert set(peak) == {"float32", "bfloat16"} and len(peak["float32"]["times_s"]) == 2
+    assert 0 < rows["detectron2"]["fraction_of_peak"] < 1
+    assert rows["optimized+bf16"]["peak_dtype"] == "bfloat16"
+    assert not report["enough_rounds"]
+    out = tmp_path / "b"
+    write_benchmark(report, f"{out}.json", f"{out}.md", f"{out}.png", command="cmd")
+    assert json.loads((tmp_path / "b.json").read_text())["results"][1]["setting"] == "optimized"
+    md = (tmp_path / "b.md").read_text()
+    assert "| R-50" in md and "Indicative only" in md and "Machine peak" in md
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.md", "b.png"]
+
+
+@pytest.mark.slow
+def test_backward_train_inference_and_torchvision():
+    """Every other task, with the torchvision setting, checked against detectron2 in one run."""
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["backward", "train", "inference"],
+        settings=["torchvision", "channels_last", "channels_last+amp", "optimized"],
+        size=(64, 96),
+        repeats=1,
+        warmup=0,
+        peak=False,
+        progress=False,
+    )
+    rows = {(r["task"], r["setting"]): r for r in report["results"]}
+    assert sorted(rows) == sorted(
+        [
+            ("backward", "detectron2"),
+            ("backward", "torchvision"),  # torchvision's own ResNet, detectron2's weights
+            ("backward", "channels_last"),
+            ("backward", "channels_last+amp"),
+            ("train", "detectron2"),
+            ("train", "channels_last"),
+            ("train", "channels_last+amp"),
+            ("inference", "detectron2"),
+            ("inference", "channels_last"),
+            ("inference", "optimized"),
+        ]
+    )
+    # backward compares the input gradient: torchvision's network is the same one in NCHW.
+    assert rows["backward", "torchvision"]["max_rel_err_vs_baseline"] < 1e-3
+    # train compares the RPN losses of one seeded forward: fp32 equal, bf16 within tolerance.
+    assert rows["train", "channels_last"]["max_rel_err_vs_baseline"] < FP32_TOL
+    amp = rows["train", "channels_last+amp"]
+    assert amp["amp"] == "bfloat16" and 0 < amp["max_rel_err_vs_baseline"] < BF16_TOL
+    assert rows["inference", "optimized"]["max_rel_err_vs_baseline"] < FP32_TOL
+    # A training iteration is counted as 3x the detector's inference forward.
+    train, infer = rows["train", "detectron2"], rows["inference", "detectron2"]
+    assert train["gmacs_per_image"] == pytest.approx(3 * infer["gmacs_per_image"])
+    assert rows["backward", "detectron2"]["fraction_of_peak"] is None  # peak=False
+
+
+def test_cpu_train_defaults_are_what_the_trainer_applies():
+    """The benchmark's ``cpu_train_defaults`` is cpu_training_settings of the config: the fast
+    path the trainer takes by default, not a copy of it."""
+    cfg = bench_config("R-50", torch.device("cpu"), "train")
+    expected = cpu_training_settings(cfg)
+    assert expected is not None and expected.channels_last
+    assert expected.amp_dtype == ("bfloat16" if native_bf16() else "")
+    resolved = SETTINGS[CPU_TRAIN_DEFAULTS].resolve(cfg)
+    assert (resolved.channels_last, resolved.amp) == (expected.channels_last, expected.amp_dtype)
+    assert SETTINGS[CPU_TRAIN_DEFAULTS].applies_to("train")
+    assert not SETTINGS[CPU_TRAIN_DEFAULTS].applies_to("inference")
+    cuda = cfg.clone()
+    cuda.MODEL.DEVICE = "cuda"
+    assert SETTINGS[CPU_TRAIN_DEFAULTS].resolve(cuda) is None  # a CPU setting only
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["train"],
+        settings=[CPU_TRAIN_DEFAULTS],
+        size=(64, 64),
+        repeats=1,
+        warmup=0,
+        peak=False,
+        progress=False,
+    )
+    row = report["results"][1]
+    assert row["setting"] == CPU_TRAIN_DEFAULTS
+    assert row["channels_last"] == expected.channels_last
+    assert row["amp"] == (expected.amp_dtype or "float32")
+
+
+def test_benchmark_settings_and_errors():
+    assert not SETTINGS["optimized"].applies_to("train")  # a folded model cannot train
+    assert not SETTINGS["amp"].applies_to("forward")  # inference settings name their dtype
+    assert not SETTINGS["torchvision"].applies_to("inference")
+    assert SETTINGS["amp"].amp_dtype(torch.device("cpu")) == "bfloat16"
+    assert SETTINGS["amp"].amp_dtype(torch.device("cuda")) == "float16"
+    with pytest.raises(BenchmarkInputError, match=r"settings: unknown \['fastest'\]") as e:
+        run_benchmark(settings=["fastest"])
+    assert e.value.field == "settings"
+    with pytest.raises(BenchmarkInputError, match=r"size: must be two numbers.*\(8, 8\)") as e:
+        run_benchmark(size=(8, 8))
+    assert e.value.field == "size" and "--" not in str(e.value)  # library terms, no CLI flag
+    with pytest.raises(BenchmarkInputError, match=r"models: unknown model 'X-26'") as e:
+        run_benchmark(models=["X-26"], progress=False, peak=False)
+    assert "--" not in str(e.value)
+    with pytest.raises(BenchmarkInputError, match=r"repeats: must be a positive integer"):
+        run_benchmark(repeats=0)
+
+
+def test_cli_names_its_own_flag(capsys):
+    """tools/benchmark.py translates the library's field into its flag."""
+    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--size", "8", "8", "--output", "unused"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --size: must be two numbers (H, W) of at least 32; got (8, 8)" in err
+
+
+def test_quiet_verdict_and_label():
+    assert quiet_verdict([[0.4, 0.3, 0.2], [0.9, 0.5, 0.3]], cores=2)["quiet"]
+    loaded = quiet_verdict([[0.4, 0.3, 0.2], [1.2, 0.5, 0.3]], cores=2)
+    assert not loaded["quiet"] and loaded["max_load_1min"] == 1.2 and loaded["limit"] == 1.0
+    assert not quiet_verdict([None, None], cores=2)["quiet"]  # unknown load is not quiet
+    report = {
+        "machine": {"cpu": "x", "cpu_count": 2, "torch": "t", "threads": 2},
+        "config": {"device": "cpu", "size": [64, 64], "batch": 1, "repeats": 5, "warmup": 1},
+        "quiet": loaded,
+        "results": [],
+    }
+    assert "**NOT quiet**: the 1-minute load average reached 1.2 on 2 cores" in (
+        benchmark_markdown(report)
+    )
+    report["quiet"] = quiet_verdict([[0.3, 0.3, 0.3]], cores=2)
+    assert "Quiet machine" in benchmark_markdown(report)
+
+
+def test_peak_probe_counts_multiply_adds():
+    probe = PeakProbe(torch.device("cpu"), n=256)
+    probe.warmup()
+    probe.round()
+    probe.round()
+    s = probe.summary()
+    t = sorted(s["float32"]["times_s"])
+    assert s["float32"]["gmacs_per_s"] == pytest.approx(256**3 / 1e9 / ((t[0] + t[1]) / 2))
+    assert s["float32"]["spread_gmacs_per_s"][0] <= s["float32"]["gmacs_per_s"]
+
+
+def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tmp_path):
+    """The demo probes compress the schedule but not the warm-up (shortened, the demo diverged)
+    and train through tools/train_net.py with the thread count given."""
+    from resnext_det.benchmark.training import demo_train_config, train_net_command
+    from resnext_det.data import make_synthetic_coco
+
+    x = REPO / "configs" / "demo" / "faster_rcnn_X_demo.yaml"
+    full = demo_train_config(x, tmp_path / "full")
+    cfg = demo_train_config(x, tmp_path / "o", max_iter=full.SOLVER.MAX_ITER // 2, seed=3)
+    assert cfg.SOLVER.MAX_ITER == full.SOLVER.MAX_ITER // 2 and cfg.SEED == 3
+    half = tuple(round(s / 2) for s in full.SOLVER.STEPS)
+    assert tuple(cfg.SOLVER.STEPS) == half
+    assert cfg.SOLVER.WARMUP_ITERS == full.SOLVER.WARMUP_ITERS
+    data = make_synthetic_coco(tmp_path / "d", num_train=2, num_val=1, image_size=64)
+    cmd = train_net_command(x, data, tmp_path / "o", threads=1, max_iter=100, seed=2)
+    assert cmd[1].endswith("tools/train_net.py")
+    tail = cmd[cmd.index("OUTPUT_DIR") :]
+    opts = dict(zip(tail[::2], tail[1::2]))
+    assert opts["CPU_TRAINING.NUM_THREADS"] == "1" and opts["SEED"] == "2"
+    assert opts["SOLVER.MAX_ITER"] == "100" and opts["DATASETS.TEST"] == "()"
