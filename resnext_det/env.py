@@ -72,8 +72,9 @@ def compiled_ops() -> dict[str, bool]:
     return available
 
 
-def _cpu_model() -> tuple[str, bool | None]:
-    """The CPU's model name and whether it has AVX-512 BF16 (None where /proc/cpuinfo is not)."""
+def _cpu_model() -> tuple[str, bool | None, bool | None]:
+    """The CPU's model name and whether it has AVX-512 BF16 and AMX-BF16 (None where
+    /proc/cpuinfo is not)."""
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         text = f.read()
@@ -81,19 +82,19 @@ def _cpu_model() -> tuple[str, bool | None]:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-        return name, "avx512_bf16" in text
-    return name, None
+        return name, "avx512_bf16" in text, "amx_bf16" in text
+    return name, None, None
 
 
 def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
     """The machine as a json-ready dict (the benchmark's ``machine`` record).
 
-    Keys: ``python``, ``torch``, ``torchvision``, ``threads`` (torch's CPU threads), ``cpu`` (model
-    name), ``cpu_count``, ``avx512_bf16``, ``cuda_available``; with CUDA also ``cuda`` (the
-    version torch was built with), ``cudnn``, and for ``device`` (default: the current CUDA
-    device, if any) ``gpu`` (its name), ``gpu_capability`` and ``gpu_memory_gib``.
+    Keys: ``python``, ``torch``, ``torchvision``, ``threads`` (torch's CPU threads), ``cpu``
+    (model name), ``cpu_count``, ``avx512_bf16``, ``amx_bf16``, ``cuda_available``; with CUDA
+    also ``cuda`` (the version torch was built with), ``cudnn``, and for ``device`` (default:
+    the current CUDA device, if any) ``gpu`` (its name), ``gpu_capability`` and ``gpu_memory_gib``.
     """
-    cpu, bf16 = _cpu_model()
+    cpu, bf16, amx = _cpu_model()
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -102,6 +103,7 @@ def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "avx512_bf16": bf16,
+        "amx_bf16": amx,
         "cuda_available": torch.cuda.is_available(),
     }
     device = torch.device(device) if device is not None else None

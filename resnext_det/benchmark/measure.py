@@ -15,7 +15,6 @@ __all__ = [
     "sync",
     "peak_memory",
     "quantile",
-    "machine_info",
     "load_average",
     "quiet_verdict",
     "count_gmacs",
@@ -58,30 +57,6 @@ def peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[float |
 
 def quantile(values: list[float], q: float) -> float:
     return float(torch.tensor(values, dtype=torch.float64).quantile(q))
-
-
-def machine_info(device: torch.device) -> dict:
-    import platform
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        text = f.read()
-        info["avx512_bf16"] = "avx512_bf16" in text
-        info["amx_bf16"] = "amx_bf16" in text
-        info["cpu"] = next(
-            line.split(":", 1)[1].strip()
-            for line in text.splitlines()
-            if line.startswith("model name")
-        )
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def load_average() -> list[float] | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..spec import VARIANTS
+
 __all__ = [
     "BENCH_MODELS",
     "TORCHVISION_MODELS",
@@ -30,20 +32,14 @@ class BenchmarkInputError(ValueError):
 
 
 # name -> (depth, cardinality, width_per_group); torchvision's constructor of the same network.
+# The models the benchmark knows: the named variants torchvision also builds (its network is a
+# reference setting). From the one table of variants (resnext_det.spec.VARIANTS).
 BENCH_MODELS: dict[str, tuple[int, int, int]] = {
-    "R-50": (50, 1, 64),
-    "X-50-32x4d": (50, 32, 4),
-    "R-101": (101, 1, 64),
-    "X-101-32x8d": (101, 32, 8),
-    "X-101-64x4d": (101, 64, 4),
+    name: (v.spec.depth, v.spec.cardinality, v.spec.width_per_group)
+    for name, v in VARIANTS.items()
+    if v.torchvision
 }
-TORCHVISION_MODELS = {
-    "R-50": "resnet50",
-    "X-50-32x4d": "resnext50_32x4d",
-    "R-101": "resnet101",
-    "X-101-32x8d": "resnext101_32x8d",
-    "X-101-64x4d": "resnext101_64x4d",
-}
+TORCHVISION_MODELS = {name: VARIANTS[name].torchvision for name in BENCH_MODELS}
 # forward / backward: the backbone (stem + res2..res5) alone; train / inference: Faster R-CNN FPN.
 TASKS = ("forward", "backward", "train", "inference")
 BASELINE = "detectron2"

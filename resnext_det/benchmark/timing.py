@@ -8,12 +8,12 @@ import time
 
 import torch
 
+from ..env import machine_info
 from ..speed import max_relative_error
 from .measure import (
     PeakProbe,
     count_gmacs,
     load_average,
-    machine_info,
     peak_memory,
     quantile,
     quiet_verdict,
