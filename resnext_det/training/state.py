@@ -75,7 +75,9 @@ def parameter_fingerprint(model: torch.nn.Module) -> str:
     h = hashlib.sha1()
     for name, p in sorted(model.named_parameters()):
         h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape(-1): a flat, stride-1 view whatever the memory format (a channels_last 1x1
+        # conv weight counts as contiguous yet has a last stride of C).
+        h.update(p.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
