@@ -66,7 +66,6 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.md", "b.png"]
 
 
-@pytest.mark.slow
 def test_backward_train_inference_and_torchvision():
     """Every other task, with the torchvision setting, checked against detectron2 in one run."""
     report = run_benchmark(

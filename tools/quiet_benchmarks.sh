@@ -17,6 +17,13 @@ $PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 
 $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
     --settings detectron2 torchvision channels_last optimized optimized+bf16 --repeats 5 \
     --output "$OUT/cpu_forward_800x1216"
+# 2b. The same two on one thread, process CPU time (comparable with the loaded-machine tables).
+$PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
+    --settings detectron2 channels_last channels_last+amp cpu_train_defaults --repeats 5 \
+    --threads 1 --clock cpu --output "$OUT/cpu_train_512x640_1thread"
+$PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
+    --settings detectron2 channels_last optimized optimized+bf16 --repeats 5 --threads 1 \
+    --clock cpu --output "$OUT/cpu_forward_800x1216_1thread"
 # 3. The demo's training: per-iteration time of each setting (2 threads, and 1 thread).
 $PY tools/train_speed.py settings --rounds 5 --output "$OUT/demo_train_settings"
 $PY tools/train_speed.py settings --rounds 5 --threads 1 --output "$OUT/demo_train_settings_1thread"
