@@ -168,6 +168,10 @@ def test_cli_names_its_own_flag(capsys):
 
 
 def test_quiet_verdict_and_label():
+    # The run's own threads may load the machine; other load before it may not.
+    assert quiet_verdict([[0.4, 0.3, 0.2], [2.3, 1.0, 0.5]], cores=2, own_threads=2)["quiet"]
+    assert not quiet_verdict([[1.2, 0.3, 0.2], [2.3, 1.0, 0.5]], cores=2, own_threads=2)["quiet"]
+    assert not quiet_verdict([[0.4, 0.3, 0.2], [3.5, 1.0, 0.5]], cores=2, own_threads=2)["quiet"]
     assert quiet_verdict([[0.4, 0.3, 0.2], [0.9, 0.5, 0.3]], cores=2)["quiet"]
     loaded = quiet_verdict([[0.4, 0.3, 0.2], [1.2, 0.5, 0.3]], cores=2)
     assert not loaded["quiet"] and loaded["max_load_1min"] == 1.2 and loaded["limit"] == 1.0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real-image path on the raccoon set: VOC -> COCO (its 160/40 split), train the equal-complexity
-# ResNet and ResNeXt from scratch on the CPU, compare them with intervals. Results: docs/raccoon.md.
+# ResNet and ResNeXt from scratch on the CPU (RUNS=3 runs each), compare them with intervals over
+# images and runs. Results: docs/raccoon.md.
 # Usage: tools/raccoon.sh [RACCOON_DIR (default ../shared/data/raccoon)] [OUT (default output/raccoon)]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,14 +17,19 @@ done
 register=(--register raccoon_train "$out/raccoon_train.json" "$src/images"
           --register raccoon_val "$out/raccoon_test.json" "$src/images")
 
+# Three training runs of each model (seeds 0..2 in OUT/M/seed_k, two at a time, one thread
+# each): the comparison's intervals then cover the training runs as well as the 40 test images.
+runs="${RUNS:-3}"
 models=()
 for m in R X; do
     config="configs/raccoon/faster_rcnn_${m}_26_scratch_raccoon.yaml"
     start=$(date +%s)
-    "$py" tools/train_net.py --config-file "$config" --resume "${register[@]}" \
-        OUTPUT_DIR "$out/$m"
-    echo "raccoon: training $m took $(( $(date +%s) - start )) s" | tee -a "$out/times.txt"
-    models+=(--model "$m-26=$config:$out/$m/model_final.pth")
+    "$py" tools/train_net.py --config-file "$config" --seed-runs "$runs" --parallel 2 \
+        "${register[@]}" OUTPUT_DIR "$out/$m"
+    echo "raccoon: training $runs runs of $m took $(( $(date +%s) - start )) s" | tee -a "$out/times.txt"
+    for k in $(seq 0 $((runs - 1))); do
+        models+=(--model "$m-26=$config:$out/$m/seed_$k/model_final.pth")
+    done
 done
 "$py" tools/compare_backbones.py "${models[@]}" --coco-json "$out/raccoon_test.json" \
     --image-root "$src/images" --out "$out/comparison"

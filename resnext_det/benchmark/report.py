@@ -19,15 +19,17 @@ def _quiet_line(report: dict) -> str:
     q = report.get("quiet")
     if not q:
         return "Load not recorded: **NOT quiet** (unknown)."
+    own = q.get("own_threads", 0)
+    allowance = f" plus the run's own {own} thread(s) once it runs" if own else ""
     if q["quiet"]:
         return (
-            f"Quiet machine: 1-minute load average at most {q['max_load_1min']} on {q['cores']} "
-            f"cores (limit {q['limit']:.1f})."
+            f"Quiet machine: 1-minute load average at most {q['limit']:.1f} on {q['cores']} "
+            f"cores before the run{allowance} (highest sample {q['max_load_1min']})."
         )
     return (
         f"**NOT quiet**: the 1-minute load average reached {q['max_load_1min']} on {q['cores']} "
-        f"cores (a quiet run stays at or below {q['limit']:.1f}); other processes shared the CPU, "
-        "so absolute times are inflated and only the interleaved ratios mean much."
+        f"cores (a quiet run stays at or below {q['limit']:.1f}{allowance}); other processes "
+        "shared the CPU, so absolute times are inflated and only the interleaved ratios mean much."
     )
 
 

@@ -256,7 +256,7 @@ def run_benchmark(
         "load_average_before": loads[0],
         "load_average_after": loads[-1],
         "load_average_samples": [v for v in loads if v],
-        "quiet": quiet_verdict(loads),
+        "quiet": quiet_verdict(loads, own_threads=torch.get_num_threads()),
         "enough_rounds": repeats >= MIN_ROUNDS,
         "peak": peaks,
         "results": records,

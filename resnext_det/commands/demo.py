@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             runs=args.runs,
             parallel=args.parallel,
         )
-    except (ResNeXtDetError, ValueError, OSError) as exc:
+    except (ResNeXtDetError, ValueError, OSError, FloatingPointError) as exc:
+        # FloatingPointError: a run diverged (NonFiniteLossError names the run and the iteration).
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2
     print("\n" + format_table(result.comparison))

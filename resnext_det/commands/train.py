@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if seed_runs_from_args(args, parser) is None:
             launch_from_args(run, args, parser)
-    except ResNeXtDetError as exc:
-        # A bad config, weights file or data set, a busy OUTPUT_DIR: the message names it and
-        # what to do; a traceback from deep inside the trainer would add nothing.
+    except (ResNeXtDetError, FloatingPointError) as exc:
+        # A bad config, weights file or data set, a busy OUTPUT_DIR, a diverged run
+        # (NonFiniteLossError): the message names it and what to do; a traceback from deep
+        # inside the trainer would add nothing.
         print(f"train_net: error: {exc}", file=sys.stderr)
         return 2
     return 0
