@@ -224,18 +224,22 @@ def read_split_file(path: str | os.PathLike) -> list[str]:
     first = lines[0] if lines else ""
     names: list[str] = []
     if "," in first:
-        reader = csv.DictReader(io.StringIO(text))
-        fields = [f.strip() for f in reader.fieldnames or []]
-        if "filename" not in fields:
-            raise AnnotationError(
-                f"{path}: a CSV split file needs a 'filename' column; found columns {fields}"
-            )
-        reader.fieldnames = fields
-        for row_no, row in enumerate(reader, start=2):
-            name = (row.get("filename") or "").strip()
-            if not name:
-                raise AnnotationError(f"{path}: line {row_no}: empty 'filename'")
-            names.append(name)
+        # newline="": csv's own line splitting, so a lone "\r" ends a line as splitlines() does.
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            fields = [f.strip() for f in reader.fieldnames or []]
+            if "filename" not in fields:
+                raise AnnotationError(
+                    f"{path}: a CSV split file needs a 'filename' column; found columns {fields}"
+                )
+            reader.fieldnames = fields
+            for row_no, row in enumerate(reader, start=2):
+                name = (row.get("filename") or "").strip()
+                if not name:
+                    raise AnnotationError(f"{path}: line {row_no}: empty 'filename'")
+                names.append(name)
+        except csv.Error as exc:
+            raise AnnotationError(f"{path}: not a readable CSV split file ({exc})") from None
     else:
         names = [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not names:
