@@ -378,25 +378,13 @@ def argument_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` (overrides ``key=value``) plus ``--register``."""
     from detectron2.engine import default_argument_parser
 
+    from .training.cli import add_data_and_weights_arguments
+
     parser = default_argument_parser(
         "A LazyConfig file is Python and runs when loaded: pass only files you trust. "
         "Overrides are key=value (hydra's syntax), e.g. train.max_iter=100."
     )
-    parser.add_argument(
-        "--register",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME before building (repeatable), checked "
-        "as tools/train_net.py --register does",
-    )
-    parser.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="--eval-only: score a detector whose weights leave parameters (heads) at their "
-        "random initialisation, instead of refusing it",
-    )
+    add_data_and_weights_arguments(parser)
     return parser
 
 

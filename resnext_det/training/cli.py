@@ -50,29 +50,37 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` plus ``--register NAME JSON IMAGE_ROOT``."""
-    parser = default_argument_parser(epilog)
+def add_data_and_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--register`` and ``--allow-partial-weights``: what the yacs and the LazyConfig trainers'
+    command lines share beyond detectron2's ``default_argument_parser``."""
     parser.add_argument(
         "--register",
         nargs=3,
         action="append",
         default=[],
         metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME before building (repeatable); the same as "
-        "adding [NAME, JSON, IMAGE_ROOT] to DATASETS.COCO_REGISTER",
+        help="register a COCO-format dataset under NAME before building (repeatable), checked "
+        "when registered; for yacs configs the same as adding [NAME, JSON, IMAGE_ROOT] to "
+        "DATASETS.COCO_REGISTER",
     )
+    parser.add_argument(
+        "--allow-partial-weights",
+        action="store_true",
+        help="--eval-only: score the model even if its weights leave parameters (heads) at "
+        "their random initialisation (refused otherwise, naming them)",
+    )
+
+
+def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` plus ``--register NAME JSON IMAGE_ROOT``,
+    ``--allow-partial-weights``, ``--allow-unsafe-yaml`` and the seed-run flags."""
+    parser = default_argument_parser(epilog)
+    add_data_and_weights_arguments(parser)
     parser.add_argument(
         "--allow-unsafe-yaml",
         action="store_true",
         help="let --config-file use Python yaml tags (they run code when loaded); only for a file "
         "you trust. detectron2's own model-zoo configs need no flag",
-    )
-    parser.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="--eval-only: score the model even if MODEL.WEIGHTS leaves parameters (heads) at "
-        "their random initialisation (refused otherwise, naming them)",
     )
     runs = parser.add_argument_group(
         "seed runs",
