@@ -260,7 +260,19 @@ def gloo_guards(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             mp.delenv(var, raising=False)
-        launch(_gloo_worker, 2, dist_url="auto", args=(str(out),), timeout=timedelta(seconds=60))
+        try:
+            launch(
+                _gloo_worker, 2, dist_url="auto", args=(str(out),), timeout=timedelta(seconds=60)
+            )
+        except torch.multiprocessing.ProcessExitedException as exc:
+            # Known flake, about one launch in five on the 2-core machine: a worker aborts in
+            # gloo's teardown ("terminate called without an active exception") after the cases
+            # ran. Not understood yet (docs/reliability.md); one retry, and only for a signal.
+            if exc.signal_name is None:
+                raise
+            launch(
+                _gloo_worker, 2, dist_url="auto", args=(str(out),), timeout=timedelta(seconds=60)
+            )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -130,6 +130,10 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
+        # Wait for every rank before tearing the group down: a rank that finishes first would
+        # otherwise close its gloo connections under a straggler's last collective (seen once
+        # as "terminate called without an active exception" in the 2-process guard test).
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 
