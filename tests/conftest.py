@@ -81,3 +81,14 @@ _isolated_dataset_catalog = pytest.fixture(autouse=True)(_undo_registrations)
 _isolated_dataset_catalog_per_module = pytest.fixture(autouse=True, scope="module")(
     _undo_registrations
 )
+
+
+def flat(node, prefix=""):
+    """A nested config as {"A.B.C": value}, to compare configs key by key."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

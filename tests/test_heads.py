@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, flat
 from detectron2 import model_zoo
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_model
@@ -63,16 +63,6 @@ D2_BUILDERS = {
     "build_resnext_fpn_backbone": "build_resnet_fpn_backbone",
     "build_resnext_retinanet_fpn_backbone": "build_retinanet_resnet_fpn_backbone",
 }
-
-
-def flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def same(a, b) -> bool:

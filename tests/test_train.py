@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, flat
 from detectron2 import model_zoo
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
@@ -54,16 +54,6 @@ IMAGENET_CONFIGS = {
 
 def load_cfg(path: Path | str):
     return resnext_det.load_config(path)
-
-
-def flat(node, prefix=""):
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @pytest.fixture(scope="module")
