@@ -551,6 +551,10 @@ def test_models_mode_runs_and_partial_weights(tmp_path):
     assert (out / "results_X.json").is_file()
     assert [i["weights"] for i in report["models"]["R"]["per_run_info"]] == [str(r0[1]), str(r1[1])]
     assert report["models"]["X"]["delta_calibrated"] is False
+    md = (out / "comparison.md").read_text()
+    # Each run is named by the results file it wrote; the images are at hand, so a gallery.
+    assert str(out / "results_R_run1.json") in md and "<results of" not in md
+    assert "## Gallery: where X and R differ most" in md and report["gallery"][0]["model"] == "X"
 
     # A backbone-only checkpoint: the heads would stay random.
     full = torch.load(x0[1], weights_only=True)["model"]

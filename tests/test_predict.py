@@ -16,8 +16,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from resnext_det.config import load_config
-from resnext_det.evaluation import load_ground_truth, load_results
-from resnext_det.evaluation.gallery import gallery_markdown, per_image_counts, write_gallery
+from resnext_det.evaluation import compare_results, load_ground_truth, load_results
+from resnext_det.evaluation import match_detections as match
+from resnext_det.evaluation.gallery import per_image_counts
 from resnext_det.predict import expand_inputs, main, parse_model_spec
 
 TINY = REPO / "configs" / "tests" / "faster_rcnn_tiny.yaml"
@@ -154,7 +155,7 @@ def test_per_image_true_positives_equal_pycocotools(synthetic):
     results = noisy_results(synthetic.val_json, seed=1, keep=0.7)
     gt = load_ground_truth(synthetic.val_json)
     threshold = 0.5
-    tp, _ = per_image_counts(gt, load_results(results, gt), threshold)
+    tp, _ = per_image_counts(match(gt, load_results(results, gt)), threshold)
     coco = COCO(str(synthetic.val_json))
     ev = COCOeval(coco, coco.loadRes(results), "bbox")
     ev.evaluate()
@@ -168,21 +169,84 @@ def test_per_image_true_positives_equal_pycocotools(synthetic):
     assert sum(expected.values()) > 0
 
 
-def test_gallery_draws_the_images_that_differ_most(tmp_path, synthetic):
-    base = noisy_results(synthetic.val_json, seed=2, keep=1.0)
-    other = noisy_results(synthetic.val_json, seed=2, keep=0.4)
-    images = write_gallery(
-        synthetic.val_json, synthetic.val_image_root, {"R": base, "X": other}, tmp_path, top=3,
-        score_threshold=0.0,
+def test_comparison_report_has_a_gallery_of_the_images_that_differ_most(tmp_path, synthetic):
+    """compare_results with the images draws, for each model against the baseline, the images
+    where their (run-mean) true positives differ most, as PNGs that comparison.md lists and that
+    are written all or nothing with the rest of the report."""
+    gt = load_ground_truth(synthetic.val_json)
+    base = [noisy_results(synthetic.val_json, seed=s, keep=1.0) for s in (2, 3)]
+    other = [noisy_results(synthetic.val_json, seed=s, keep=0.4) for s in (4, 5, 6)]
+    out = tmp_path / "cmp"
+    kw = dict(bootstrap=0, progress=False, gallery_threshold=0.0)
+    report = compare_results(
+        gt, {"R": base, "X 32x4d": other}, out_dir=out, images=synthetic.val_image_root,
+        gallery=3, **kw,
     )  # fmt: skip
-    assert 1 <= len(images) <= 3
-    diffs = [abs(g.true_positives["R"] - g.true_positives["X"]) for g in images]
+    (g,) = report["gallery"]
+    assert (g["baseline"], g["model"], g["runs"]) == ("R", "X 32x4d", {"R": 2, "X 32x4d": 3})
+    assert 1 <= len(g["images"]) <= 3
+
+    def mean_tp(runs, image_id):
+        index = int(np.flatnonzero(gt.image_ids == image_id)[0])
+        return np.mean([per_image_counts(match(gt, load_results(r, gt)), 0.0)[0][index]
+                        for r in runs])  # fmt: skip
+
+    diffs = []
+    for e in g["images"]:
+        assert e["true_positives"]["R"] == pytest.approx(mean_tp(base, e["image_id"]))
+        assert e["true_positives"]["X 32x4d"] == pytest.approx(mean_tp(other, e["image_id"]))
+        diffs.append(abs(e["true_positives"]["R"] - e["true_positives"]["X 32x4d"]))
     assert diffs == sorted(diffs, reverse=True) and diffs[0] > 0
-    for g in images:
-        picture = cv2.imread(str(g.path))
-        source = cv2.imread(str(synthetic.val_image_root / g.file_name))
+    md = (out / "comparison.md").read_text()
+    assert "## Gallery: where X 32x4d and R differ most" in md
+    for e in g["images"]:
+        assert e["picture"].startswith("gallery/X_32x4d_") and f"]({e['picture']})" in md
+        assert str(out / e["picture"]) in report["outputs"]
+        picture = cv2.imread(str(out / e["picture"]))
+        source = cv2.imread(str(synthetic.val_image_root / e["file_name"]))
         assert picture is not None and picture.shape[1] >= 3 * source.shape[1]
-    md = gallery_markdown(images, tmp_path)
-    assert all(g.path.name in md for g in images)
-    with pytest.raises(ValueError, match="compares two models"):
-        write_gallery(synthetic.val_json, synthetic.val_image_root, {"R": base}, tmp_path)
+    assert json.loads((out / "comparison.json").read_text())["gallery"][0]["images"] == g["images"]
+
+    # A smaller gallery in the same folder leaves no picture of the earlier one behind.
+    again = compare_results(gt, {"R": base, "X 32x4d": other}, out_dir=out,
+                            images=synthetic.val_image_root, gallery=1, **kw)  # fmt: skip
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == [
+        e["picture"].split("/")[1] for e in again["gallery"][0]["images"]
+    ]
+    # Without the images (or with gallery=0) there is no gallery.
+    plain = compare_results(gt, {"R": base, "X": other}, out_dir=tmp_path / "plain", **kw)
+    assert "gallery" not in plain
+    assert "Gallery" not in (tmp_path / "plain" / "comparison.md").read_text()
+    with pytest.raises(ValueError, match="gallery must be"):
+        compare_results(gt, {"R": base, "X": other}, gallery=-1)
+
+
+def test_gallery_image_that_cannot_be_read_is_named_and_nothing_is_written(tmp_path, synthetic):
+    gt = load_ground_truth(synthetic.val_json)
+    results = {"R": noisy_results(synthetic.val_json, seed=2, keep=1.0),
+               "X": noisy_results(synthetic.val_json, seed=2, keep=0.4)}  # fmt: skip
+    out = tmp_path / "cmp"
+    with pytest.raises(FileNotFoundError, match=r"gallery: image id \d+ .*elsewhere.*--image-root"):
+        compare_results(gt, results, out_dir=out, images=tmp_path / "elsewhere", bootstrap=0,
+                        progress=False, gallery_threshold=0.0)  # fmt: skip
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_compare_tool_draws_the_gallery_in_results_mode(tmp_path, synthetic):
+    from resnext_det.commands.compare import main as compare
+
+    files = []
+    for name, keep in (("r", 1.0), ("x", 0.4)):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps(noisy_results(synthetic.val_json, seed=2, keep=keep)))
+        files.append(f)
+    out = tmp_path / "cmp"
+    argv = ["--gt", str(synthetic.val_json), "--results", f"R={files[0]}", "--results",
+            f"X={files[1]}", "--bootstrap", "0", "--no-progress", "--out", str(out),
+            "--image-root", str(synthetic.val_image_root), "--gallery", "2",
+            "--gallery-threshold", "0.0"]  # fmt: skip
+    assert compare(argv) == 0
+    pictures = sorted((out / "gallery").glob("X_*.png"))
+    assert 1 <= len(pictures) <= 2
+    md = (out / "comparison.md").read_text()
+    assert all(f"](gallery/{p.name})" in md for p in pictures)

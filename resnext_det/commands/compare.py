@@ -20,7 +20,9 @@ numbers of runs). The intervals then cover both the test images and the training
 
 With one run per model the intervals cover test images only, and the report says so.
 The first model (or --baseline) is the baseline. Writes comparison.{md,json,csv,png} to --out,
-only when every model succeeded, and prints the table.
+and, when the images are at hand (from models, or --image-root), a gallery of the images where
+each model and the baseline differ most (OUT/gallery/*.png, listed in comparison.md); all only
+when every model succeeded. Prints the table.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--dataset", help="a registered data set name")
     models.add_argument("--coco-json", help="COCO json of the images to run on (with --image-root)")
-    models.add_argument("--image-root", help="directory the json's file_name are relative to")
     models.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     models.add_argument("--max-images", type=int, help="only the first N images")
     models.add_argument(
@@ -107,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the partial-run check (a file with detections on at most half the images "
         "another covers); images without detections are scored as misses either way",
+    )
+    p.add_argument(
+        "--image-root",
+        help="directory the json's file_name are relative to: the images to run on (from "
+        "models, with --coco-json) and to draw in the gallery (both modes)",
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=8,
+        metavar="N",
+        help="the N images where each model and the baseline differ most, drawn into "
+        "OUT/gallery/ and listed in comparison.md (needs --out and the images; 0: none; "
+        "default 8)",
+    )
+    p.add_argument(
+        "--gallery-threshold",
+        type=float,
+        default=0.5,
+        metavar="T",
+        help="the score a detection needs to be drawn and counted in the gallery (default 0.5)",
     )
     p.add_argument("--baseline", help="name of the baseline (default: the first)")
     p.add_argument(
@@ -176,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 optimize=not args.no_optimize,
                 progress=progress,
                 allow_partial_weights=args.allow_partial_weights,
+                gallery=args.gallery,
+                gallery_threshold=args.gallery_threshold,
             )
         else:
             if not args.gt:
@@ -205,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir=args.out,
                 model_info=info,
                 allow_missing_images=args.allow_missing_images,
+                images=args.image_root,
+                gallery=args.gallery,
+                gallery_threshold=args.gallery_threshold,
                 progress=progress,
             )
     except (FileNotFoundError, BadFileError, ValueError, KeyError, OSError) as exc:

@@ -28,6 +28,7 @@ from .coco import (
     load_ground_truth,
     load_results,
 )
+from .gallery import image_paths, render_gallery
 from .matching import match_detections
 from .metrics import per_category_ap, pr_curve, summarize
 from .report import check_out_dir, output_names, write_outputs
@@ -152,6 +153,9 @@ def compare_results(
     allow_missing_images: bool = False,
     extra_files: dict[str, Any] | None = None,
     extra_report: dict[str, Any] | None = None,
+    images: str | os.PathLike | dict[int, str | os.PathLike] | None = None,
+    gallery: int = 8,
+    gallery_threshold: float = 0.5,
     progress: bool = True,
 ) -> dict[str, Any]:
     """COCO box metrics of several detectors on the same ground truth, with deltas and intervals.
@@ -172,6 +176,13 @@ def compare_results(
             without detections are scored as misses either way, as pycocotools scores them.
         extra_files: more JSON files to write into ``out_dir`` with the report (name -> object).
         extra_report: more top-level entries for the report (e.g. the data set name).
+        images: the folder the ground truth's ``file_name`` are relative to (or image id ->
+            path). With ``out_dir``, the report gets a gallery (:mod:`.gallery`): for each model
+            against the baseline, the ``gallery`` images where their per-image true positives
+            differ most, drawn with both models' boxes (score >= ``gallery_threshold``) and the
+            ground truth, as ``out_dir/gallery/*.png`` listed in comparison.md.
+        gallery: pictures per model at most; 0: no gallery.
+        gallery_threshold: the score a detection needs to be drawn and counted there.
         progress: tqdm bars.
 
     Returns:
@@ -179,7 +190,8 @@ def compare_results(
         "models": {name: {"AP", "AP50", ..., "ARl" (means over runs), "runs", "per_run",
         "mean", "between_run_sd", "per_category_AP", "pr_curve_50", "delta", "ci",
         "ci_image", "delta_ci", "delta_ci_image", "delta_p", "delta_significant",
-        "delta_calibrated", "delta_covers", ...}}}``, every figure on COCO's 0-100 scale.
+        "delta_calibrated", "delta_covers", ...}}, "gallery": [...] (with ``images``)}``, every
+        figure on COCO's 0-100 scale.
         ``delta_significant`` says the interval excludes 0; only where ``delta_calibrated``
         (both models have >= 2 runs) does it cover training runs.
 
@@ -198,6 +210,10 @@ def compare_results(
     baseline = names[0] if baseline is None else baseline
     if baseline not in results:
         raise ValueError(f"baseline {baseline!r} is not one of the models {names}")
+    if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
+        raise ValueError(f"gallery must be a number of pictures >= 0; got {gallery!r}")
+    if not 0.0 <= gallery_threshold <= 1.0:
+        raise ValueError(f"gallery_threshold must be a score in [0, 1]; got {gallery_threshold!r}")
     check_out_dir(out_dir)
     gt = load_ground_truth(gt)
     dets: dict[str, list[Detections]] = {}
@@ -273,7 +289,21 @@ def compare_results(
         "models": models,
         **(extra_report or {}),
     }
+    pictures: dict[str, bytes] = {}
+    if out_dir is not None and images is not None and gallery and len(names) > 1:
+        paths = image_paths(gt, images)
+        report["gallery"] = []
+        for name in names:
+            if name == baseline:
+                continue
+            pair = {n: list(zip(dets[n], tables[n])) for n in (baseline, name)}
+            entry, drawn = render_gallery(
+                gt, paths, pair, top=gallery, score_threshold=gallery_threshold, progress=progress
+            )
+            report["gallery"].append(entry)
+            pictures.update(drawn)
     if out_dir is not None:
-        report["outputs"] = [str(Path(out_dir) / f) for f in output_names(extra_files)]
-        write_outputs(report, out_dir, extra_files)
+        names_out = output_names(extra_files, pictures)
+        report["outputs"] = [str(Path(out_dir) / f) for f in names_out]
+        write_outputs(report, out_dir, extra_files, pictures)
     return report

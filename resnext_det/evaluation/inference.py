@@ -232,6 +232,8 @@ def compare_models(
     optimize: bool = True,
     progress: bool = True,
     allow_partial_weights: bool = False,
+    gallery: int = 8,
+    gallery_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Run several detectors on the same images and compare them (see :func:`compare_results`).
 
@@ -253,6 +255,8 @@ def compare_models(
         progress: tqdm bars.
         allow_partial_weights: score models whose weights leave parameters randomly
             initialised (refused otherwise, naming the groups).
+        gallery, gallery_threshold: the report's gallery of the images where each model and
+            the baseline differ most (see :func:`compare_results`); 0 pictures: none.
 
     Returns:
         The report dict of :func:`compare_results`, with backbone params/GFLOPs and
@@ -265,7 +269,7 @@ def compare_models(
     """
     from ..complexity import count_complexity
     from ..speed import optimize_for_inference
-    from .coco import load_ground_truth
+    from .coco import load_ground_truth, load_results
 
     if not models:
         raise ValueError("compare_models needs at least one model")
@@ -299,8 +303,9 @@ def compare_models(
                 model, cfg, dicts, category_map, desc=desc, progress=progress
             )
             del model
-            results[model_name].append(dets)
             fname = _file_name(model_name, i if len(runs) > 1 else None)
+            source = str(Path(out_dir) / fname) if out_dir is not None else f"<{desc}>"
+            results[model_name].append(load_results(dets, gt, name=source))
             run_info.append(
                 {
                     "config": str(config) if not hasattr(config, "dump") else "<CfgNode>",
@@ -335,6 +340,9 @@ def compare_models(
         allow_missing_images=True,  # complete by construction: every image was run
         extra_files=extra or None,
         extra_report={"dataset": name},
+        images={d["image_id"]: d["file_name"] for d in dicts},
+        gallery=gallery,
+        gallery_threshold=gallery_threshold,
         progress=progress,
     )
     return report

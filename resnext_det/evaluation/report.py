@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ..io import staged_files
 from .coco import METRIC_KEYS, RECALL_THRESHOLDS
+from .gallery import GALLERY_DIR
 
 __all__ = [
     "OUTPUT_FILES",
@@ -58,9 +59,11 @@ def check_out_dir(out_dir: str | os.PathLike | None) -> None:
         raise PermissionError(f"{str(path)!r} {where} not writable")
 
 
-def output_names(extra: dict[str, Any] | None = None) -> list[str]:
+def output_names(
+    extra: dict[str, Any] | None = None, pictures: dict[str, bytes] | None = None
+) -> list[str]:
     """The files :func:`write_outputs` writes, in order."""
-    return [*OUTPUT_FILES, *(extra or {})]
+    return [*OUTPUT_FILES, *(extra or {}), *(pictures or {})]
 
 
 def _mark(m: dict, key: str) -> str:
@@ -145,6 +148,7 @@ def render_markdown(report: dict) -> str:
     lines += _interval_lines(report)
     lines += ["", format_table(report), ""]
     lines += _runs_section(report)
+    lines += _gallery_section(report)
     lines += ["## All COCO metrics", ""]
     headers = ["model", *[_LABELS.get(k, k) for k in METRIC_KEYS]]
     rows = []
@@ -252,6 +256,41 @@ def _runs_section(report: dict) -> list[str]:
         tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
         "",
     ]
+
+
+def _gallery_section(report: dict) -> list[str]:
+    """The gallery's pictures (gallery.py), one table per model against the baseline."""
+    from tabulate import tabulate
+
+    lines = []
+    for g in report.get("gallery", []):
+        base, other = g["baseline"], g["model"]
+        runs = g["runs"]
+        several = max(runs.values()) > 1
+        mean = " (mean over runs; boxes drawn: each model's run 0)" if several else ""
+        lines += [
+            f"## Gallery: where {other} and {base} differ most",
+            "",
+            f"True positives at IoU {g['iou']} per image among detections scoring at least "
+            f"{g['score_threshold']}{mean}; panels: ground truth, {base}, {other}.",
+            "",
+        ]
+        if not g["images"]:
+            lines += [f"No image where {other}'s true positives differ from {base}'s.", ""]
+            continue
+        rows = [
+            [
+                f"{e['file_name']} (id {e['image_id']})",
+                str(e["num_gt"]),
+                _fmt(e["true_positives"][base], 1 if runs[base] > 1 else 0),
+                _fmt(e["true_positives"][other], 1 if runs[other] > 1 else 0),
+                f"![{e['image_id']}]({e['picture']})",
+            ]
+            for e in g["images"]
+        ]
+        headers = ["image", "ground truth", f"TP {base}", f"TP {other}", "picture"]
+        lines += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    return lines
 
 
 def _csv_columns(report: dict) -> list[str]:
@@ -385,6 +424,13 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def _write_data(data: bytes) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_bytes(data)
+
+    return write
+
+
 def _write_text(text: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         path.write_text(text, encoding="utf-8")
@@ -393,11 +439,16 @@ def _write_text(text: str) -> Callable[[Path], None]:
 
 
 def write_outputs(
-    report: dict, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+    report: dict,
+    out_dir: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    pictures: dict[str, bytes] | None = None,
 ) -> list[Path]:
-    """Write comparison.{md,json,csv,png} (and ``extra``: file name -> JSON-able object) into
-    ``out_dir``, all or nothing: every file goes to a temporary name in the same directory, and the
-    renames happen only after all of them were written.
+    """Write comparison.{md,json,csv,png} (and ``extra``: file name -> JSON-able object, and
+    ``pictures``: the gallery's relative path -> PNG bytes) into ``out_dir``, all or nothing:
+    every file goes to a temporary name beside its destination, and the renames happen only after
+    all of them were written. Gallery pictures of an earlier report in ``out_dir`` that this one
+    does not list are removed afterwards, so the folder shows one report.
 
     Returns:
         The paths written.
@@ -412,7 +463,14 @@ def write_outputs(
     }
     for fname, obj in (extra or {}).items():
         writers[fname] = _write_text(json.dumps(_json_safe(obj)))
+    for fname, data in (pictures or {}).items():
+        writers[fname] = _write_data(data)
     with staged_files([out / fname for fname in writers]) as temps:
         for write, tmp in zip(writers.values(), temps):
             write(tmp)
-    return [out / fname for fname in writers]
+    written = [out / fname for fname in writers]
+    gallery = out / GALLERY_DIR
+    if gallery.is_dir():
+        for old in set(gallery.glob("*.png")) - set(written):
+            old.unlink(missing_ok=True)
+    return written
