@@ -220,3 +220,12 @@ def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tm
     opts = dict(zip(tail[::2], tail[1::2]))
     assert opts["CPU_TRAINING.NUM_THREADS"] == "1" and opts["SEED"] == "2"
     assert opts["SOLVER.MAX_ITER"] == "100" and opts["DATASETS.TEST"] == "()"
+    assert opts["CPU_TRAINING.ENABLED"] == "True"
+    # The first version's arm: detectron2's own settings (no CPU_TRAINING at all).
+    first = train_net_command(x, data, tmp_path / "o", threads=2, cpu_training=False)
+    tail = first[first.index("OUTPUT_DIR") :]
+    cfg = demo_train_config(x, tmp_path / "o")
+    cfg.merge_from_list(tail)
+    from resnext_det.speed import cpu_training_settings
+
+    assert cpu_training_settings(cfg) is None

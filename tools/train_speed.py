@@ -8,8 +8,9 @@ Examples::
     # process CPU time per iteration is the time on a quiet core)
     python tools/train_speed.py settings --threads 1 --output docs/benchmarks/demo_train_settings
 
-    # 2 runs one after another with 2 threads each vs side by side with 1 thread each
-    python tools/train_speed.py parallel --iters 100 --rounds 3 \\
+    # 2 runs three ways: as the first version trained (fp32 NCHW, one after another, all
+    # threads), the defaults one after another, the defaults side by side with 1 thread each
+    python tools/train_speed.py parallel --iters 150 --rounds 3 \\
         --output docs/benchmarks/demo_parallel
 
     # loss curves, fp32 vs the defaults, seeds 0 and 1, 300 iterations
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         rep = time_parallel_runs(
             a.config, a.data, work, rounds=a.rounds, ims_per_batch=a.ims, max_iter=a.iters or 30
         )
-        summary = {k: rep[k] for k in ("median_s", "cpu_median_s", "parallel_over_sequential")}
+        keys = ("median_s", "cpu_median_s", "seconds_per_run", "parallel_over_sequential",
+                "parallel_over_first_version")  # fmt: skip
+        summary = {k: rep[k] for k in keys}
     elif a.what == "losses":
         rep = loss_curves(
             a.config,

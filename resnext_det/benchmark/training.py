@@ -246,10 +246,12 @@ def train_net_command(
     max_iter: int | None = None,
     ims_per_batch: int | None = None,
     seed: int = 0,
+    cpu_training: bool = True,
 ) -> list[str]:
     """The ``tools/train_net.py`` command of one demo training run on the generated set
     ``data`` (a :class:`~resnext_det.data.SyntheticCOCO`), with ``CPU_TRAINING.NUM_THREADS
-    threads`` (1 for runs side by side)."""
+    threads`` (1 for runs side by side); ``cpu_training=False``: detectron2's own settings
+    (fp32, NCHW, torch's thread count), what the first version trained with."""
     cfg = demo_train_config(
         config_file, out_dir, max_iter=max_iter, ims_per_batch=ims_per_batch, seed=seed
     )
@@ -258,7 +260,8 @@ def train_net_command(
         "--register", "synthetic_train", str(data.train_json), str(data.train_image_root),
         "--register", "synthetic_val", str(data.val_json), str(data.val_image_root),
         "OUTPUT_DIR", str(out_dir), "DATASETS.TEST", "()", "SEED", str(seed),
-        "CPU_TRAINING.NUM_THREADS", str(threads), *_schedule_opts(cfg),
+        "CPU_TRAINING.NUM_THREADS", str(threads), "CPU_TRAINING.ENABLED", str(cpu_training),
+        *_schedule_opts(cfg),
     ]  # fmt: skip
 
 
@@ -288,19 +291,26 @@ def time_parallel_runs(
     rounds: int = 3,
     ims_per_batch: int | None = None,
 ) -> dict[str, Any]:
-    """Wall time of ``runs`` trainings of ``max_iter`` iterations, one after another with all
-    cores' threads each ("sequential") or side by side with one thread each ("parallel"),
-    interleaved over ``rounds``; each run a fresh process (its start-up included)."""
+    """Wall time of ``runs`` trainings of ``max_iter`` iterations, interleaved over ``rounds``,
+    each run a fresh process (its start-up included), three ways: "first_version", one after
+    another with detectron2's settings (fp32 NCHW, all cores' threads), as the first version's
+    demo trained; "sequential", one after another with the ``CPU_TRAINING`` defaults on all
+    cores; "parallel", side by side with the defaults and one thread each (what the demo does).
+    ``parallel_over_first_version`` is the time per run now against then."""
     from ..data import make_synthetic_coco
 
     data = make_synthetic_coco(data_dir)
     cores = os.cpu_count() or 1
     env = {**os.environ, "PYTHONPATH": str(_REPO)}
-    times: dict[str, list[float]] = {"sequential": [], "parallel": []}
-    cpu: dict[str, list[float]] = {"sequential": [], "parallel": []}
+    modes = {  # mode: (threads per run, CPU_TRAINING defaults, side by side)
+        "first_version": (cores, False, False),
+        "sequential": (cores, True, False),
+        "parallel": (1, True, True),
+    }
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds):
-        for mode in times:
-            threads = cores if mode == "sequential" else 1
+        for mode, (threads, defaults, side_by_side) in modes.items():
             cmds = [
                 train_net_command(
                     config_file,
@@ -310,13 +320,14 @@ def time_parallel_runs(
                     max_iter=max_iter,
                     ims_per_batch=ims_per_batch,
                     seed=k,
+                    cpu_training=defaults,
                 )
                 for k in range(runs)
             ]
-            if mode == "sequential":
-                done = [_run_processes([c], env) for c in cmds]
-            else:
+            if side_by_side:
                 done = [_run_processes(cmds, env)]
+            else:
+                done = [_run_processes([c], env) for c in cmds]
             times[mode].append(sum(w for w, _ in done))
             cpu[mode].append(sum(c for _, c in done))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -328,7 +339,9 @@ def time_parallel_runs(
         "cpu_seconds": cpu,
         "median_s": med,
         "cpu_median_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "seconds_per_run": {k: v / runs for k, v in med.items()},
         "parallel_over_sequential": med["parallel"] / med["sequential"],
+        "parallel_over_first_version": med["parallel"] / med["first_version"],
     }
 
 

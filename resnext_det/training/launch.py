@@ -12,6 +12,7 @@ Three ways in, one result (a process group and detectron2's ``comm._LOCAL_PROCES
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -135,6 +136,10 @@ def _cpu_worker(
         # as "terminate called without an active exception" in the 2-process guard test).
         comm.synchronize()
     finally:
+        # Free what still holds the groups (a DDP model's reducer in a reference cycle) while
+        # they are intact, so that destroying them joins gloo's threads now rather than in the
+        # interpreter's shutdown, the suspected source of that abort.
+        gc.collect()
         dist.destroy_process_group()
 
 
