@@ -213,6 +213,12 @@ def test_comparison_report_has_a_gallery_of_the_images_that_differ_most(tmp_path
     assert sorted(p.name for p in (out / "gallery").iterdir()) == [
         e["picture"].split("/")[1] for e in again["gallery"][0]["images"]
     ]
+    # Two names that make the same file name still get a picture each.
+    both = compare_results(gt, {"R": base, "X/1": other, "X_1": other}, out_dir=tmp_path / "two",
+                           images=synthetic.val_image_root, gallery=1, **kw)  # fmt: skip
+    pictures = [e["picture"] for g in both["gallery"] for e in g["images"]]
+    on_disk = list((tmp_path / "two" / "gallery").iterdir())
+    assert len(pictures) == 2 == len(set(pictures)) == len(on_disk)
     # Without the images (or with gallery=0) there is no gallery.
     plain = compare_results(gt, {"R": base, "X": other}, out_dir=tmp_path / "plain", **kw)
     assert "gallery" not in plain

@@ -28,7 +28,7 @@ from .coco import (
     load_ground_truth,
     load_results,
 )
-from .gallery import image_paths, render_gallery
+from .gallery import image_paths, render_gallery, safe_name
 from .matching import match_detections
 from .metrics import per_category_ap, pr_curve, summarize
 from .report import check_out_dir, output_names, write_outputs
@@ -293,12 +293,22 @@ def compare_results(
     if out_dir is not None and images is not None and gallery and len(names) > 1:
         paths = image_paths(gt, images)
         report["gallery"] = []
-        for name in names:
+        prefixes: set[str] = set()
+        for k, name in enumerate(names):
             if name == baseline:
                 continue
+            prefix = safe_name(name)
+            prefix = prefix if prefix not in prefixes else f"{prefix}-{k}"  # "X/1" and "X_1"
+            prefixes.add(prefix)
             pair = {n: list(zip(dets[n], tables[n])) for n in (baseline, name)}
             entry, drawn = render_gallery(
-                gt, paths, pair, top=gallery, score_threshold=gallery_threshold, progress=progress
+                gt,
+                paths,
+                pair,
+                top=gallery,
+                score_threshold=gallery_threshold,
+                file_prefix=prefix,
+                progress=progress,
             )
             report["gallery"].append(entry)
             pictures.update(drawn)

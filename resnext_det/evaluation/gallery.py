@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .accumulate import MatchTable
 from .coco import CocoGroundTruth, Detections
 
-__all__ = ["GALLERY_DIR", "image_paths", "per_image_counts", "render_gallery"]
+__all__ = ["GALLERY_DIR", "image_paths", "per_image_counts", "render_gallery", "safe_name"]
 
 GALLERY_DIR = "gallery"
 # MatchTable.tp is [area range, IoU threshold, detection]: "all" areas, IoU 0.5.
@@ -55,7 +55,8 @@ def image_paths(
     return {int(img["id"]): root / str(img["file_name"]) for img in gt.images}
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
+    """``name`` as a file name: letters, digits and ``-._`` kept, anything else ``_``."""
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in name) or "model"
 
 
@@ -96,6 +97,7 @@ def render_gallery(
     *,
     top: int = 8,
     score_threshold: float = 0.5,
+    file_prefix: str | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The ``top`` images where two models differ most, drawn.
@@ -107,6 +109,8 @@ def render_gallery(
             baseline first.
         top: how many images at most (images where the two means are equal are left out).
         score_threshold: detections below it are neither counted nor drawn.
+        file_prefix: the pictures' names start with it (default: the other model's name, with
+            characters other than letters, digits, ``-._`` replaced by ``_``).
         progress: a tqdm bar over the pictures.
 
     Returns:
@@ -170,7 +174,7 @@ def render_gallery(
         ok, encoded = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
         if not ok:  # pragma: no cover
             raise RuntimeError(f"could not encode the gallery picture of image {image_id}")
-        picture = f"{GALLERY_DIR}/{_safe_name(other)}_{rank:02d}_{image_id}.png"
+        picture = f"{GALLERY_DIR}/{file_prefix or safe_name(other)}_{rank:02d}_{image_id}.png"
         pictures[picture] = encoded.tobytes()
         entries.append(
             {
