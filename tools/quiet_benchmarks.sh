@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Every figure of docs/benchmarks.md, on a quiet machine (nothing else running: no tests, no
 # training). Each tool records the load average before and after and labels its json/md
-# "NOT quiet" when the 1-minute load went above 0.5 per core. About 75 minutes on a 2-core CPU.
+# "NOT quiet" when the 1-minute load went above 0.5 per core. About 90 minutes on a 2-core CPU.
 #   tools/quiet_benchmarks.sh [OUT_DIR [SECTION ...]]   (default docs/benchmarks; all sections)
-#   sections: train forward train1 forward1 settings settings1 parallel grouped
+#   sections: train forward train1 forward1 settings settings1 parallel grouped tasks224 compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/benchmarks}
 shift || true
-SECTIONS=${*:-train forward train1 forward1 settings settings1 parallel grouped}
+SECTIONS=${*:-train forward train1 forward1 settings settings1 parallel grouped tasks224 compile}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 
@@ -40,8 +40,15 @@ run() {
     # The grouped 3x3 convolution, every way tried (one thread, process CPU time).
     grouped) $PY tools/grouped_conv_bench.py --size 512 640 --threads 1 --repeats 7 \
         --output "$OUT/cpu_grouped_conv" ;;
+    # All four tasks on small images, R-50 against X-50-32x4d, every default setting.
+    tasks224) $PY tools/benchmark.py --models R-50 X-50-32x4d --tasks forward backward train \
+        inference --size 224 320 --repeats 5 --output "$OUT/cpu_all_tasks_224x320" ;;
+    # torch.compile (inductor) after folding.
+    compile) $PY tools/benchmark.py --models X-50-32x4d --tasks forward --size 400 608 \
+        --settings detectron2 optimized optimized+compile --repeats 5 \
+        --output "$OUT/cpu_compile_400x608" ;;
     *) echo "quiet_benchmarks: no section $1 (sections: train forward train1 forward1 settings" \
-        "settings1 parallel grouped)" >&2; exit 2 ;;
+        "settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
     esac
 }
 for s in $SECTIONS; do run "$s"; done
