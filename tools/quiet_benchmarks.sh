@@ -12,7 +12,18 @@ SECTIONS=${*:-train forward train1 forward1 settings settings1 parallel grouped 
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 
+# The 1-minute load average still carries the previous section's threads for a minute or two;
+# wait (up to 5 minutes) until it is under the tools' quiet limit, 0.5 per core.
+settle() {
+    local limit waited=0
+    limit=$(( $(nproc) * 50 ))
+    while (( $(awk '{printf "%d", $1 * 100}' /proc/loadavg) > limit && waited < 300 )); do
+        sleep 10; waited=$(( waited + 10 ))
+    done
+}
+
 run() {
+    settle
     echo "== $1 ($(date +%H:%M:%S); $(cut -d' ' -f1-3 /proc/loadavg))"
     case $1 in
     # Training target: Faster R-CNN X-50-32x4d-FPN, 2 images at 512x640, against detectron2 fp32.
