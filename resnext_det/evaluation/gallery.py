@@ -97,7 +97,7 @@ def render_gallery(
     *,
     top: int = 8,
     score_threshold: float = 0.5,
-    file_prefix: str | None = None,
+    file_prefix: str,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The ``top`` images where two models differ most, drawn.
@@ -109,8 +109,8 @@ def render_gallery(
             baseline first.
         top: how many images at most (images where the two means are equal are left out).
         score_threshold: detections below it are neither counted nor drawn.
-        file_prefix: the pictures' names start with it (default: the other model's name, with
-            characters other than letters, digits, ``-._`` replaced by ``_``).
+        file_prefix: the pictures' names start with it (unique per model of the report, e.g.
+            :func:`safe_name` of the other model's name).
         progress: a tqdm bar over the pictures.
 
     Returns:
@@ -174,7 +174,7 @@ def render_gallery(
         ok, encoded = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
         if not ok:  # pragma: no cover
             raise RuntimeError(f"could not encode the gallery picture of image {image_id}")
-        picture = f"{GALLERY_DIR}/{file_prefix or safe_name(other)}_{rank:02d}_{image_id}.png"
+        picture = f"{GALLERY_DIR}/{file_prefix}_{rank:02d}_{image_id}.png"
         pictures[picture] = encoded.tobytes()
         entries.append(
             {
