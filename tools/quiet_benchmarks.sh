@@ -3,12 +3,12 @@
 # training). Each tool records the load average before and after and labels its json/md
 # "NOT quiet" when the 1-minute load went above 0.5 per core. About 90 minutes on a 2-core CPU.
 #   tools/quiet_benchmarks.sh [OUT_DIR [SECTION ...]]   (default docs/benchmarks; all sections)
-#   sections: train forward train1 forward1 settings settings1 parallel grouped tasks224 compile
+#   sections: peak train forward train1 forward1 settings settings1 parallel grouped tasks224 compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/benchmarks}
 shift || true
-SECTIONS=${*:-train forward train1 forward1 settings settings1 parallel grouped tasks224 compile}
+SECTIONS=${*:-peak train forward train1 forward1 settings settings1 parallel grouped tasks224 compile}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 
@@ -26,6 +26,8 @@ run() {
     settle
     echo "== $1 ($(date +%H:%M:%S); $(cut -d' ' -f1-3 /proc/loadavg))"
     case $1 in
+    # Is torch's matmul (the benchmarks' "of peak" divisor) the peak? Against a oneDNN 1x1 conv.
+    peak) $PY tools/peak_check.py --threads 1 2 --output "$OUT/peak_check" ;;
     # Training target: Faster R-CNN X-50-32x4d-FPN, 2 images at 512x640, against detectron2 fp32.
     train) $PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
         --settings detectron2 channels_last channels_last+amp cpu_train_defaults --repeats 5 \
@@ -58,7 +60,7 @@ run() {
     compile) $PY tools/benchmark.py --models X-50-32x4d --tasks forward --size 400 608 \
         --settings detectron2 optimized optimized+compile --repeats 5 \
         --output "$OUT/cpu_compile_400x608" ;;
-    *) echo "quiet_benchmarks: no section $1 (sections: train forward train1 forward1 settings" \
+    *) echo "quiet_benchmarks: no section $1 (sections: peak train forward train1 forward1 settings" \
         "settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
     esac
 }
