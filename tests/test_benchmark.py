@@ -155,11 +155,17 @@ def test_benchmark_settings_and_errors():
         run_benchmark(repeats=0)
 
 
-def test_cli_names_its_own_flag(capsys):
-    """tools/benchmark.py translates the library's field into its flag."""
-    spec = importlib.util.spec_from_file_location("bench_tool", REPO / "tools" / "benchmark.py")
+def _tool(name: str):
+    """tools/NAME.py as a module (the tools are scripts, not package modules)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_cli_names_its_own_flag(capsys):
+    """tools/benchmark.py translates the library's field into its flag."""
+    tool = _tool("benchmark")
     with pytest.raises(SystemExit) as e:
         tool.main(["--size", "8", "8", "--output", "unused"])
     assert e.value.code == 2
@@ -229,3 +235,19 @@ def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tm
     from resnext_det.speed import cpu_training_settings
 
     assert cpu_training_settings(cfg) is None
+
+
+def test_peak_check_times_the_matmul_probe_beside_a_1x1_convolution(tmp_path):
+    """tools/peak_check.py: both ways of the same multiply-adds per dtype, fp32 results within
+    fp32 rounding of float64, written with the load and the quiet verdict."""
+    argv = ["--threads", "1", "--repeats", "1", "--output", str(tmp_path / "peak")]
+    _tool("peak_check").main(argv)
+    rep = json.loads((tmp_path / "peak.json").read_text())
+    assert [(r["threads"], r["dtype"]) for r in rep["results"]] == [(1, "float32"), (1, "bfloat16")]
+    for r in rep["results"]:
+        for key in ("matmul", "conv1x1_nchw", "conv1x1_nhwc"):
+            assert r[f"{key}_gmacs_per_s"] > 0
+    fp32 = rep["results"][0]
+    assert fp32["matmul_rel_err_vs_float64"] < 1e-5
+    assert fp32["conv1x1_nhwc_rel_err_vs_float64"] < 1e-5
+    assert "quiet" in rep["quiet"] and rep["command"].startswith("python tools/peak_check.py")
