@@ -55,6 +55,9 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
     peak = report["peak"]["R-50 forward"]
     assert set(peak) == {"float32", "bfloat16"} and len(peak["float32"]["times_s"]) == 2
     assert 0 < rows["detectron2"]["fraction_of_peak"] < 1
+    fp32_peak = max(k["gmacs_per_s"] for k in peak["float32"]["kernels"].values())
+    d2 = rows["detectron2"]
+    assert d2["fraction_of_peak"] == pytest.approx(d2["achieved_gmacs_per_s"] / fp32_peak)
     assert rows["optimized+bf16"]["peak_dtype"] == "bfloat16"
     assert not report["enough_rounds"]
     out = tmp_path / "b"
@@ -62,6 +65,7 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["results"][1]["setting"] == "optimized"
     md = (tmp_path / "b.md").read_text()
     assert "| R-50" in md and "Indicative only" in md and "Machine peak" in md
+    assert "| matmul | 1x1 conv NHWC | peak |" in md
     assert (tmp_path / "b.png").stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.md", "b.png"]
 
@@ -195,15 +199,28 @@ def test_quiet_verdict_and_label():
     assert "Quiet machine" in benchmark_markdown(report)
 
 
-def test_peak_probe_counts_multiply_adds():
+def test_peak_probe_takes_the_faster_of_a_matmul_and_a_1x1_convolution():
+    """The same n^3 multiply-adds both ways; the peak is the faster median, and both are kept."""
     probe = PeakProbe(torch.device("cpu"), n=256)
+    assert probe.conv_shape == (2, 128, 32, 16)  # 2 * 128 * 128 * 512 = 256^3
     probe.warmup()
     probe.round()
     probe.round()
-    s = probe.summary()
-    t = sorted(s["float32"]["times_s"])
-    assert s["float32"]["gmacs_per_s"] == pytest.approx(256**3 / 1e9 / ((t[0] + t[1]) / 2))
-    assert s["float32"]["spread_gmacs_per_s"][0] <= s["float32"]["gmacs_per_s"]
+    s = probe.summary()["float32"]
+    for k in PeakProbe.KERNELS:
+        t = sorted(s["kernels"][k]["times_s"])
+        assert s["kernels"][k]["gmacs_per_s"] == pytest.approx(256**3 / 1e9 / ((t[0] + t[1]) / 2))
+    rates = {k: v["gmacs_per_s"] for k, v in s["kernels"].items()}
+    assert s["kernel"] == max(rates, key=rates.get) and s["gmacs_per_s"] == max(rates.values())
+    assert s["spread_gmacs_per_s"][0] <= s["gmacs_per_s"] <= s["spread_gmacs_per_s"][1]
+    # Both kernels compute what they claim: the convolution is a matrix product per pixel.
+    _, x, w = probe.calls["float32"]["conv1x1_nhwc"]
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    y = torch.nn.functional.conv2d(x, w)
+    ref = torch.einsum("bchw,oc->bohw", x, w[:, :, 0, 0])
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="power of two"):
+        PeakProbe(torch.device("cpu"), n=100)
 
 
 def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tmp_path):

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-peak",
         action="store_true",
-        help="skip the matrix-product peak timed in every round (no fraction-of-peak column)",
+        help="skip the machine's peak timed in every round (no fraction-of-peak column)",
     )
     return p
 

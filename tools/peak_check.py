@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Is torch's matrix product the machine's peak? The benchmark's "of peak" column divides by it
-(``PeakProbe``: a 2048^3 ``torch.matmul``, MKL's sgemm for fp32). This times it beside a oneDNN
-1x1 convolution of the same multiply-adds (1024 -> 1024 channels on a 64x64 map, NCHW and NHWC),
-per dtype and thread count, with the error of each fp32 result against float64. Where the
-convolution is faster, the probe understates the peak.
+"""Which kernel is the machine's peak? A 2048^3 ``torch.matmul`` (MKL's sgemm for fp32) beside a
+oneDNN 1x1 convolution of the same multiply-adds (1024 -> 1024 channels on two 64x64 maps, NCHW
+and NHWC), per dtype and thread count, with the error of each fp32 result against float64. The
+benchmark's ``PeakProbe`` times the matmul and the NHWC convolution in every round and divides
+by the faster; this study adds NCHW, several thread counts and the accuracy check, which is what
+showed that the matmul alone understates the peak on 2-thread Zen 4/5 (1.5-2x).
 
     python tools/peak_check.py [--threads 1 2] [--repeats 7] [--output docs/benchmarks/peak_check]
 """

@@ -7,7 +7,7 @@ load measured in the same run; the speed-ups themselves live in :mod:`resnext_de
 
 * :mod:`.settings`: the models, tasks and settings compared;
 * :mod:`.variants`: the model of each setting, built from the baseline's weights;
-* :mod:`.measure`: memory, multiply-adds, the matrix-product peak, the load;
+* :mod:`.measure`: memory, multiply-adds, the machine's peak, the load;
 * :mod:`.timing`: the interleaved timing loop (:func:`run_benchmark`);
 * :mod:`.report`: markdown, plot and files;
 * :mod:`.training`: the demo's training under CPU settings (speed and loss curves).

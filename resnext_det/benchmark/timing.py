@@ -85,8 +85,8 @@ def run_benchmark(
     (:func:`max_relative_error`; backward: the input gradient; train: the RPN losses), measured
     for peak memory, and then timed in ``repeats`` rounds of one call each, A B C A B C ...,
     so that load from other processes falls on all variants alike. Each round also times the
-    machine's peak (:class:`PeakProbe`: an fp32 and a bf16 matrix product on the same threads),
-    so every figure comes with its fraction of the peak measured under the same load.
+    machine's peak (:class:`PeakProbe`: fp32 and bf16 matrix products and 1x1 convolutions on the
+    same threads), so every figure comes with its fraction of the peak under the same load.
 
     Args:
         models: names from :data:`BENCH_MODELS`.
@@ -103,7 +103,7 @@ def run_benchmark(
         seed: weights, norm statistics and images.
         clock: what the statistics are of: "wall" (``time.perf_counter``) or "cpu" (the
             process's CPU time, ``time.process_time``). Both are recorded.
-        peak: time the matrix-product peak in every round.
+        peak: time the machine's peak in every round.
         progress: tqdm bars.
 
     Returns:
