@@ -12,17 +12,22 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
 * :func:`optimize_for_inference`: both of the above plus ``eval()``; the fp32-equal default.
 * :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
 * :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
+* :func:`keep_freed_memory`: stop glibc's malloc from returning freed activations to the kernel,
+  which otherwise page-faults them in afresh on every pass (a process setting, not a model one).
 
 Training on the CPU (``cfg.CPU_TRAINING``): :func:`cpu_training_settings` turns the config into
 one :class:`CPUTrainingSettings` record (channels_last, bf16 autocast where the CPU has native
-bf16, thread count), which the trainer applies (:func:`apply_cpu_training`) and the benchmark
-measures, so that the fast path cannot differ from what was timed.
+bf16, thread count, freed memory kept), which the trainer applies (:func:`apply_cpu_training`)
+and the benchmark measures, so that the fast path cannot differ from what was timed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import platform
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,6 +45,7 @@ __all__ = [
     "optimize_for_inference",
     "autocast",
     "compile_module",
+    "keep_freed_memory",
     "apply_inference_config",
     "max_relative_error",
     "CPUTrainingSettings",
@@ -214,11 +220,44 @@ def compile_module(module: nn.Module, **kwargs) -> nn.Module:
     return module
 
 
+# glibc's malloc serves blocks above M_MMAP_THRESHOLD (128 KiB, raised as such blocks are freed,
+# to at most 32 MiB) with mmap and unmaps them when freed, and trims the heap's free top above
+# M_TRIM_THRESHOLD. A forward pass at detection size frees and reallocates GBs of activations,
+# so every pass page-faults them in afresh: 0.87M minor faults and 25% of the CPU time per
+# detectron2 X-101-32x8d forward at 800x1216 (docs/benchmarks.md, "Freed memory").
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEPT_BLOCK = 1 << 30  # blocks up to 1 GiB come from (and go back to) the heap
+_NO_TRIM = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's malloc keep freed memory for reuse instead of returning it to the
+    kernel: no page faults for activations after the first pass. The cost: resident memory stays
+    at the process's peak. A process setting (applied by the trainer with
+    ``CPU_TRAINING.KEEP_FREED_MEMORY``, by :func:`apply_inference_config` with
+    ``MODEL.RESNEXT.KEEP_FREED_MEMORY``); idempotent.
+
+    Returns:
+        True where it took effect (Linux with glibc); False elsewhere (nothing is changed).
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    kept = mallopt(_M_MMAP_THRESHOLD, _KEPT_BLOCK)
+    untrimmed = mallopt(_M_TRIM_THRESHOLD, _NO_TRIM)
+    return bool(kept and untrimmed)
+
+
 def apply_inference_config(model: nn.Module, cfg) -> nn.Module:
     """Apply the inference switches of ``cfg.MODEL.RESNEXT`` to ``model`` (in place; returns it).
 
     ``OPTIMIZE_FOR_INFERENCE`` -> :func:`optimize_for_inference`; ``COMPILE`` ->
-    :func:`compile_module` on ``model.backbone`` (or on ``model`` when it has none). Mixed
+    :func:`compile_module` on ``model.backbone`` (or on ``model`` when it has none);
+    ``KEEP_FREED_MEMORY`` with ``MODEL.DEVICE`` cpu -> :func:`keep_freed_memory`. Mixed
     precision (``INFERENCE_AMP_DTYPE``) is a context, not a model change: wrap the forward in
     ``autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE)``.
     """
@@ -227,6 +266,8 @@ def apply_inference_config(model: nn.Module, cfg) -> nn.Module:
         optimize_for_inference(model)
     if x.get("COMPILE", False):
         compile_module(getattr(model, "backbone", model))
+    if x.get("KEEP_FREED_MEMORY", True) and torch.device(cfg.MODEL.DEVICE).type == "cpu":
+        keep_freed_memory()
     return model
 
 
@@ -280,11 +321,13 @@ class CPUTrainingSettings:
         channels_last: the detector's weights (and so activations) in NHWC.
         amp_dtype: autocast dtype of the forward pass, "" for fp32.
         num_threads: torch intra-op threads (0: leave torch's default).
+        keep_freed_memory: call :func:`keep_freed_memory` (a process setting).
     """
 
     channels_last: bool = False
     amp_dtype: str = ""
     num_threads: int = 0
+    keep_freed_memory: bool = False
 
 
 _CPU_AMP = ("", "bfloat16")
@@ -322,7 +365,10 @@ def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
         else:
             logger.info("CPU_TRAINING.AMP_DTYPE bfloat16: this CPU has no native bf16; fp32")
     return CPUTrainingSettings(
-        channels_last=bool(node.CHANNELS_LAST), amp_dtype=amp, num_threads=threads
+        channels_last=bool(node.CHANNELS_LAST),
+        amp_dtype=amp,
+        num_threads=threads,
+        keep_freed_memory=bool(node.get("KEEP_FREED_MEMORY", True)),
     )
 
 
@@ -333,6 +379,8 @@ def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -
         return model
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    if settings.keep_freed_memory and not keep_freed_memory():
+        logger.info("CPU_TRAINING.KEEP_FREED_MEMORY: not glibc, the allocator is left as it is")
     if settings.channels_last:
         to_channels_last(model)
     return model

@@ -23,7 +23,7 @@ from resnext_det.benchmark import (
 )
 from resnext_det.benchmark.measure import PeakProbe, quiet_verdict
 from resnext_det.benchmark.variants import bench_config
-from resnext_det.speed import cpu_training_settings, native_bf16
+from resnext_det.speed import cpu_training_settings, keep_freed_memory, native_bf16
 
 FP32_TOL = 1e-4
 BF16_TOL = 5e-2
@@ -59,6 +59,7 @@ def test_benchmark_runs_and_writes_reports(tmp_path):
     d2 = rows["detectron2"]
     assert d2["fraction_of_peak"] == pytest.approx(d2["achieved_gmacs_per_s"] / fp32_peak)
     assert rows["optimized+bf16"]["peak_dtype"] == "bfloat16"
+    assert all(r["minor_faults_per_call"] >= 0 for r in rows.values())
     assert not report["enough_rounds"]
     out = tmp_path / "b"
     write_benchmark(report, f"{out}.json", f"{out}.md", f"{out}.png", command="cmd")
@@ -138,6 +139,26 @@ def test_cpu_train_defaults_are_what_the_trainer_applies():
     assert row["setting"] == CPU_TRAIN_DEFAULTS
     assert row["channels_last"] == expected.channels_last
     assert row["amp"] == (expected.amp_dtype or "float32")
+    # The trainer also keeps freed memory, a process setting the run must be asked for; a run
+    # without it says so, a run with it applies it to every variant.
+    assert expected.keep_freed_memory and resolved.keeps_freed_memory
+    assert row["lacks_process_setting"] and not report["config"]["freed_memory_kept"]
+    assert "lacks the trainer's `KEEP_FREED_MEMORY`" in benchmark_markdown(report)
+    kept = keep_freed_memory()  # what the run below does first; False off glibc
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["train"],
+        settings=[CPU_TRAIN_DEFAULTS],
+        size=(64, 64),
+        repeats=1,
+        warmup=0,
+        peak=False,
+        keep_freed_memory=True,
+        progress=False,
+    )
+    assert report["config"]["freed_memory_kept"] == kept
+    assert report["results"][1]["lacks_process_setting"] == (not kept)
+    assert ("Freed memory **kept**" in benchmark_markdown(report)) == kept
 
 
 def test_benchmark_settings_and_errors():

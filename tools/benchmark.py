@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the machine's peak timed in every round (no fraction-of-peak column)",
     )
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="keep freed memory in this process (resnext_det.speed.keep_freed_memory, what the "
+        "project's CPU trainer and inference do) for every variant, the baseline included",
+    )
     return p
 
 
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             clock=args.clock,
             peak=not args.no_peak,
+            keep_freed_memory=args.keep_freed_memory,
         )
     except BenchmarkInputError as exc:
         parser.error(f"--{exc.field}: {exc.detail}")

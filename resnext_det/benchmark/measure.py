@@ -18,6 +18,7 @@ __all__ = [
     "peak_memory",
     "quantile",
     "load_average",
+    "minor_faults",
     "quiet_verdict",
     "count_gmacs",
     "PeakProbe",
@@ -65,6 +66,16 @@ def load_average() -> list[float] | None:
     with contextlib.suppress(OSError, AttributeError):
         return [round(v, 2) for v in os.getloadavg()]
     return None
+
+
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (pages the kernel mapped in on first touch);
+    None where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def count_gmacs(task: str, reference: nn.Module, size: tuple[int, int], inputs: list | None):

@@ -57,6 +57,28 @@ def _peak_lines(report: dict) -> list[str]:
     ]
 
 
+def _memory_line(report: dict) -> str:
+    c = report["config"]
+    if c.get("freed_memory_kept"):
+        line = (
+            "Freed memory **kept** in the process (`--keep-freed-memory`, what the project's CPU "
+            "trainer and inference do), for every setting, the baseline included."
+        )
+    else:
+        line = (
+            "Freed memory returned to the kernel (the allocator's default"
+            + ("; `--keep-freed-memory` was asked for but is not available here" if
+               c.get("keep_freed_memory") else "")
+            + "), for every setting: page faults are part of every figure."
+        )  # fmt: skip
+    if any(r.get("lacks_process_setting") for r in report["results"]):
+        line += (
+            " `cpu_train_defaults` here lacks the trainer's `KEEP_FREED_MEMORY`, a process "
+            "setting: rerun with `--keep-freed-memory` for what the trainer does."
+        )
+    return line
+
+
 def benchmark_markdown(report: dict, command: str | None = None) -> str:
     """The report as markdown: the machine, its load, its peak, the command, one table per task."""
     from tabulate import tabulate
@@ -72,6 +94,8 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
         f"{report.get('load_average_after')}.",
         "",
         _quiet_line(report),
+        "",
+        _memory_line(report),
         "",
     ]
     if not report.get("enough_rounds", True):
@@ -100,6 +124,7 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
                 f"{r['achieved_gmacs_per_s']:.1f}",
                 _fraction(r),
                 f"{r['max_rel_err_vs_baseline']:.1e}",
+                _faults(r),
             ]
             for r in rows
         ]
@@ -116,6 +141,7 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
             "GMAC/s",
             "of peak",
             "max rel err",
+            "page faults/call",
         ]
         lines += [
             f"### {_TASK_TITLES[task]}",
@@ -136,6 +162,11 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
         "the peak of the same dtype measured in the same rounds."
     )
     return "\n".join(lines) + "\n"
+
+
+def _faults(r: dict) -> str:
+    f = r.get("minor_faults_per_call")
+    return "-" if f is None else f"{f / 1e3:.0f}k" if f >= 1e4 else f"{f:.0f}"
 
 
 def _spread(r: dict) -> str:

@@ -66,6 +66,9 @@ class Setting:
     # The project's CPU training defaults (cfg.CPU_TRAINING, speed.cpu_training_settings)
     # as the trainer applies them; resolved per config by resolve().
     cpu_training_defaults: bool = False
+    # What the trainer would also do to its process (speed.keep_freed_memory): not the
+    # variant's to apply, one run shares one allocator; run_benchmark(keep_freed_memory=True).
+    keeps_freed_memory: bool = False
 
     def applies_to(self, task: str) -> bool:
         training = task in ("backward", "train")
@@ -90,7 +93,12 @@ class Setting:
         s = cpu_training_settings(cfg)
         if s is None:
             return None
-        return replace(self, channels_last=s.channels_last, amp=s.amp_dtype)
+        return replace(
+            self,
+            channels_last=s.channels_last,
+            amp=s.amp_dtype,
+            keeps_freed_memory=s.keep_freed_memory,
+        )
 
     def amp_dtype(self, device: torch.device) -> str:
         if self.amp == "auto":

@@ -9,11 +9,13 @@ import time
 import torch
 
 from ..env import machine_info
+from ..speed import keep_freed_memory as keep_process_freed_memory
 from ..speed import max_relative_error
 from .measure import (
     PeakProbe,
     count_gmacs,
     load_average,
+    minor_faults,
     peak_memory,
     quantile,
     quiet_verdict,
@@ -75,6 +77,7 @@ def run_benchmark(
     seed: int = 0,
     clock: str = "wall",
     peak: bool = True,
+    keep_freed_memory: bool = False,
     progress: bool = True,
 ) -> dict:
     """Time ``settings`` of each model on each task, interleaved, against detectron2's ResNet.
@@ -104,6 +107,10 @@ def run_benchmark(
         clock: what the statistics are of: "wall" (``time.perf_counter``) or "cpu" (the
             process's CPU time, ``time.process_time``). Both are recorded.
         peak: time the machine's peak in every round.
+        keep_freed_memory: first make this process keep freed memory
+            (:func:`resnext_det.speed.keep_freed_memory`, what the project's trainer and CPU
+            inference do): a process setting, so it holds for every variant of the run, the
+            baseline included. Each record counts the minor page faults of its calls.
         progress: tqdm bars.
 
     Returns:
@@ -116,6 +123,7 @@ def run_benchmark(
     from tqdm import tqdm
 
     dev = _check_arguments(tasks, settings, repeats, batch, size, clock, device)
+    memory_kept = keep_process_freed_memory() if keep_freed_memory else False
     names = [BASELINE] + [s for s in settings if s != BASELINE]
     size = (int(size[0]), int(size[1]))
     records = []
@@ -172,6 +180,7 @@ def run_benchmark(
                 memory[v.setting.name] = peak_memory(dev, v.step)
             walls: dict[str, list[float]] = {v.setting.name: [] for v in variants}
             cpus: dict[str, list[float]] = {v.setting.name: [] for v in variants}
+            faults: dict[str, list[int]] = {v.setting.name: [] for v in variants}
             group_probe = PeakProbe(dev, clock=clock) if peak else None
             if group_probe:
                 group_probe.warmup()
@@ -181,10 +190,13 @@ def run_benchmark(
                 for v in variants:
                     sync(dev)
                     start, start_cpu = time.perf_counter(), time.process_time()
+                    start_faults = minor_faults()
                     v.step()
                     sync(dev)
                     walls[v.setting.name].append(time.perf_counter() - start)
                     cpus[v.setting.name].append(time.process_time() - start_cpu)
+                    if start_faults is not None:
+                        faults[v.setting.name].append(minor_faults() - start_faults)
                 loads.append(load_average())
             group_peak = group_probe.summary() if group_probe else {}
             peaks[label] = group_peak
@@ -233,6 +245,11 @@ def run_benchmark(
                         if ref_peak
                         else None,
                         "max_rel_err_vs_baseline": errors[s.name],
+                        "minor_faults_per_call": statistics.median(faults[s.name])
+                        if faults[s.name]
+                        else None,
+                        # The trainer would keep freed memory; this run did not (see config).
+                        "lacks_process_setting": s.keeps_freed_memory and not memory_kept,
                     }
                 )
             del variants
@@ -252,6 +269,8 @@ def run_benchmark(
             "warmup": warmup,
             "seed": seed,
             "clock": clock,
+            "keep_freed_memory": keep_freed_memory,
+            "freed_memory_kept": memory_kept,
         },
         "load_average_before": loads[0],
         "load_average_after": loads[-1],

@@ -251,7 +251,8 @@ def compare_models(
         max_images: evaluate on the first N images only (ground truth restricted to them).
         flops_size: (H, W) for the FLOP count; default the config's test resolution.
         optimize: apply :func:`resnext_det.optimize_for_inference` (BatchNorm folding,
-            channels_last) before timing.
+            channels_last) before timing; on the CPU also keep freed memory in this process
+            (:func:`resnext_det.speed.keep_freed_memory`), as ``--eval-only`` does.
         progress: tqdm bars.
         allow_partial_weights: score models whose weights leave parameters randomly
             initialised (refused otherwise, naming the groups).
@@ -268,7 +269,10 @@ def compare_models(
         ...                "my_val", "out/compare")
     """
     from ..complexity import count_complexity
-    from ..speed import optimize_for_inference
+    from ..speed import keep_freed_memory, optimize_for_inference
+
+    if optimize and torch.device(device).type == "cpu":
+        keep_freed_memory()
     from .coco import load_ground_truth, load_results
 
     if not models:
