@@ -3,12 +3,13 @@
 # training). Each tool records the load average before and after and labels its json/md
 # "NOT quiet" when the 1-minute load went above 0.5 per core. About 90 minutes on a 2-core CPU.
 #   tools/quiet_benchmarks.sh [OUT_DIR [SECTION ...]]   (default docs/benchmarks; all sections)
-#   sections: peak train forward train1 forward1 settings settings1 parallel grouped tasks224 compile
+#   sections: peak train forward train1 forward1 trainkeep forwardkeep settings settings1 parallel
+#             grouped tasks224 compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/benchmarks}
 shift || true
-SECTIONS=${*:-peak train forward train1 forward1 settings settings1 parallel grouped tasks224 compile}
+SECTIONS=${*:-peak train forward train1 forward1 trainkeep forwardkeep settings settings1 parallel grouped tasks224 compile}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 
@@ -43,6 +44,14 @@ run() {
     forward1) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
         --settings detectron2 channels_last optimized optimized+bf16 --repeats 5 --threads 1 \
         --clock cpu --output "$OUT/cpu_forward_800x1216_1thread" ;;
+    # train and forward again with freed memory kept in the process (what the project's trainer
+    # and CPU inference do), for every setting, the baseline included.
+    trainkeep) $PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
+        --settings detectron2 channels_last channels_last+amp cpu_train_defaults --repeats 5 \
+        --keep-freed-memory --output "$OUT/cpu_train_512x640_keep" ;;
+    forwardkeep) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
+        --settings detectron2 torchvision channels_last optimized optimized+bf16 --repeats 5 \
+        --keep-freed-memory --output "$OUT/cpu_forward_800x1216_keep" ;;
     # The demo's training: per-iteration time of each setting (2 threads, and 1 thread).
     settings) $PY tools/train_speed.py settings --rounds 5 --output "$OUT/demo_train_settings" ;;
     settings1) $PY tools/train_speed.py settings --rounds 5 --threads 1 \
@@ -60,8 +69,8 @@ run() {
     compile) $PY tools/benchmark.py --models X-50-32x4d --tasks forward --size 400 608 \
         --settings detectron2 optimized optimized+compile --repeats 5 \
         --output "$OUT/cpu_compile_400x608" ;;
-    *) echo "quiet_benchmarks: no section $1 (sections: peak train forward train1 forward1 settings" \
-        "settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
+    *) echo "quiet_benchmarks: no section $1 (sections: peak train forward train1 forward1" \
+        "trainkeep forwardkeep settings settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
     esac
 }
 for s in $SECTIONS; do run "$s"; done
