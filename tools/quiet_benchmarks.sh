@@ -65,10 +65,10 @@ run() {
     # All four tasks on small images, R-50 against X-50-32x4d, every default setting.
     tasks224) $PY tools/benchmark.py --models R-50 X-50-32x4d --tasks forward backward train \
         inference --size 224 320 --repeats 5 --output "$OUT/cpu_all_tasks_224x320" ;;
-    # torch.compile (inductor) after folding.
-    compile) $PY tools/benchmark.py --models X-50-32x4d --tasks forward --size 400 608 \
-        --settings detectron2 optimized optimized+compile --repeats 5 \
-        --output "$OUT/cpu_compile_400x608" ;;
+    # torch.compile (inductor) after folding, without and with freezing, memory kept.
+    compile) $PY tools/benchmark.py --models X-101-32x8d --tasks forward \
+        --settings detectron2 optimized optimized+compile optimized+compile+freezing --repeats 5 \
+        --keep-freed-memory --output "$OUT/cpu_compile_800x1216_keep" ;;
     *) echo "quiet_benchmarks: no section $1 (sections: peak train forward train1 forward1" \
         "trainkeep forwardkeep settings settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
     esac

@@ -63,6 +63,8 @@ class Setting:
     optimize: bool = False
     amp: str = ""
     compile: bool = False
+    # inductor's freezing (weights as constants, prepacked for oneDNN; inference only)
+    freezing: bool = False
     # The project's CPU training defaults (cfg.CPU_TRAINING, speed.cpu_training_settings)
     # as the trainer applies them; resolved per config by resolve().
     cpu_training_defaults: bool = False
@@ -119,6 +121,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("optimized+bf16", optimize=True, amp="bfloat16"),
         Setting("optimized+fp16", optimize=True, amp="float16"),
         Setting("optimized+compile", optimize=True, compile=True),
+        Setting("optimized+compile+freezing", optimize=True, compile=True, freezing=True),
         Setting("optimized+bf16+compile", optimize=True, amp="bfloat16", compile=True),
         Setting("amp", amp="auto"),
         Setting("channels_last+amp", channels_last=True, amp="auto"),
