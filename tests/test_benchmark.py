@@ -125,16 +125,21 @@ def test_cpu_train_defaults_are_what_the_trainer_applies():
     cuda = cfg.clone()
     cuda.MODEL.DEVICE = "cuda"
     assert SETTINGS[CPU_TRAIN_DEFAULTS].resolve(cuda) is None  # a CPU setting only
-    report = run_benchmark(
-        models=["R-50"],
-        tasks=["train"],
-        settings=[CPU_TRAIN_DEFAULTS],
-        size=(64, 64),
-        repeats=1,
-        warmup=0,
-        peak=False,
-        progress=False,
-    )
+
+    def train_run(**kwargs):
+        return run_benchmark(
+            models=["R-50"],
+            tasks=["train"],
+            settings=[CPU_TRAIN_DEFAULTS],
+            size=(64, 64),
+            repeats=1,
+            warmup=0,
+            peak=False,
+            progress=False,
+            **kwargs,
+        )
+
+    report = train_run()
     row = report["results"][1]
     assert row["setting"] == CPU_TRAIN_DEFAULTS
     assert row["channels_last"] == expected.channels_last
@@ -145,17 +150,7 @@ def test_cpu_train_defaults_are_what_the_trainer_applies():
     assert row["lacks_process_setting"] and not report["config"]["freed_memory_kept"]
     assert "lacks the trainer's `KEEP_FREED_MEMORY`" in benchmark_markdown(report)
     kept = keep_freed_memory()  # what the run below does first; False off glibc
-    report = run_benchmark(
-        models=["R-50"],
-        tasks=["train"],
-        settings=[CPU_TRAIN_DEFAULTS],
-        size=(64, 64),
-        repeats=1,
-        warmup=0,
-        peak=False,
-        keep_freed_memory=True,
-        progress=False,
-    )
+    report = train_run(keep_freed_memory=True)
     assert report["config"]["freed_memory_kept"] == kept
     assert report["results"][1]["lacks_process_setting"] == (not kept)
     assert ("Freed memory **kept**" in benchmark_markdown(report)) == kept

@@ -102,6 +102,10 @@ class Setting:
             keeps_freed_memory=s.keep_freed_memory,
         )
 
+    def compile_kwargs(self) -> dict:
+        """Keyword arguments of :func:`resnext_det.speed.compile_module` for this setting."""
+        return {"options": {"freezing": True}} if self.freezing else {}
+
     def amp_dtype(self, device: torch.device) -> str:
         if self.amp == "auto":
             return "float16" if device.type == "cuda" else "bfloat16"

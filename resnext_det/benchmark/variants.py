@@ -126,7 +126,7 @@ def backbone_variant(
     else:
         model.train()
     if setting.compile:
-        compile_module(model, **({"options": {"freezing": True}} if setting.freezing else {}))
+        compile_module(model, **setting.compile_kwargs())
 
     def forward():
         with torch.inference_mode(), autocast(device, amp):
@@ -200,8 +200,7 @@ def detector_variant(
         if setting.optimize:
             optimize_for_inference(model)
     if setting.compile:
-        options = {"options": {"freezing": True}} if setting.freezing else {}
-        compile_module(model.backbone, **options)
+        compile_module(model.backbone, **setting.compile_kwargs())
 
     def features():
         with torch.inference_mode(), autocast(device, amp):
