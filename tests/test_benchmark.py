@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 
 import pytest
 import torch
@@ -144,16 +145,90 @@ def test_cpu_train_defaults_are_what_the_trainer_applies():
     assert row["setting"] == CPU_TRAIN_DEFAULTS
     assert row["channels_last"] == expected.channels_last
     assert row["amp"] == (expected.amp_dtype or "float32")
-    # The trainer also keeps freed memory, a process setting the run must be asked for; a run
-    # without it says so, a run with it applies it to every variant.
+    # The trainer also keeps freed memory, a process setting: a run with the allocator's
+    # default for every variant says the setting lacks it, memory="kept" applies it to all.
     assert expected.keep_freed_memory and resolved.keeps_freed_memory
     assert row["lacks_process_setting"] and not report["config"]["freed_memory_kept"]
-    assert "lacks the trainer's `KEEP_FREED_MEMORY`" in benchmark_markdown(report)
+    assert row["freed_memory"] == "returned"
+    assert "`cpu_train_defaults` here lack(s) the project's" in benchmark_markdown(report)
     kept = keep_freed_memory()  # what the run below does first; False off glibc
-    report = train_run(keep_freed_memory=True)
+    report = train_run(memory="kept")
     assert report["config"]["freed_memory_kept"] == kept
     assert report["results"][1]["lacks_process_setting"] == (not kept)
     assert ("Freed memory **kept**" in benchmark_markdown(report)) == kept
+    assert {r["freed_memory"] for r in report["results"]} == {"kept" if kept else "returned"}
+
+
+@pytest.mark.slow
+def test_as_shipped_times_each_path_with_its_own_allocator_setting():
+    """memory="as-shipped": detectron2 here with the allocator's default, the project's CPU
+    training defaults and folded inference in a child process that keeps freed memory (what the
+    project's tools do), the same weights and inputs in both (outputs equal to the baseline's),
+    interleaved, with the faster peak of the two processes."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["forward", "train"],
+        settings=["optimized", CPU_TRAIN_DEFAULTS, "channels_last"],
+        size=(64, 64),
+        repeats=2,
+        warmup=0,
+        memory="as-shipped",
+        progress=False,
+    )
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime > before  # a child ran them
+    rows = {(r["task"], r["setting"]): r for r in report["results"]}
+    kept = rows["forward", "optimized"]["freed_memory"]
+    assert kept in ("kept", "returned")  # "returned" only off glibc (no mallopt)
+    assert rows["train", CPU_TRAIN_DEFAULTS]["freed_memory"] == kept
+    for task in ("forward", "train"):
+        assert rows[task, "detectron2"]["freed_memory"] == "returned"
+        assert rows[task, "channels_last"]["freed_memory"] == "returned"  # an ingredient
+        assert len(rows[task, "detectron2"]["times_s"]) == 2
+    assert rows["forward", "optimized"]["max_rel_err_vs_baseline"] < FP32_TOL
+    assert rows["train", CPU_TRAIN_DEFAULTS]["max_rel_err_vs_baseline"] < BF16_TOL
+    assert not any(r["lacks_process_setting"] for r in report["results"]) or kept == "returned"
+    for by_dtype in report["peak"].values():
+        assert {p["freed_memory"] for p in by_dtype.values()} <= {"kept", "returned"}
+    md = benchmark_markdown(report)
+    assert "Freed memory **as shipped**" in md and "`optimized`, `cpu_train_defaults` ran" in md
+
+
+def test_compile_settings_pass_freezing_to_inductor_only_where_named(monkeypatch):
+    """optimized+compile+freezing compiles with inductor's freezing, optimized+compile without
+    (the compile itself is stubbed here: minutes on a small CPU; test_train compiles for real)."""
+    from resnext_det.benchmark import variants
+
+    calls = []
+    monkeypatch.setattr(variants, "compile_module", lambda m, **kw: calls.append(kw) or m)
+    report = run_benchmark(
+        models=["R-50"],
+        tasks=["forward"],
+        settings=["optimized+compile", "optimized+compile+freezing"],
+        size=(64, 64),
+        repeats=1,
+        warmup=0,
+        peak=False,
+        progress=False,
+    )
+    assert calls == [{}, {"options": {"freezing": True}}]
+    rows = {r["setting"]: r for r in report["results"]}
+    assert rows["optimized+compile+freezing"]["compile"]
+    assert rows["optimized+compile+freezing"]["max_rel_err_vs_baseline"] < FP32_TOL
+
+
+@pytest.mark.slow
+def test_memory_keeping_child_reports_its_failure_and_stops():
+    from resnext_det.benchmark.process import BenchmarkWorkerError, KeptMemoryProcess
+
+    case = dict(model_name="X-26", task="forward", device="cpu", size=(64, 64), batch=1, seed=0)
+    with pytest.raises(BenchmarkWorkerError, match=r"failed on start(?s:.*)unknown model 'X-26'"):
+        KeptMemoryProcess(case, [SETTINGS["optimized"]], threads=1, peak=False, clock="wall")
+    assert not multiprocessing.active_children()  # stopped, not left behind
+    with pytest.raises(BenchmarkInputError, match=r"memory: must be one of"):
+        run_benchmark(memory="keep", progress=False)
 
 
 def test_benchmark_settings_and_errors():

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resnext_det.benchmark import (  # noqa: E402
     BENCH_MODELS,
     DEFAULT_SETTINGS,
+    MEMORY_MODES,
     SETTINGS,
     TASKS,
     BenchmarkInputError,
@@ -83,10 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the machine's peak timed in every round (no fraction-of-peak column)",
     )
     p.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="keep freed memory in this process (resnext_det.speed.keep_freed_memory, what the "
-        "project's CPU trainer and inference do) for every variant, the baseline included",
+        "--memory",
+        choices=MEMORY_MODES,
+        default="as-shipped",
+        help="what the allocator does with freed memory (resnext_det.speed.keep_freed_memory, a "
+        "process setting): as-shipped (default: the project's CPU training defaults and folded "
+        "inference in a child process that keeps it, as the project's tools do; the rest, "
+        "detectron2 included, with the default), returned (the default for every variant) or "
+        "kept (for every variant, the baseline included)",
     )
     return p
 
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             clock=args.clock,
             peak=not args.no_peak,
-            keep_freed_memory=args.keep_freed_memory,
+            memory=args.memory,
         )
     except BenchmarkInputError as exc:
         parser.error(f"--{exc.field}: {exc.detail}")

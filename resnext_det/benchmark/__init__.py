@@ -9,6 +9,7 @@ load measured in the same run; the speed-ups themselves live in :mod:`resnext_de
 * :mod:`.variants`: the model of each setting, built from the baseline's weights;
 * :mod:`.measure`: memory, multiply-adds, the machine's peak, the load;
 * :mod:`.timing`: the interleaved timing loop (:func:`run_benchmark`);
+* :mod:`.process`: where variants run (here, or in a child process that keeps freed memory);
 * :mod:`.report`: markdown, plot and files;
 * :mod:`.training`: the demo's training under CPU settings (speed and loss curves).
 """
@@ -24,13 +25,14 @@ from .settings import (
     BenchmarkInputError,
     Setting,
 )
-from .timing import MIN_ROUNDS, run_benchmark
+from .timing import MEMORY_MODES, MIN_ROUNDS, run_benchmark
 
 __all__ = [
     "BASELINE",
     "BENCH_MODELS",
     "CPU_TRAIN_DEFAULTS",
     "DEFAULT_SETTINGS",
+    "MEMORY_MODES",
     "MIN_ROUNDS",
     "SETTINGS",
     "TASKS",

@@ -40,7 +40,8 @@ def _peak_lines(report: dict) -> list[str]:
             lo, hi = p["spread_gmacs_per_s"]
             each = " | ".join(f"{p['kernels'][k]['gmacs_per_s']:.1f}" for k in p["kernels"])
             rows.append(
-                f"| {label} | {dtype} | {each} | {p['gmacs_per_s']:.1f} ({p['kernel']}) | "
+                f"| {label} | {dtype} | {each} | {p['gmacs_per_s']:.1f} ({p['kernel']}"
+                f"{', memory ' + p['freed_memory'] if 'freed_memory' in p else ''}) | "
                 f"{lo:.1f}-{hi:.1f} |"
             )
     if not rows:
@@ -48,7 +49,8 @@ def _peak_lines(report: dict) -> list[str]:
     return [
         "Machine peak, measured in the same rounds on the same threads: per dtype per round the "
         "same n^3 multiply-adds (n = 2048) as an n x n matrix product and as a channels-last "
-        "1x1 convolution; the peak is the faster one's median (GMAC/s):",
+        "1x1 convolution; the peak is the faster one's median, in whichever process was faster "
+        "(GMAC/s):",
         "",
         "| group | dtype | matmul | 1x1 conv NHWC | peak | min-max |",
         "|---|---|---|---|---|---|",
@@ -59,22 +61,35 @@ def _peak_lines(report: dict) -> list[str]:
 
 def _memory_line(report: dict) -> str:
     c = report["config"]
-    if c.get("freed_memory_kept"):
+    mode = c.get("memory", "kept" if c.get("freed_memory_kept") else "returned")
+    kept = [r["setting"] for r in report["results"] if r.get("freed_memory") == "kept"]
+    if mode == "as-shipped":
         line = (
-            "Freed memory **kept** in the process (`--keep-freed-memory`, what the project's CPU "
+            "Freed memory **as shipped** (`--memory as-shipped`): each path's process does what "
+            "its tools do, so "
+            + (f"{', '.join(f'`{s}`' for s in dict.fromkeys(kept))} ran in a child process that "
+               "keeps freed memory (the project's CPU trainer and inference) and " if kept else "")
+            + "the rest, detectron2 included, with the allocator's default (see the memory "
+            "column)."
+        )  # fmt: skip
+    elif c.get("freed_memory_kept"):
+        line = (
+            "Freed memory **kept** in the process (`--memory kept`, what the project's CPU "
             "trainer and inference do), for every setting, the baseline included."
         )
     else:
         line = (
             "Freed memory returned to the kernel (the allocator's default"
-            + ("; `--keep-freed-memory` was asked for but is not available here" if
-               c.get("keep_freed_memory") else "")
+            + ("; `--memory kept` was asked for but is not available here" if mode == "kept"
+               else "")
             + "), for every setting: page faults are part of every figure."
         )  # fmt: skip
-    if any(r.get("lacks_process_setting") for r in report["results"]):
+    lacking = sorted({r["setting"] for r in report["results"] if r.get("lacks_process_setting")})
+    if lacking:
         line += (
-            " `cpu_train_defaults` here lacks the trainer's `KEEP_FREED_MEMORY`, a process "
-            "setting: rerun with `--keep-freed-memory` for what the trainer does."
+            f" {', '.join(f'`{s}`' for s in lacking)} here lack(s) the project's "
+            "`KEEP_FREED_MEMORY`, a process setting: `--memory as-shipped` times what its tools "
+            "do."
         )
     return line
 
@@ -125,6 +140,7 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
                 _fraction(r),
                 f"{r['max_rel_err_vs_baseline']:.1e}",
                 _faults(r),
+                r.get("freed_memory", "returned"),
             ]
             for r in rows
         ]
@@ -142,6 +158,7 @@ def benchmark_markdown(report: dict, command: str | None = None) -> str:
             "of peak",
             "max rel err",
             "page faults/call",
+            "freed memory",
         ]
         lines += [
             f"### {_TASK_TITLES[task]}",

@@ -68,8 +68,9 @@ class Setting:
     # The project's CPU training defaults (cfg.CPU_TRAINING, speed.cpu_training_settings)
     # as the trainer applies them; resolved per config by resolve().
     cpu_training_defaults: bool = False
-    # What the trainer would also do to its process (speed.keep_freed_memory): not the
-    # variant's to apply, one run shares one allocator; run_benchmark(keep_freed_memory=True).
+    # What the project's tools also do to their process on the CPU (speed.keep_freed_memory:
+    # the trainer, apply_inference_config): not the variant's to apply, a process shares one
+    # allocator; run_benchmark(memory="as-shipped") runs such variants in a process that does.
     keeps_freed_memory: bool = False
 
     def applies_to(self, task: str) -> bool:
@@ -87,8 +88,11 @@ class Setting:
 
     def resolve(self, cfg) -> Setting | None:
         """The concrete setting for ``cfg`` (``cpu_training_defaults``: what the trainer would
-        apply to ``cfg``; None where that is nothing, e.g. on CUDA)."""
+        apply to ``cfg``; None where that is nothing, e.g. on CUDA; freed memory is kept on the
+        CPU only)."""
         if not self.cpu_training_defaults:
+            if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+                return replace(self, keeps_freed_memory=False)
             return self
         from ..speed import cpu_training_settings
 
@@ -121,12 +125,18 @@ SETTINGS: dict[str, Setting] = {
         Setting("aggregated", block_form="aggregated"),
         Setting("concat", block_form="concat"),
         Setting("channels_last", channels_last=True),
-        Setting("optimized", optimize=True),
-        Setting("optimized+bf16", optimize=True, amp="bfloat16"),
-        Setting("optimized+fp16", optimize=True, amp="float16"),
-        Setting("optimized+compile", optimize=True, compile=True),
-        Setting("optimized+compile+freezing", optimize=True, compile=True, freezing=True),
-        Setting("optimized+bf16+compile", optimize=True, amp="bfloat16", compile=True),
+        # Folded inference, as --eval-only and compare_models run it (apply_inference_config).
+        *(
+            Setting(name, optimize=True, keeps_freed_memory=True, **kw)
+            for name, kw in (
+                ("optimized", {}),
+                ("optimized+bf16", {"amp": "bfloat16"}),
+                ("optimized+fp16", {"amp": "float16"}),
+                ("optimized+compile", {"compile": True}),
+                ("optimized+compile+freezing", {"compile": True, "freezing": True}),
+                ("optimized+bf16+compile", {"amp": "bfloat16", "compile": True}),
+            )
+        ),
         Setting("amp", amp="auto"),
         Setting("channels_last+amp", channels_last=True, amp="auto"),
         Setting("channels_last+compile", channels_last=True, compile=True),

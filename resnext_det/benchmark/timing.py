@@ -3,24 +3,16 @@ machine's peak measured in the same rounds and the load recorded around them."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-import time
 
 import torch
 
 from ..env import machine_info
 from ..speed import keep_freed_memory as keep_process_freed_memory
 from ..speed import max_relative_error
-from .measure import (
-    PeakProbe,
-    count_gmacs,
-    load_average,
-    minor_faults,
-    peak_memory,
-    quantile,
-    quiet_verdict,
-    sync,
-)
+from .measure import PeakProbe, load_average, quantile, quiet_verdict
+from .process import BenchmarkWorkerError, KeptMemoryProcess, LocalRunner
 from .settings import (
     BASELINE,
     DEFAULT_SETTINGS,
@@ -28,18 +20,14 @@ from .settings import (
     TASKS,
     BenchmarkInputError,
 )
-from .variants import (
-    backbone_variant,
-    bench_config,
-    detector_inputs,
-    detector_variant,
-    realistic_norms,
-)
+from .variants import bench_config, build_variants
 
-__all__ = ["run_benchmark", "MIN_ROUNDS"]
+__all__ = ["run_benchmark", "MIN_ROUNDS", "MEMORY_MODES"]
 
 # Fewer interleaved rounds than this and the report calls its figures indicative only.
 MIN_ROUNDS = 5
+# What run_benchmark(memory=...) can do with the allocator's freed memory.
+MEMORY_MODES = ("returned", "kept", "as-shipped")
 
 
 def _check_arguments(tasks, settings, repeats, batch, size, clock, device) -> torch.device:
@@ -77,7 +65,7 @@ def run_benchmark(
     seed: int = 0,
     clock: str = "wall",
     peak: bool = True,
-    keep_freed_memory: bool = False,
+    memory: str = "returned",
     progress: bool = True,
 ) -> dict:
     """Time ``settings`` of each model on each task, interleaved, against detectron2's ResNet.
@@ -107,10 +95,13 @@ def run_benchmark(
         clock: what the statistics are of: "wall" (``time.perf_counter``) or "cpu" (the
             process's CPU time, ``time.process_time``). Both are recorded.
         peak: time the machine's peak in every round.
-        keep_freed_memory: first make this process keep freed memory
-            (:func:`resnext_det.speed.keep_freed_memory`, what the project's trainer and CPU
-            inference do): a process setting, so it holds for every variant of the run, the
-            baseline included. Each record counts the minor page faults of its calls.
+        memory: what the allocator does with freed memory (a process setting,
+            :func:`resnext_det.speed.keep_freed_memory`; each record counts its minor page faults
+            per call and says which it had): ``"returned"`` (glibc's default, for every variant),
+            ``"kept"`` (this process keeps it, for every variant, the baseline included) or
+            ``"as-shipped"`` (each path as its tools run it: the variants whose setting
+            ``keeps_freed_memory``, the project's CPU training defaults and folded inference, run
+            in a child process that keeps it, the rest here with the default; on CPU only).
         progress: tqdm bars.
 
     Returns:
@@ -120,139 +111,27 @@ def run_benchmark(
     Raises:
         BenchmarkInputError: an argument is not allowed (``.field`` names it).
     """
-    from tqdm import tqdm
-
     dev = _check_arguments(tasks, settings, repeats, batch, size, clock, device)
-    memory_kept = keep_process_freed_memory() if keep_freed_memory else False
+    if memory not in MEMORY_MODES:
+        raise BenchmarkInputError("memory", f"must be one of {MEMORY_MODES}; got {memory!r}")
+    memory_kept = keep_process_freed_memory() if memory == "kept" else False
     names = [BASELINE] + [s for s in settings if s != BASELINE]
     size = (int(size[0]), int(size[1]))
     records = []
     loads = [load_average()]
     peaks = {}
+    here = "kept" if memory_kept else "returned"
     for model_name in models:
         for task in tasks:
-            torch.manual_seed(seed)
-            cfg = bench_config(model_name, torch.device("cpu"), task)
-            detector = task in ("train", "inference")
-            if detector:
-                from detectron2.modeling import build_model
-
-                reference = realistic_norms(build_model(cfg), seed)
-                inputs = detector_inputs(batch, size, torch.device("cpu"), seed)
-            else:
-                from detectron2.layers import ShapeSpec
-                from detectron2.modeling.backbone.resnet import build_resnet_backbone
-
-                reference = realistic_norms(build_resnet_backbone(cfg, ShapeSpec(channels=3)), seed)
-                inputs = None
-            gmacs, gmacs_note = count_gmacs(task, reference, size, inputs)
-            cfg.MODEL.DEVICE = str(dev)
-            reference.to(dev)
-            if detector:
-                inputs = detector_inputs(batch, size, dev, seed)
-            else:
-                x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
-                x = x.to(dev)
-            variants = []
-            for name in names:
-                setting = SETTINGS[name]
-                if not setting.applies_to(task):
-                    continue
-                setting = setting.resolve(cfg)
-                if setting is None:
-                    continue
-                if detector:
-                    variants.append(detector_variant(setting, task, reference, cfg, inputs))
-                else:
-                    variants.append(backbone_variant(setting, task, reference, cfg, x))
-            del reference
-            label = f"{model_name} {task}"
-            expected = None
-            errors, memory = {}, {}
-            for v in tqdm(variants, desc=f"{label}: warm-up", disable=not progress):
-                for _ in range(warmup):
-                    v.step()
-                sync(dev)
-                got = v.check()
-                if expected is None:
-                    expected = got
-                errors[v.setting.name] = max_relative_error(got, expected)
-                memory[v.setting.name] = peak_memory(dev, v.step)
-            walls: dict[str, list[float]] = {v.setting.name: [] for v in variants}
-            cpus: dict[str, list[float]] = {v.setting.name: [] for v in variants}
-            faults: dict[str, list[int]] = {v.setting.name: [] for v in variants}
-            group_probe = PeakProbe(dev, clock=clock) if peak else None
-            if group_probe:
-                group_probe.warmup()
-            for _ in tqdm(range(repeats), desc=f"{label}: rounds", disable=not progress):
-                if group_probe:
-                    group_probe.round()
-                for v in variants:
-                    sync(dev)
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    start_faults = minor_faults()
-                    v.step()
-                    sync(dev)
-                    walls[v.setting.name].append(time.perf_counter() - start)
-                    cpus[v.setting.name].append(time.process_time() - start_cpu)
-                    if start_faults is not None:
-                        faults[v.setting.name].append(minor_faults() - start_faults)
-                loads.append(load_average())
-            group_peak = group_probe.summary() if group_probe else {}
-            peaks[label] = group_peak
-            times = walls if clock == "wall" else cpus
-            base = statistics.median(times[BASELINE])
-            for v in variants:
-                s, t = v.setting, times[v.setting.name]
-                med = statistics.median(t)
-                amp = s.amp_dtype(dev) or "float32"
-                achieved = gmacs * batch / med
-                ref_peak = group_peak.get(amp if amp in group_peak else "float32")
-                records.append(
-                    {
-                        "model": model_name,
-                        "task": task,
-                        "setting": s.name,
-                        "source": s.source,
-                        "block_form": s.block_form if s.source == "project" else None,
-                        "channels_last": s.channels_last or s.optimize,
-                        "fold_bn": s.optimize,
-                        "amp": amp,
-                        "compile": s.compile,
-                        "batch": batch,
-                        "size": list(size),
-                        "clock": clock,
-                        "rounds": len(t),
-                        "times_s": t,
-                        "wall_times_s": walls[s.name],
-                        "cpu_times_s": cpus[s.name],
-                        "median_s": med,
-                        "q1_s": quantile(t, 0.25),
-                        "q3_s": quantile(t, 0.75),
-                        "min_s": min(t),
-                        "max_s": max(t),
-                        "ms_per_image": 1e3 * med / batch,
-                        "images_per_s": batch / med,
-                        "ratio_to_baseline": med / base,
-                        "ratio_spread": [min(t) / base, max(t) / base],
-                        "peak_memory_mib": memory[s.name][0],
-                        "memory_measure": memory[s.name][1],
-                        "gmacs_per_image": gmacs,
-                        "gmacs_measure": gmacs_note,
-                        "achieved_gmacs_per_s": achieved,
-                        "peak_dtype": amp if amp in group_peak else "float32",
-                        "fraction_of_peak": achieved / ref_peak["gmacs_per_s"]
-                        if ref_peak
-                        else None,
-                        "max_rel_err_vs_baseline": errors[s.name],
-                        "minor_faults_per_call": statistics.median(faults[s.name])
-                        if faults[s.name]
-                        else None,
-                        # The trainer would keep freed memory; this run did not (see config).
-                        "lacks_process_setting": s.keeps_freed_memory and not memory_kept,
-                    }
+            case = dict(model_name=model_name, task=task, device=str(dev), size=size, batch=batch,
+                        seed=seed)  # fmt: skip
+            with contextlib.ExitStack() as stack:
+                runners, children, gmacs = _runners(case, names, memory, here, peak, clock, stack)
+                label = f"{model_name} {task}"
+                peaks[label], timings = _time_rounds(
+                    label, runners, children, repeats, warmup, peak, clock, loads, progress
                 )
-            del variants
+                records += _records(case, runners, timings, gmacs, peaks[label], clock)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     loads.append(load_average())
@@ -269,7 +148,7 @@ def run_benchmark(
             "warmup": warmup,
             "seed": seed,
             "clock": clock,
-            "keep_freed_memory": keep_freed_memory,
+            "memory": memory,
             "freed_memory_kept": memory_kept,
         },
         "load_average_before": loads[0],
@@ -280,3 +159,145 @@ def run_benchmark(
         "peak": peaks,
         "results": records,
     }
+
+
+def _runners(case, names, memory, here, peak, clock, stack):
+    """The runner of every setting that applies, in ``names``' order (baseline first), the
+    child processes they need (entered on ``stack``), and the case's multiply-adds."""
+    dev = torch.device(case["device"])
+    cfg = bench_config(case["model_name"], dev, case["task"])
+    resolved = {n: SETTINGS[n].resolve(cfg) for n in names if SETTINGS[n].applies_to(case["task"])}
+    resolved = {n: s for n, s in resolved.items() if s is not None}
+    away = [
+        s
+        for s in resolved.values()
+        if memory == "as-shipped" and dev.type == "cpu" and s.keeps_freed_memory
+    ]
+    local, checksum, gmacs = build_variants(
+        **case, settings=[SETTINGS[n] for n in resolved if resolved[n] not in away],
+        count_macs=True,
+    )  # fmt: skip
+    by_name = {v.setting.name: LocalRunner(v, dev, here) for v in local}
+    children = []
+    if away:
+        child = stack.enter_context(
+            KeptMemoryProcess(case, away, torch.get_num_threads(), peak, clock)
+        )
+        if child.checksum != checksum:
+            raise BenchmarkWorkerError(
+                f"benchmark: the child process built other weights for {case['model_name']} "
+                f"{case['task']} (checksum {child.checksum!r}, here {checksum!r})"
+            )
+        by_name.update({r.setting.name: r for r in child.runners})
+        children.append(child)
+    return [by_name[n] for n in resolved], children, gmacs
+
+
+def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, progress):
+    """Warm up, check and measure the memory of each runner, then time ``repeats`` interleaved
+    rounds (with the peak probe of this process and of each child); returns the merged peak
+    and per setting its outputs' error, memory and per-call wall/CPU times and faults."""
+    from tqdm import tqdm
+
+    dev = runners[0].device
+    expected = None
+    timings = {}
+    for r in tqdm(runners, desc=f"{label}: warm-up", disable=not progress):
+        r.warm(warmup)
+        got = r.check()
+        if expected is None:
+            expected = got
+        timings[r.setting.name] = {
+            "error": max_relative_error(got, expected),
+            "memory": r.memory(),
+            "calls": [],
+        }
+    del expected
+    probe = PeakProbe(dev, clock=clock) if peak else None
+    if probe:
+        probe.warmup()
+    for _ in tqdm(range(repeats), desc=f"{label}: rounds", disable=not progress):
+        if probe:
+            probe.round()
+        for child in children:
+            child.probe_round()
+        for r in runners:
+            timings[r.setting.name]["calls"].append(r.timed())
+        loads.append(load_average())
+    summaries = {runners[0].freed_memory: probe.summary()} if probe else {}
+    for child in children:
+        summaries.setdefault("kept", child.probe_summary())
+    return _merge_peaks(summaries), timings
+
+
+def _merge_peaks(summaries: dict[str, dict]) -> dict:
+    """Per dtype the faster peak of those measured under each allocator setting (the machine's
+    peak is the best it was seen to do), with ``freed_memory`` saying which it was."""
+    merged = {}
+    for freed, summary in summaries.items():
+        for dtype, p in summary.items():
+            if dtype not in merged or p["gmacs_per_s"] > merged[dtype]["gmacs_per_s"]:
+                merged[dtype] = {**p, "freed_memory": freed}
+    return merged
+
+
+def _records(case, runners, timings, gmacs_and_note, group_peak, clock) -> list[dict]:
+    gmacs, gmacs_note = gmacs_and_note
+    batch, dev = case["batch"], torch.device(case["device"])
+    times = {}
+    for name, t in timings.items():
+        walls, cpus, faults = zip(*t["calls"])
+        times[name] = {"wall": list(walls), "cpu": list(cpus), "faults": faults}
+    base = statistics.median(times[BASELINE][clock])
+    records = []
+    for r in runners:
+        s, measured = r.setting, timings[r.setting.name]
+        t = times[s.name][clock]
+        faults = [f for f in times[s.name]["faults"] if f is not None]
+        med = statistics.median(t)
+        amp = s.amp_dtype(dev) or "float32"
+        achieved = gmacs * batch / med
+        peak_dtype = amp if amp in group_peak else "float32"
+        ref_peak = group_peak.get(peak_dtype)
+        records.append(
+            {
+                "model": case["model_name"],
+                "task": case["task"],
+                "setting": s.name,
+                "source": s.source,
+                "block_form": s.block_form if s.source == "project" else None,
+                "channels_last": s.channels_last or s.optimize,
+                "fold_bn": s.optimize,
+                "amp": amp,
+                "compile": s.compile,
+                "batch": batch,
+                "size": list(case["size"]),
+                "clock": clock,
+                "rounds": len(t),
+                "times_s": t,
+                "wall_times_s": times[s.name]["wall"],
+                "cpu_times_s": times[s.name]["cpu"],
+                "median_s": med,
+                "q1_s": quantile(t, 0.25),
+                "q3_s": quantile(t, 0.75),
+                "min_s": min(t),
+                "max_s": max(t),
+                "ms_per_image": 1e3 * med / batch,
+                "images_per_s": batch / med,
+                "ratio_to_baseline": med / base,
+                "ratio_spread": [min(t) / base, max(t) / base],
+                "peak_memory_mib": measured["memory"][0],
+                "memory_measure": measured["memory"][1],
+                "gmacs_per_image": gmacs,
+                "gmacs_measure": gmacs_note,
+                "achieved_gmacs_per_s": achieved,
+                "peak_dtype": peak_dtype,
+                "fraction_of_peak": achieved / ref_peak["gmacs_per_s"] if ref_peak else None,
+                "max_rel_err_vs_baseline": measured["error"],
+                "minor_faults_per_call": statistics.median(faults) if faults else None,
+                "freed_memory": r.freed_memory,
+                # The project's tools would keep freed memory; this variant's process did not.
+                "lacks_process_setting": s.keeps_freed_memory and r.freed_memory != "kept",
+            }
+        )
+    return records

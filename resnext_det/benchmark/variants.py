@@ -15,6 +15,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
 from ..speed import autocast, compile_module, optimize_for_inference, to_channels_last
+from .measure import count_gmacs
 from .settings import BENCH_MODELS, TORCHVISION_MODELS, BenchmarkInputError, Setting
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "backbone_variant",
     "detector_inputs",
     "detector_variant",
+    "build_variants",
 ]
 
 
@@ -238,3 +240,67 @@ def detector_variant(
         return {k: v.detach().float() for k, v in loss_dict.items() if k.startswith("loss_rpn")}
 
     return Variant(setting, model, train_step, rpn_losses)
+
+
+def _checksum(model: torch.nn.Module) -> float:
+    """A float64 sum of ``model``'s floating-point parameters and buffers: the same in two
+    processes that built the same weights from the same seed."""
+    return float(
+        sum(v.double().sum() for v in model.state_dict().values() if v.is_floating_point())
+    )
+
+
+def build_variants(
+    *,
+    model_name: str,
+    task: str,
+    device: str,
+    size: tuple[int, int],
+    batch: int,
+    seed: int,
+    settings: list[Setting],
+    count_macs: bool = False,
+) -> tuple[list[Variant], float, tuple[float, str] | None]:
+    """The variants of ``settings`` that apply to (``model_name``, ``task``), built from one
+    reference network (detectron2's, with realistic norms) that only ``seed`` decides, so that
+    another process building the same case gets the same weights and inputs.
+
+    Returns the variants, the reference's :func:`_checksum` and, with ``count_macs``, its
+    multiply-adds per image (:func:`count_gmacs`).
+    """
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    cfg = bench_config(model_name, torch.device("cpu"), task)
+    detector = task in ("train", "inference")
+    if detector:
+        from detectron2.modeling import build_model
+
+        reference = realistic_norms(build_model(cfg), seed)
+        inputs = detector_inputs(batch, size, torch.device("cpu"), seed)
+    else:
+        from detectron2.layers import ShapeSpec
+        from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+        reference = realistic_norms(build_resnet_backbone(cfg, ShapeSpec(channels=3)), seed)
+        inputs = None
+    checksum = _checksum(reference)
+    macs = count_gmacs(task, reference, size, inputs) if count_macs else None
+    cfg.MODEL.DEVICE = str(dev)
+    reference.to(dev)
+    if detector:
+        inputs = detector_inputs(batch, size, dev, seed)
+    else:
+        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+        x = x.to(dev)
+    variants = []
+    for setting in settings:
+        if not setting.applies_to(task):
+            continue
+        setting = setting.resolve(cfg)
+        if setting is None:
+            continue
+        if detector:
+            variants.append(detector_variant(setting, task, reference, cfg, inputs))
+        else:
+            variants.append(backbone_variant(setting, task, reference, cfg, x))
+    return variants, checksum, macs
