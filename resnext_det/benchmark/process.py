@@ -64,10 +64,10 @@ class LocalRunner:
 class _RemoteRunner:
     """A variant run in a :class:`KeptMemoryProcess`."""
 
-    freed_memory = "kept"
-
     def __init__(self, process: KeptMemoryProcess, setting):
         self.process, self.setting, self.device = process, setting, process.device
+        # Off glibc the child cannot keep it either, and the records say so.
+        self.freed_memory = "kept" if process.kept else "returned"
 
     def warm(self, n: int) -> None:
         self.process.call("warm", self.setting.name, n)

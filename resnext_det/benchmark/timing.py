@@ -120,13 +120,15 @@ def run_benchmark(
     records = []
     loads = [load_average()]
     peaks = {}
-    here = "kept" if memory_kept else "returned"
+    freed_here = "kept" if memory_kept else "returned"
     for model_name in models:
         for task in tasks:
             case = dict(model_name=model_name, task=task, device=str(dev), size=size, batch=batch,
                         seed=seed)  # fmt: skip
             with contextlib.ExitStack() as stack:
-                runners, children, gmacs = _runners(case, names, memory, here, peak, clock, stack)
+                runners, children, gmacs = _runners(
+                    case, names, memory, freed_here, peak, clock, stack
+                )
                 label = f"{model_name} {task}"
                 peaks[label], timings = _time_rounds(
                     label, runners, children, repeats, warmup, peak, clock, loads, progress
@@ -161,7 +163,7 @@ def run_benchmark(
     }
 
 
-def _runners(case, names, memory, here, peak, clock, stack):
+def _runners(case, names, memory, freed_here, peak, clock, stack):
     """The runner of every setting that applies, in ``names``' order (baseline first), the
     child processes they need (entered on ``stack``), and the case's multiply-adds."""
     dev = torch.device(case["device"])
@@ -177,7 +179,7 @@ def _runners(case, names, memory, here, peak, clock, stack):
         **case, settings=[SETTINGS[n] for n in resolved if resolved[n] not in away],
         count_macs=True,
     )  # fmt: skip
-    by_name = {v.setting.name: LocalRunner(v, dev, here) for v in local}
+    by_name = {v.setting.name: LocalRunner(v, dev, freed_here) for v in local}
     children = []
     if away:
         child = stack.enter_context(
@@ -199,7 +201,7 @@ def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, 
     and per setting its outputs' error, memory and per-call wall/CPU times and faults."""
     from tqdm import tqdm
 
-    dev = runners[0].device
+    here = runners[0]  # the baseline, always in this process
     expected = None
     timings = {}
     for r in tqdm(runners, desc=f"{label}: warm-up", disable=not progress):
@@ -213,7 +215,7 @@ def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, 
             "calls": [],
         }
     del expected
-    probe = PeakProbe(dev, clock=clock) if peak else None
+    probe = PeakProbe(here.device, clock=clock) if peak else None
     if probe:
         probe.warmup()
     for _ in tqdm(range(repeats), desc=f"{label}: rounds", disable=not progress):
@@ -224,17 +226,16 @@ def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, 
         for r in runners:
             timings[r.setting.name]["calls"].append(r.timed())
         loads.append(load_average())
-    summaries = {runners[0].freed_memory: probe.summary()} if probe else {}
-    for child in children:
-        summaries.setdefault("kept", child.probe_summary())
+    summaries = [(here.freed_memory, probe.summary())] if probe else []
+    summaries += [("kept" if c.kept else "returned", c.probe_summary()) for c in children]
     return _merge_peaks(summaries), timings
 
 
-def _merge_peaks(summaries: dict[str, dict]) -> dict:
-    """Per dtype the faster peak of those measured under each allocator setting (the machine's
-    peak is the best it was seen to do), with ``freed_memory`` saying which it was."""
+def _merge_peaks(summaries: list[tuple[str, dict]]) -> dict:
+    """Per dtype the faster peak of those measured in each process (the machine's peak is the
+    best it was seen to do), with ``freed_memory`` saying what that process's allocator did."""
     merged = {}
-    for freed, summary in summaries.items():
+    for freed, summary in summaries:
         for dtype, p in summary.items():
             if dtype not in merged or p["gmacs_per_s"] > merged[dtype]["gmacs_per_s"]:
                 merged[dtype] = {**p, "freed_memory": freed}
