@@ -64,13 +64,13 @@ def _memory_line(report: dict) -> str:
     mode = c.get("memory", "kept" if c.get("freed_memory_kept") else "returned")
     kept = [r["setting"] for r in report["results"] if r.get("freed_memory") == "kept"]
     if mode == "as-shipped":
-        line = (
-            "Freed memory **as shipped** (`--memory as-shipped`): each path's process does what "
-            "its tools do, so "
-            + (f"{', '.join(f'`{s}`' for s in dict.fromkeys(kept))} ran in a child process that "
-               "keeps freed memory (the project's CPU trainer and inference) and " if kept else "")
-            + "the rest, detectron2 included, with the allocator's default (see the memory "
-            "column)."
+        line = "Freed memory **as shipped** (`--memory as-shipped`): each path's process does " + (
+            f"what its tools do, so {', '.join(f'`{s}`' for s in dict.fromkeys(kept))} ran in a "
+            "child process that keeps freed memory (the project's CPU trainer and inference) and "
+            "the rest, detectron2 included, with the allocator's default (see the memory column)."
+            if kept else
+            "what its tools do, and no setting here keeps freed memory (the project keeps it on "
+            "the CPU only, where glibc allows): every variant had the allocator's default."
         )  # fmt: skip
     elif c.get("freed_memory_kept"):
         line = (
