@@ -42,9 +42,9 @@ def add_resnext_config(cfg: CN) -> CN:
     # 3x3 convs run faster in NHWC on recent CPUs and GPUs (see docs/benchmarks.md).
     cfg.MODEL.RESNEXT.CHANNELS_LAST = False
     # At inference (tools/train_net.py --eval-only, resnext_det.speed.apply_inference_config): fold
-    # FrozenBN / eval-mode BN into the convolutions and use channels_last, i.e.
-    # resnext_det.optimize_for_inference. Same fp32 outputs (within 1e-4 relative), faster; set
-    # False only to time or debug the unmodified model.
+    # FrozenBN / eval-mode BN into the convolutions and use channels_last (and, on one CPU
+    # thread, oneDNN for the 1x1 convolutions), i.e. resnext_det.optimize_for_inference. Same fp32
+    # outputs (within 1e-4 relative), faster; set False only to time or debug the unmodified model.
     cfg.MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE = True
     # Mixed precision at inference: "" (fp32), "bfloat16" or "float16". Changes results slightly
     # (see docs/benchmarks.md for the measured differences); bfloat16 pays off on CPUs with
@@ -97,6 +97,10 @@ def _add_cpu_training_config(cfg: CN) -> None:
     # it back to the kernel and page-faulting it in again every iteration. Faster (15% at 512x640),
     # the process's resident memory stays at its peak. glibc only; elsewhere nothing changes.
     cfg.CPU_TRAINING.KEEP_FREED_MEMORY = True
+    # On one thread (NUM_THREADS 1, runs side by side), run the stride-1 1x1 convolutions in
+    # oneDNN, which PyTorch's own rule replaces by a 2x slower kernel there
+    # (resnext_det.speed.onednn_1x1_convolutions). Same numbers; nothing changes on more threads.
+    cfg.CPU_TRAINING.ONEDNN_1X1 = True
 
 
 def trusted_config_roots() -> tuple[Path, ...]:

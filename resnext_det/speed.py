@@ -9,7 +9,9 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
   Same outputs up to float rounding, one pass over each activation fewer.
 * :func:`to_channels_last`: store weights (and so activations) in NHWC, where oneDNN and cuDNN run
   grouped convolutions much faster. Same numbers.
-* :func:`optimize_for_inference`: both of the above plus ``eval()``; the fp32-equal default.
+* :func:`onednn_1x1_convolutions`: on one thread, send the 1x1 convolutions to oneDNN, which
+  PyTorch's own rule sends to a 2x slower kernel there. Same numbers as on two threads.
+* :func:`optimize_for_inference`: all of the above plus ``eval()``; the fp32-equal default.
 * :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
 * :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
 * :func:`keep_freed_memory`: stop glibc's malloc from returning freed activations to the kernel,
@@ -17,8 +19,9 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
 
 Training on the CPU (``cfg.CPU_TRAINING``): :func:`cpu_training_settings` turns the config into
 one :class:`CPUTrainingSettings` record (channels_last, bf16 autocast where the CPU has native
-bf16, thread count, freed memory kept), which the trainer applies (:func:`apply_cpu_training`)
-and the benchmark measures, so that the fast path cannot differ from what was timed.
+bf16, thread count, freed memory kept, oneDNN 1x1 convolutions on one thread), which the trainer
+applies (:func:`apply_cpu_training`) and the benchmark measures, so that the fast path cannot
+differ from what was timed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "autocast",
     "compile_module",
     "keep_freed_memory",
+    "onednn_1x1_convolutions",
     "apply_inference_config",
     "max_relative_error",
     "CPUTrainingSettings",
@@ -169,10 +173,41 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
+def onednn_1x1_convolutions(module: nn.Module) -> int:
+    """Send ``module``'s stride-1 1x1 convolutions to oneDNN when this process runs one
+    intra-op thread; in place, idempotent; returns how many were changed (0 on more threads).
+
+    Why: PyTorch sends an fp32 1x1 convolution with stride 1 and a batch under 16 to its own
+    kernel (MKL's sgemm) instead of oneDNN when it has one thread (``ConvParams::use_mkldnn``:
+    "THNN is faster when single-threaded"). On this project's CPU (AMD Zen 5, 1 thread) oneDNN
+    runs them 2.2x faster forward and 2x forward+backward, and 1x1 convolutions are most of a
+    ResNeXt's multiply-adds (``docs/benchmarks.md``). A 1x1 kernel has a single tap, so its
+    dilation changes nothing in the result or the output size, but a dilated convolution always
+    goes to oneDNN: each such convolution gets ``dilation = (2, 2)``. On more threads PyTorch
+    already uses oneDNN, and dilation would only risk another kernel, so nothing is changed;
+    CPU weights only (cuDNN has no such rule). Same numbers as oneDNN gives on two threads.
+    """
+    if torch.get_num_threads() != 1 or not torch.backends.mkldnn.is_available():
+        return 0
+    changed = 0
+    for m in module.modules():
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.kernel_size == (1, 1)
+            and m.stride == (1, 1)
+            and m.dilation == (1, 1)
+            and m.weight.device.type == "cpu"
+        ):
+            m.dilation = (2, 2)
+            changed += 1
+    return changed
+
+
 def optimize_for_inference(model: nn.Module) -> nn.Module:
     """Apply every inference optimisation that keeps fp32 outputs equal; in place, idempotent.
 
-    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last`. Works on a detector
+    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last` and, on one CPU
+    thread, :func:`onednn_1x1_convolutions`. Works on a detector
     (``GeneralizedRCNN``), an FPN or a backbone (this project's ``ResNeXt`` of any block form, or
     detectron2's ResNet). Outputs stay within 1e-4 (relative to the largest output) of the model
     before the call; ``tests/test_speed.py`` checks this against detectron2's own ResNet.
@@ -188,6 +223,7 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     fold_batchnorm(model)
     to_channels_last(model)
+    onednn_1x1_convolutions(model)
     return model
 
 
@@ -322,12 +358,14 @@ class CPUTrainingSettings:
         amp_dtype: autocast dtype of the forward pass, "" for fp32.
         num_threads: torch intra-op threads (0: leave torch's default).
         keep_freed_memory: call :func:`keep_freed_memory` (a process setting).
+        onednn_1x1: :func:`onednn_1x1_convolutions` (does something on one thread only).
     """
 
     channels_last: bool = False
     amp_dtype: str = ""
     num_threads: int = 0
     keep_freed_memory: bool = False
+    onednn_1x1: bool = False
 
 
 _CPU_AMP = ("", "bfloat16")
@@ -369,6 +407,7 @@ def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
         amp_dtype=amp,
         num_threads=threads,
         keep_freed_memory=bool(node.get("KEEP_FREED_MEMORY", True)),
+        onednn_1x1=bool(node.get("ONEDNN_1X1", True)),
     )
 
 
@@ -383,4 +422,6 @@ def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -
         logger.info("CPU_TRAINING.KEEP_FREED_MEMORY: not glibc, the allocator is left as it is")
     if settings.channels_last:
         to_channels_last(model)
+    if settings.onednn_1x1:
+        onednn_1x1_convolutions(model)  # after the thread count: it acts on one thread only
     return model

@@ -23,6 +23,7 @@ from resnext_det.speed import (
     autocast,
     fold_batchnorm,
     max_relative_error,
+    onednn_1x1_convolutions,
     optimize_for_inference,
     to_channels_last,
 )
@@ -194,6 +195,82 @@ def test_optimize_for_inference_matches_detectron2_and_is_idempotent(x50_pair):
     assert resnext_det.optimize_for_inference is optimize_for_inference
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _stride1_1x1(model: nn.Module) -> list[nn.Conv2d]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride == (1, 1)
+    ]
+
+
+def test_onednn_1x1_changes_the_kernel_not_the_numbers(x50_pair, one_thread):
+    """On one thread every stride-1 1x1 conv of X-50-32x4d (real width) is sent to oneDNN: the
+    outputs and the gradients stay those of the model before (fp32 rounding), a second call
+    changes nothing, and on two threads (PyTorch uses oneDNN there anyway) nothing is changed."""
+    ref, ours, x, expected = x50_pair
+    net = copy.deepcopy(ours).train()
+    convs = _stride1_1x1(net)
+    x = x.clone().requires_grad_(True)
+    before = net(x)
+    sum(v.sum() for v in before.values()).backward()
+    grads = [x.grad.clone()] + [c.weight.grad.clone() for c in convs]
+    net.zero_grad(set_to_none=True)
+    x.grad = None
+    assert onednn_1x1_convolutions(net) == len(convs) == 33  # conv1, conv3 x 16; res2 shortcut
+    assert onednn_1x1_convolutions(net) == 0 and all(c.dilation == (2, 2) for c in convs)
+    after = net(x)
+    sum(v.sum() for v in after.values()).backward()
+    assert max_relative_error(after, before) < 1e-5
+    new_grads = [x.grad] + [c.weight.grad for c in convs]
+    assert max(max_relative_error(a, b) for a, b in zip(new_grads, grads)) < 1e-4
+    torch.set_num_threads(2)
+    assert onednn_1x1_convolutions(copy.deepcopy(ours)) == 0
+    fresh = copy.deepcopy(ours)
+    torch.set_num_threads(1)
+    optimize_for_inference(fresh)  # the inference path applies it on one thread
+    assert all(c.dilation == (2, 2) for c in _stride1_1x1(fresh))
+    with torch.no_grad():
+        assert max_relative_error(fresh(x), expected) < FP32_TOL
+
+
+_ONEDNN_CALLS = """
+import torch, torch.nn.functional as F
+torch.set_num_threads(1)
+x = torch.randn(1, 64, 32, 32).contiguous(memory_format=torch.channels_last)
+w = torch.randn(64, 64, 1, 1).contiguous(memory_format=torch.channels_last)
+with torch.no_grad():
+    F.conv2d(x, w)
+    print("--dilated--", flush=True)
+    F.conv2d(x, w, dilation=2)
+"""
+
+
+def test_pytorch_still_keeps_single_thread_1x1_convolutions_from_onednn():
+    """The rule onednn_1x1_convolutions works around, read from oneDNN's own log: on one thread
+    a plain 1x1 conv does not reach oneDNN, a dilated one does. If the first half ever fails,
+    PyTorch dropped the rule and the workaround can go."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_CALLS], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    plain, dilated = out.split("--dilated--")
+    executed = [line for line in dilated.splitlines() if ",exec," in line and "conv" in line]
+    assert executed, out  # oneDNN ran the dilated one (and logs its calls)
+    assert not [line for line in plain.splitlines() if ",exec," in line and "conv" in line]
+
+
 def test_bf16_autocast_within_tolerance(x50_pair):
     _, ours, x, expected = x50_pair
     optimize_for_inference(ours)
@@ -306,10 +383,13 @@ def test_trainer_applies_the_cpu_training_defaults(tmp_path, tiny_data):
         trainer = _tiny_trainer(tiny_data, tmp_path / "a", "CPU_TRAINING.NUM_THREADS", "1")
         s = trainer.cpu_training
         assert s == cpu_training_settings(trainer.cfg) and s.num_threads == 1
-        assert s.keep_freed_memory
+        assert s.keep_freed_memory and s.onednn_1x1
         assert torch.get_num_threads() == 1
         bench = SETTINGS[CPU_TRAIN_DEFAULTS].resolve(trainer.cfg)
         assert (bench.channels_last, bench.amp) == (s.channels_last, s.amp_dtype)
+        assert bench.onednn_1x1 == s.onednn_1x1
+        # One thread: the 1x1 convolutions go to oneDNN (set after the thread count).
+        assert trainer.model.backbone.bottom_up.res3[0].conv3.dilation == (2, 2)
         conv = trainer.model.backbone.bottom_up.res3[0].conv2.weight
         assert s.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
         assert (
@@ -321,6 +401,7 @@ def test_trainer_applies_the_cpu_training_defaults(tmp_path, tiny_data):
     assert plain.cpu_training is None and not plain._trainer.amp
     conv = plain.model.backbone.bottom_up.res3[0].conv2.weight
     assert not conv.is_contiguous(memory_format=torch.channels_last)
+    assert plain.model.backbone.bottom_up.res3[0].conv3.dilation == (1, 1)
 
 
 def test_cpu_training_settings_errors():

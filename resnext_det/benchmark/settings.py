@@ -72,6 +72,9 @@ class Setting:
     # the trainer, apply_inference_config): not the variant's to apply, a process shares one
     # allocator; run_benchmark(memory="as-shipped") runs such variants in a process that does.
     keeps_freed_memory: bool = False
+    # speed.onednn_1x1_convolutions (the trainer's CPU_TRAINING.ONEDNN_1X1; optimize_for_inference
+    # applies it itself). Acts on one thread only.
+    onednn_1x1: bool = False
 
     def applies_to(self, task: str) -> bool:
         training = task in ("backward", "train")
@@ -104,6 +107,7 @@ class Setting:
             channels_last=s.channels_last,
             amp=s.amp_dtype,
             keeps_freed_memory=s.keep_freed_memory,
+            onednn_1x1=s.onednn_1x1,
         )
 
     def compile_kwargs(self) -> dict:

@@ -50,6 +50,7 @@ class TrainSetting:
     amp_dtype: str = ""  # "" (fp32) or "bfloat16"
     threads: int = 0  # 0: torch's default (one per core)
     num_workers: int = 0
+    onednn_1x1: bool = False  # CPU_TRAINING.ONEDNN_1X1 (acts on one thread only)
 
     def apply(self, cfg: CfgNode) -> CfgNode:
         """A copy of ``cfg`` that trains with this setting (``CPU_TRAINING`` keys)."""
@@ -60,6 +61,7 @@ class TrainSetting:
         t.CHANNELS_LAST = self.channels_last
         t.AMP_DTYPE = self.amp_dtype
         t.NUM_THREADS = self.threads
+        t.ONEDNN_1X1 = self.onednn_1x1
         cfg.DATALOADER.NUM_WORKERS = self.num_workers
         return cfg
 
@@ -70,7 +72,12 @@ TRAIN_SETTINGS: dict[str, TrainSetting] = {
         TrainSetting("fp32"),
         TrainSetting("channels_last", channels_last=True),
         TrainSetting("bf16", amp_dtype="bfloat16"),
-        TrainSetting("channels_last+bf16", channels_last=True, amp_dtype="bfloat16"),
+        # fp32 with the other CPU_TRAINING defaults: what a CPU without native bf16 trains with.
+        TrainSetting("channels_last+onednn_1x1", channels_last=True, onednn_1x1=True),
+        # The CPU_TRAINING defaults.
+        TrainSetting(
+            "channels_last+bf16", channels_last=True, amp_dtype="bfloat16", onednn_1x1=True
+        ),
         TrainSetting("fp32+1thread", threads=1),
         TrainSetting("fp32+workers1", num_workers=1),
     )

@@ -14,7 +14,13 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from ..speed import autocast, compile_module, optimize_for_inference, to_channels_last
+from ..speed import (
+    autocast,
+    compile_module,
+    onednn_1x1_convolutions,
+    optimize_for_inference,
+    to_channels_last,
+)
 from .measure import count_gmacs
 from .settings import BENCH_MODELS, TORCHVISION_MODELS, BenchmarkInputError, Setting
 
@@ -196,6 +202,8 @@ def detector_variant(
     model.load_state_dict(reference.state_dict())
     if setting.channels_last:
         to_channels_last(model)
+    if setting.onednn_1x1:
+        onednn_1x1_convolutions(model)
     amp = setting.amp_dtype(device)
     if task == "inference":
         model.eval()
