@@ -64,6 +64,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Give every test the thread count it started with: tools run in-process set their own
+    (--threads), and what a model gets can depend on it (speed.onednn_1x1_convolutions)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _undo_registrations():
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
