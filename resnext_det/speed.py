@@ -50,6 +50,7 @@ __all__ = [
     "compile_module",
     "keep_freed_memory",
     "onednn_1x1_convolutions",
+    "onednn_1x1_dilation",
     "apply_inference_config",
     "max_relative_error",
     "CPUTrainingSettings",
@@ -173,6 +174,15 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
+def onednn_1x1_dilation() -> tuple[int, int]:
+    """The dilation that sends a stride-1 1x1 CPU convolution to oneDNN under this process's
+    current thread count: ``(2, 2)`` on one thread (see :func:`onednn_1x1_convolutions`), else
+    ``(1, 1)`` (PyTorch uses oneDNN there anyway)."""
+    if torch.get_num_threads() == 1 and torch.backends.mkldnn.is_available():
+        return (2, 2)
+    return (1, 1)
+
+
 def onednn_1x1_convolutions(module: nn.Module) -> int:
     """Send ``module``'s stride-1 1x1 convolutions to oneDNN when this process runs one
     intra-op thread; in place, idempotent; returns how many were changed (0 on more threads).
@@ -187,7 +197,7 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
     already uses oneDNN, and dilation would only risk another kernel, so nothing is changed;
     CPU weights only (cuDNN has no such rule). Same numbers as oneDNN gives on two threads.
     """
-    if torch.get_num_threads() != 1 or not torch.backends.mkldnn.is_available():
+    if onednn_1x1_dilation() == (1, 1):
         return 0
     changed = 0
     for m in module.modules():
@@ -198,7 +208,7 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
             and m.dilation == (1, 1)
             and m.weight.device.type == "cpu"
         ):
-            m.dilation = (2, 2)
+            m.dilation = onednn_1x1_dilation()
             changed += 1
     return changed
 

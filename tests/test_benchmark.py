@@ -24,7 +24,12 @@ from resnext_det.benchmark import (
 )
 from resnext_det.benchmark.measure import PeakProbe, quiet_verdict
 from resnext_det.benchmark.variants import bench_config
-from resnext_det.speed import cpu_training_settings, keep_freed_memory, native_bf16
+from resnext_det.speed import (
+    cpu_training_settings,
+    keep_freed_memory,
+    native_bf16,
+    onednn_1x1_dilation,
+)
 
 FP32_TOL = 1e-4
 BF16_TOL = 5e-2
@@ -305,9 +310,11 @@ def test_peak_probe_takes_the_faster_of_a_matmul_and_a_1x1_convolution():
     assert s["kernel"] == max(rates, key=rates.get) and s["gmacs_per_s"] == max(rates.values())
     assert s["spread_gmacs_per_s"][0] <= s["gmacs_per_s"] <= s["spread_gmacs_per_s"][1]
     # Both kernels compute what they claim: the convolution is a matrix product per pixel.
-    _, x, w = probe.calls["float32"]["conv1x1_nhwc"]
+    conv, x, w = probe.calls["float32"]["conv1x1_nhwc"]
     assert x.is_contiguous(memory_format=torch.channels_last)
-    y = torch.nn.functional.conv2d(x, w)
+    # oneDNN's kernel on one thread too (dilation (2, 2) there: speed.onednn_1x1_convolutions)
+    assert conv.keywords["dilation"] == onednn_1x1_dilation()
+    y = conv(x, w)
     ref = torch.einsum("bchw,oc->bohw", x, w[:, :, 0, 0])
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="power of two"):
@@ -353,7 +360,7 @@ def test_peak_check_times_the_matmul_probe_beside_a_1x1_convolution(tmp_path):
     rep = json.loads((tmp_path / "peak.json").read_text())
     assert [(r["threads"], r["dtype"]) for r in rep["results"]] == [(1, "float32"), (1, "bfloat16")]
     for r in rep["results"]:
-        for key in ("matmul", "conv1x1_nchw", "conv1x1_nhwc"):
+        for key in ("matmul", "conv1x1_nchw", "conv1x1_nhwc", "conv1x1_nhwc_onednn"):
             assert r[f"{key}_gmacs_per_s"] > 0
     fp32 = rep["results"][0]
     assert fp32["matmul_rel_err_vs_float64"] < 1e-5

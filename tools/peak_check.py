@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Which kernel is the machine's peak? A 2048^3 ``torch.matmul`` (MKL's sgemm for fp32) beside a
-oneDNN 1x1 convolution of the same multiply-adds (1024 -> 1024 channels on two 64x64 maps, NCHW
-and NHWC), per dtype and thread count, with the error of each fp32 result against float64. The
-benchmark's ``PeakProbe`` times the matmul and the NHWC convolution in every round and divides
-by the faster; this study adds NCHW, several thread counts and the accuracy check, which is what
-showed that the matmul alone understates the peak on 2-thread Zen 4/5 (1.5-2x).
+1x1 convolution of the same multiply-adds (1024 -> 1024 channels on two 64x64 maps: NCHW and
+NHWC with the kernel PyTorch picks, and NHWC sent to oneDNN), per dtype and thread count, with
+the error of each fp32 result against float64. The benchmark's ``PeakProbe`` times the matmul and
+the oneDNN NHWC convolution in every round and divides by the faster; this study adds NCHW,
+several thread counts and the accuracy check, which is what showed that the matmul alone
+understates the peak on Zen 4/5 (1.5-2x) and that on one thread PyTorch keeps 1x1 convolutions
+from oneDNN.
 
     python tools/peak_check.py [--threads 1 2] [--repeats 7] [--output docs/benchmarks/peak_check]
 """
@@ -12,6 +14,7 @@ showed that the matmul alone understates the peak on 2-thread Zen 4/5 (1.5-2x).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -26,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from resnext_det.benchmark.measure import load_average, quiet_verdict  # noqa: E402
 from resnext_det.env import machine_info  # noqa: E402
 from resnext_det.io import write_json_atomic  # noqa: E402
+from resnext_det.speed import onednn_1x1_dilation  # noqa: E402
 
 MACS = 2048**3  # = 1024 * 1024 * 64 * 64 * 2: the same work both ways
 
@@ -68,6 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "matmul_gmacs_per_s": _gmacs(torch.matmul, m1, m2, repeats=a.repeats),
                 "conv1x1_nchw_gmacs_per_s": _gmacs(F.conv2d, x, w, repeats=a.repeats),
                 "conv1x1_nhwc_gmacs_per_s": _gmacs(F.conv2d, x_nhwc, w_nhwc, repeats=a.repeats),
+                # dilation (2, 2) on one thread: oneDNN, which PyTorch's rule replaces by MKL's
+                # sgemm there (resnext_det.speed.onednn_1x1_convolutions); the same otherwise.
+                "conv1x1_nhwc_onednn_gmacs_per_s": _gmacs(
+                    functools.partial(F.conv2d, dilation=onednn_1x1_dilation()),
+                    x_nhwc,
+                    w_nhwc,
+                    repeats=a.repeats,
+                ),
             }
             if dtype == torch.float32:
                 row["matmul_rel_err_vs_float64"] = _rel_err(m1 @ m2, m1.double() @ m2.double())

@@ -5,6 +5,7 @@ threads) and how loaded the machine was."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..speed import onednn_1x1_dilation
 
 __all__ = [
     "sync",
@@ -177,13 +180,17 @@ class PeakProbe:
         image = torch.randn(*self.conv_shape, generator=g)
         weight = torch.randn(n // 2, n // 2, 1, 1, generator=g)
         cl = torch.channels_last
+        # oneDNN's kernel on one CPU thread too, where PyTorch's own rule would pick MKL's sgemm
+        # (as the project's models do: speed.onednn_1x1_convolutions).
+        dilation = onednn_1x1_dilation() if device.type == "cpu" else (1, 1)
         self.calls: dict[str, dict[str, tuple]] = {}
         for d in dtypes:
             dt = getattr(torch, d)
             a = base.to(device, dt)
             x = image.to(device, dt).contiguous(memory_format=cl)
             w = weight.to(device, dt).contiguous(memory_format=cl)
-            self.calls[d] = {"matmul": (torch.mm, a, a), "conv1x1_nhwc": (F.conv2d, x, w)}
+            conv = functools.partial(F.conv2d, dilation=dilation)
+            self.calls[d] = {"matmul": (torch.mm, a, a), "conv1x1_nhwc": (conv, x, w)}
         self.times = {d: {k: [] for k in self.KERNELS} for d in dtypes}
 
     def warmup(self) -> None:
