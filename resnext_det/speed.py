@@ -190,12 +190,14 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
     Why: PyTorch sends an fp32 1x1 convolution with stride 1 and a batch under 16 to its own
     kernel (MKL's sgemm) instead of oneDNN when it has one thread (``ConvParams::use_mkldnn``:
     "THNN is faster when single-threaded"). On this project's CPU (AMD Zen 5, 1 thread) oneDNN
-    runs them 2.2x faster forward and 2x forward+backward, and 1x1 convolutions are most of a
-    ResNeXt's multiply-adds (``docs/benchmarks.md``). A 1x1 kernel has a single tap, so its
-    dilation changes nothing in the result or the output size, but a dilated convolution always
-    goes to oneDNN: each such convolution gets ``dilation = (2, 2)``. On more threads PyTorch
-    already uses oneDNN, and dilation would only risk another kernel, so nothing is changed;
-    CPU weights only (cuDNN has no such rule). Same numbers as oneDNN gives on two threads.
+    runs them 2.5x faster (``tools/peak_check.py``), and 1x1 convolutions are most of a ResNeXt's
+    multiply-adds: the fp32 backbone forward at 800x1216 drops from 0.70x / 0.80x of detectron2's
+    time to 0.48x / 0.46x (X-50-32x4d / X-101-32x8d, ``docs/benchmarks.md``). A 1x1 kernel
+    has a single tap, so its dilation changes nothing in the result or the output size, but a
+    dilated convolution always goes to oneDNN: each such convolution gets ``dilation = (2, 2)``.
+    On more threads PyTorch already uses oneDNN, and dilation would only risk another kernel, so
+    nothing is changed; CPU weights only (cuDNN has no such rule). Same numbers as oneDNN gives
+    on two threads.
     """
     if onednn_1x1_dilation() == (1, 1):
         return 0
