@@ -4,12 +4,12 @@
 # "NOT quiet" when the 1-minute load went above 0.5 per core. About 90 minutes on a 2-core CPU.
 #   tools/quiet_benchmarks.sh [OUT_DIR [SECTION ...]]   (default docs/benchmarks; all sections)
 #   sections: peak train forward train1 forward1 trainkeep forwardkeep trainship forwardship
-#             settings settings1 parallel grouped tasks224 compile
+#             forward1ship settings settings1 parallel grouped tasks224 compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/benchmarks}
 shift || true
-SECTIONS=${*:-peak train forward train1 forward1 trainkeep forwardkeep trainship forwardship settings settings1 parallel grouped tasks224 compile}
+SECTIONS=${*:-peak train forward train1 forward1 trainkeep forwardkeep trainship forwardship forward1ship settings settings1 parallel grouped tasks224 compile}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 
@@ -61,6 +61,9 @@ run() {
     forwardship) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
         --settings detectron2 optimized optimized+bf16 --repeats 5 --memory as-shipped \
         --output "$OUT/cpu_forward_800x1216_shipped" ;;
+    forward1ship) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
+        --settings detectron2 optimized optimized+bf16 --repeats 5 --threads 1 --clock cpu \
+        --memory as-shipped --output "$OUT/cpu_forward_800x1216_1thread_shipped" ;;
     # The demo's training: per-iteration time of each setting (2 threads, and 1 thread).
     settings) $PY tools/train_speed.py settings --rounds 5 --output "$OUT/demo_train_settings" ;;
     settings1) $PY tools/train_speed.py settings --rounds 5 --threads 1 --settings fp32 \
@@ -81,7 +84,8 @@ run() {
         --settings detectron2 optimized optimized+compile optimized+compile+freezing --repeats 5 \
         --memory kept --output "$OUT/cpu_compile_800x1216_keep" ;;
     *) echo "quiet_benchmarks: no section $1 (sections: peak train forward train1 forward1" \
-        "trainkeep forwardkeep trainship forwardship settings settings1 parallel grouped tasks224 compile)" >&2; exit 2 ;;
+        "trainkeep forwardkeep trainship forwardship forward1ship settings settings1 parallel" \
+        "grouped tasks224 compile)" >&2; exit 2 ;;
     esac
 }
 for s in $SECTIONS; do run "$s"; done
