@@ -84,8 +84,9 @@ class _RemoteRunner:
 
 class KeptMemoryProcess:
     """A spawned child process that keeps freed memory, builds ``case``'s variants of
-    ``settings`` from the same seed as the parent (so from the same weights: the parent checks a
-    checksum of them), and runs one command at a time; also its own :class:`PeakProbe`.
+    ``settings`` (resolved for the case) from the same seed as the parent (so from the same
+    weights: the parent checks a checksum of them), and runs one command at a time; also its own
+    :class:`PeakProbe`.
 
     ``case`` is the keyword arguments of :func:`resnext_det.benchmark.variants.build_variants`.
     Use as a context manager: the child is stopped on the way out, errors or not.
@@ -97,7 +98,7 @@ class KeptMemoryProcess:
         self._conn, child = ctx.Pipe()
         self._process = ctx.Process(
             target=_serve,
-            args=(child, case, [s.name for s in settings], threads, peak, clock),
+            args=(child, case, settings, threads, peak, clock),
             daemon=True,
         )
         self._process.start()
@@ -156,16 +157,15 @@ class KeptMemoryProcess:
         self.close()
 
 
-def _serve(conn, case: dict, names: list[str], threads: int, peak: bool, clock: str) -> None:
+def _serve(conn, case: dict, settings: list, threads: int, peak: bool, clock: str) -> None:
     """The child's loop: build, then answer commands until ``stop`` (or the pipe closes)."""
     from ..speed import keep_freed_memory
-    from .settings import SETTINGS
     from .variants import build_variants
 
     try:
         torch.set_num_threads(threads)
         kept = keep_freed_memory()
-        variants, checksum, _ = build_variants(**case, settings=[SETTINGS[n] for n in names])
+        variants, checksum, _ = build_variants(**case, settings=settings)
         device = torch.device(case["device"])
         by_name = {v.setting.name: LocalRunner(v, device, "kept") for v in variants}
         probe = PeakProbe(device, clock=clock) if peak else None

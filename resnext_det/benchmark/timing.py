@@ -168,17 +168,12 @@ def _runners(case, names, memory, freed_here, peak, clock, stack):
     child processes they need (entered on ``stack``), and the case's multiply-adds."""
     dev = torch.device(case["device"])
     cfg = bench_config(case["model_name"], dev, case["task"])
-    resolved = {n: SETTINGS[n].resolve(cfg) for n in names if SETTINGS[n].applies_to(case["task"])}
-    resolved = {n: s for n, s in resolved.items() if s is not None}
-    away = [
-        s
-        for s in resolved.values()
-        if memory == "as-shipped" and dev.type == "cpu" and s.keeps_freed_memory
-    ]
-    local, checksum, gmacs = build_variants(
-        **case, settings=[SETTINGS[n] for n in resolved if resolved[n] not in away],
-        count_macs=True,
-    )  # fmt: skip
+    settings = [SETTINGS[n].resolve(cfg) for n in names if SETTINGS[n].applies_to(case["task"])]
+    settings = [s for s in settings if s is not None]
+    split = memory == "as-shipped" and dev.type == "cpu"
+    away = [s for s in settings if split and s.keeps_freed_memory]
+    here = [s for s in settings if s not in away]
+    local, checksum, gmacs = build_variants(**case, settings=here, count_macs=True)
     by_name = {v.setting.name: LocalRunner(v, dev, freed_here) for v in local}
     children = []
     if away:
@@ -192,7 +187,7 @@ def _runners(case, names, memory, freed_here, peak, clock, stack):
             )
         by_name.update({r.setting.name: r for r in child.runners})
         children.append(child)
-    return [by_name[n] for n in resolved], children, gmacs
+    return [by_name[s.name] for s in settings], children, gmacs
 
 
 def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, progress):

@@ -269,9 +269,10 @@ def build_variants(
     settings: list[Setting],
     count_macs: bool = False,
 ) -> tuple[list[Variant], float, tuple[float, str] | None]:
-    """The variants of ``settings`` that apply to (``model_name``, ``task``), built from one
-    reference network (detectron2's, with realistic norms) that only ``seed`` decides, so that
-    another process building the same case gets the same weights and inputs.
+    """One variant per setting of ``settings`` (resolved for the case and applying to ``task``:
+    the caller's choice), built from one reference network (detectron2's, with realistic norms)
+    that only ``seed`` decides, so that another process building the same case gets the same
+    weights and inputs.
 
     Returns the variants, the reference's :func:`_checksum` and, with ``count_macs``, its
     multiply-adds per image (:func:`count_gmacs`).
@@ -300,15 +301,8 @@ def build_variants(
     else:
         x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
         x = x.to(dev)
-    variants = []
-    for setting in settings:
-        if not setting.applies_to(task):
-            continue
-        setting = setting.resolve(cfg)
-        if setting is None:
-            continue
-        if detector:
-            variants.append(detector_variant(setting, task, reference, cfg, inputs))
-        else:
-            variants.append(backbone_variant(setting, task, reference, cfg, x))
+    if detector:
+        variants = [detector_variant(s, task, reference, cfg, inputs) for s in settings]
+    else:
+        variants = [backbone_variant(s, task, reference, cfg, x) for s in settings]
     return variants, checksum, macs
