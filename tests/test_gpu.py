@@ -459,7 +459,7 @@ def test_benchmark_records_x101_training_memory_and_time():
     peak GPU memory from CUDA's allocator, at least the gradients' size, and finite times."""
     from detectron2.modeling import build_model
 
-    from resnext_det.benchmark import BENCH_MODELS, run_benchmark
+    from benchmarks import BENCH_MODELS, run_benchmark
 
     path = os.environ.get(BENCHMARK_ENV)
     if path:

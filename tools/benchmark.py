@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnext_det.benchmark import (  # noqa: E402
+from benchmarks import (  # noqa: E402
     BENCH_MODELS,
     DEFAULT_SETTINGS,
     MEMORY_MODES,

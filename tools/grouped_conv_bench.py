@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnext_det.benchmark.measure import load_average, quiet_verdict  # noqa: E402
+from benchmarks.measure import load_average, quiet_verdict  # noqa: E402
 from resnext_det.io import write_json_atomic  # noqa: E402
 from resnext_det.speed import max_relative_error  # noqa: E402
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from resnext_det.benchmark.measure import load_average, quiet_verdict  # noqa: E402
+from benchmarks.measure import load_average, quiet_verdict  # noqa: E402
 from resnext_det.env import machine_info  # noqa: E402
 from resnext_det.io import write_json_atomic  # noqa: E402
 from resnext_det.speed import onednn_1x1_dilation  # noqa: E402

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The demo's CPU training: speed of each setting, runs side by side vs one after another, loss
-curves against fp32, and one run with its AP (resnext_det/benchmark/training.py).
+curves against fp32, and one run with its AP (benchmarks/training.py).
 
 Examples::
 
@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resnext_det.benchmark.measure import load_average, quiet_verdict  # noqa: E402
-from resnext_det.benchmark.training import (  # noqa: E402
+from benchmarks.measure import load_average, quiet_verdict  # noqa: E402
+from benchmarks.training import (  # noqa: E402
     TRAIN_SETTINGS,
     loss_curves,
     time_parallel_runs,

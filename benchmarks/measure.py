@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..speed import onednn_1x1_dilation
+from resnext_det.speed import onednn_1x1_dilation
 
 __all__ = [
     "sync",
@@ -84,7 +84,7 @@ def minor_faults() -> int | None:
 def count_gmacs(task: str, reference: nn.Module, size: tuple[int, int], inputs: list | None):
     """Multiply-adds per image (fvcore counts one multiply-add as one flop), and what they are."""
     if task in ("forward", "backward"):
-        from ..complexity import count_complexity
+        from resnext_det.complexity import count_complexity
 
         gmacs = count_complexity(reference, size).gflops
         if task == "backward":

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..spec import VARIANTS
+from resnext_det.spec import VARIANTS
 
 __all__ = [
     "BENCH_MODELS",
@@ -97,7 +97,7 @@ class Setting:
             if torch.device(cfg.MODEL.DEVICE).type != "cpu":
                 return replace(self, keeps_freed_memory=False)
             return self
-        from ..speed import cpu_training_settings
+        from resnext_det.speed import cpu_training_settings
 
         s = cpu_training_settings(cfg)
         if s is None:

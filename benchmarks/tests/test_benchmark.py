@@ -1,4 +1,4 @@
-"""resnext_det.benchmark: records, numerics against the baseline, reports, errors in library terms.
+"""benchmarks: records, numerics against the baseline, reports, errors in library terms.
 
 Small images at real widths (the benchmark's models are the paper's): the point is the wiring and
 the numbers each task checks, not the times.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import multiprocessing
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 
-from resnext_det.benchmark import (
+from benchmarks import (
     CPU_TRAIN_DEFAULTS,
     SETTINGS,
     BenchmarkInputError,
@@ -22,8 +22,8 @@ from resnext_det.benchmark import (
     run_benchmark,
     write_benchmark,
 )
-from resnext_det.benchmark.measure import PeakProbe, quiet_verdict
-from resnext_det.benchmark.variants import bench_config
+from benchmarks.measure import PeakProbe, quiet_verdict
+from benchmarks.variants import bench_config
 from resnext_det.speed import (
     cpu_training_settings,
     keep_freed_memory,
@@ -31,6 +31,7 @@ from resnext_det.speed import (
     onednn_1x1_dilation,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 FP32_TOL = 1e-4
 BF16_TOL = 5e-2
 
@@ -204,7 +205,7 @@ def test_as_shipped_times_each_path_with_its_own_allocator_setting():
 def test_compile_settings_pass_freezing_to_inductor_only_where_named(monkeypatch):
     """optimized+compile+freezing compiles with inductor's freezing, optimized+compile without
     (the compile itself is stubbed here: minutes on a small CPU; test_train compiles for real)."""
-    from resnext_det.benchmark import variants
+    from benchmarks import variants
 
     calls = []
     monkeypatch.setattr(variants, "compile_module", lambda m, **kw: calls.append(kw) or m)
@@ -226,7 +227,7 @@ def test_compile_settings_pass_freezing_to_inductor_only_where_named(monkeypatch
 
 @pytest.mark.slow
 def test_memory_keeping_child_reports_its_failure_and_stops():
-    from resnext_det.benchmark.process import BenchmarkWorkerError, KeptMemoryProcess
+    from benchmarks.process import BenchmarkWorkerError, KeptMemoryProcess
 
     case = dict(model_name="X-26", task="forward", device="cpu", size=(64, 64), batch=1, seed=0)
     with pytest.raises(BenchmarkWorkerError, match=r"failed on start(?s:.*)unknown model 'X-26'"):
@@ -324,7 +325,7 @@ def test_peak_probe_takes_the_faster_of_a_matmul_and_a_1x1_convolution():
 def test_demo_train_config_keeps_the_warmup_and_the_command_names_the_threads(tmp_path):
     """The demo probes compress the schedule but not the warm-up (shortened, the demo diverged)
     and train through tools/train_net.py with the thread count given."""
-    from resnext_det.benchmark.training import demo_train_config, train_net_command
+    from benchmarks.training import demo_train_config, train_net_command
     from resnext_det.data import make_synthetic_coco
 
     x = REPO / "configs" / "demo" / "faster_rcnn_X_demo.yaml"

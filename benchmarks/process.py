@@ -159,7 +159,8 @@ class KeptMemoryProcess:
 
 def _serve(conn, case: dict, settings: list, threads: int, peak: bool, clock: str) -> None:
     """The child's loop: build, then answer commands until ``stop`` (or the pipe closes)."""
-    from ..speed import keep_freed_memory
+    from resnext_det.speed import keep_freed_memory
+
     from .variants import build_variants
 
     try:

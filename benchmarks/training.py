@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "TrainSetting",
@@ -93,7 +93,7 @@ def demo_train_config(
     seed: int = 0,
 ) -> CfgNode:
     """A demo config (``configs/demo/*.yaml``) writing to ``out_dir``, with no evaluation."""
-    from ..config import load_config
+    from resnext_det.config import load_config
 
     cfg = load_config(config_file)
     cfg.OUTPUT_DIR = str(out_dir)
@@ -117,7 +117,7 @@ class _SteppedTrainer:
     def __init__(self, cfg: CfgNode):
         from detectron2.utils.events import EventStorage
 
-        from ..training import Trainer
+        from resnext_det.training import Trainer
 
         self.cfg = cfg
         cfg.freeze()
@@ -180,7 +180,7 @@ def time_training_settings(
     Every trainer starts from the same seed (weights and data order), so all do the same work
     while their weights stay close; ``rounds`` rounds of ``iters_per_round`` iterations each.
     """
-    from ..data import make_synthetic_coco
+    from resnext_det.data import make_synthetic_coco
 
     unknown = [s for s in settings if s not in TRAIN_SETTINGS]
     if unknown:
@@ -304,7 +304,7 @@ def time_parallel_runs(
     demo trained; "sequential", one after another with the ``CPU_TRAINING`` defaults on all
     cores; "parallel", side by side with the defaults and one thread each (what the demo does).
     ``parallel_over_first_version`` is the time per run now against then."""
-    from ..data import make_synthetic_coco
+    from resnext_det.data import make_synthetic_coco
 
     data = make_synthetic_coco(data_dir)
     cores = os.cpu_count() or 1
@@ -364,7 +364,7 @@ def loss_curves(
 ) -> dict[str, Any]:
     """Training loss of every (setting, seed) over ``max_iter`` iterations of the demo schedule
     compressed to ``max_iter``; the trainers are interleaved, 10 iterations at a time."""
-    from ..data import make_synthetic_coco
+    from resnext_det.data import make_synthetic_coco
 
     make_synthetic_coco(data_dir).register("synthetic")
     trainers = {}
@@ -407,8 +407,8 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """One demo training run with ``setting`` (``threads`` overriding its thread count), then
     COCO AP on the generated val split."""
-    from ..data import make_synthetic_coco
-    from ..training import Trainer
+    from resnext_det.data import make_synthetic_coco
+    from resnext_det.training import Trainer
 
     make_synthetic_coco(data_dir).register("synthetic")
     cfg = demo_train_config(

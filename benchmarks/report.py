@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..io import atomic_write, write_json_atomic, write_text_atomic
+from resnext_det.io import atomic_write, write_json_atomic, write_text_atomic
+
 from .settings import BASELINE, TASKS
 
 __all__ = ["benchmark_markdown", "plot_benchmark", "write_benchmark"]

@@ -8,9 +8,10 @@ import statistics
 
 import torch
 
-from ..env import machine_info
-from ..speed import keep_freed_memory as keep_process_freed_memory
-from ..speed import max_relative_error
+from resnext_det.env import machine_info
+from resnext_det.speed import keep_freed_memory as keep_process_freed_memory
+from resnext_det.speed import max_relative_error
+
 from .measure import PeakProbe, load_average, quantile, quiet_verdict
 from .process import BenchmarkWorkerError, KeptMemoryProcess, LocalRunner
 from .settings import (

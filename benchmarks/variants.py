@@ -14,13 +14,14 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-from ..speed import (
+from resnext_det.speed import (
     autocast,
     compile_module,
     onednn_1x1_convolutions,
     optimize_for_inference,
     to_channels_last,
 )
+
 from .measure import count_gmacs
 from .settings import BENCH_MODELS, TORCHVISION_MODELS, BenchmarkInputError, Setting
 
@@ -55,7 +56,7 @@ def bench_config(model_name: str, device: torch.device, task: str):
     """detectron2's own Base-RCNN-FPN config for ``model_name``, with the ResNeXt conventions."""
     from detectron2 import model_zoo
 
-    from ..config import load_config
+    from resnext_det.config import load_config
 
     if model_name not in BENCH_MODELS:
         raise BenchmarkInputError(
@@ -87,7 +88,7 @@ def backbone_variant(
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-    from ..backbone import build_resnext_backbone
+    from resnext_det.backbone import build_resnext_backbone
 
     device = x.device
     state = reference.state_dict()
@@ -99,7 +100,7 @@ def backbone_variant(
         from torchvision.models.feature_extraction import create_feature_extractor
         from torchvision.ops import FrozenBatchNorm2d as TVFrozenBN
 
-        from ..weights.torchvision import detectron2_to_torchvision
+        from resnext_det.weights.torchvision import detectron2_to_torchvision
 
         name = next(
             k
@@ -231,7 +232,7 @@ def detector_variant(
     if setting.source == "detectron2":
         trainer = SimpleTrainer(model, data, optimizer)
     else:
-        from ..training.trainer import GuardedTrainer
+        from resnext_det.training import GuardedTrainer
 
         trainer = GuardedTrainer(model, data, optimizer, amp=bool(amp), device=str(device))
 

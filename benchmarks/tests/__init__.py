@@ -1,0 +1,1 @@
+"""Tests of the benchmark harness (collected by pytest: ``testpaths`` in pyproject.toml)."""
