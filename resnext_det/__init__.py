@@ -19,32 +19,12 @@ except ImportError as exc:  # pragma: no cover - exercised by tests/test_env.py 
         "git+https://github.com/facebookresearch/detectron2.git') and then 'pip install -e .'."
     ) from exc
 
-import logging as _logging  # noqa: E402
 import warnings as _warnings  # noqa: E402
 
-
-class _NoCudaRuntimeLine(_logging.Filter):
-    """Drops torch's ``No CUDA runtime is found`` line (logged when detectron2's environment
-    report imports ``torch.utils.cpp_extension`` on a machine without CUDA); keeps the rest."""
-
-    def filter(self, record: _logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No CUDA runtime is found")
-
-
-# A quiet start: exactly the third-party deprecation notices every tool printed before its own
-# output, each matched by message and by the module it is attributed to; every other warning shows.
-# detectron2 0.6's model_zoo imports pkg_resources (setuptools' notice, attributed to the detectron2
-# module that imports model_zoo first: its config loader when a LazyConfig calls get_config):
-_warnings.filterwarnings(
-    "ignore",
-    message=r"pkg_resources is deprecated as an API",
-    category=UserWarning,
-    module=r"detectron2(\.|$)",
-)
-_logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaRuntimeLine())
 # detectron2's modeling/box_regression.py decorates two functions with @torch.jit.script when
-# imported; torch attributes that notice to itself, so it is silenced during this import only (a
-# user's own torch.jit.script call still warns).
+# imported; torch attributes that notice to itself. It is hidden during this import only:
+# catch_warnings restores the caller's filters on the way out, so importing this package leaves
+# the process's warning and logging set-up as it was (resnext_det.runtime is for the commands).
 with _warnings.catch_warnings():
     _warnings.filterwarnings(
         "ignore",

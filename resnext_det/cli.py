@@ -1,8 +1,9 @@
 """``resnext-det``: the tools as one console command with subcommands, for pip-only installs.
 
-``resnext-det SUBCOMMAND ARGS...`` runs the subcommand's ``main(argv)`` from the package (the
-scripts in ``tools/`` are thin wrappers around the same functions, for a checkout). A subcommand
-is listed here once its tool's logic lives in a package module.
+``resnext-det SUBCOMMAND ARGS...`` runs the subcommand's ``main(argv)`` from
+:mod:`resnext_det.commands` (the scripts in ``tools/`` are thin wrappers around the same functions,
+for a checkout); each sets up its own process and turns errors into one line
+(:mod:`resnext_det.commands.common`).
 """
 
 from __future__ import annotations
@@ -36,12 +37,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train or evaluate a detector from a yacs config, seed runs too (tools/train_net.py)",
     ),
     "lazy-train": (
-        "resnext_det.lazy:run",
+        "resnext_det.commands.lazy_train:main",
         "train or evaluate from a LazyConfig .py file (tools/lazyconfig_train_net.py)",
     ),
     "predict": (
-        "resnext_det.predict:main",
+        "resnext_det.commands.predict:main",
         "draw a detector's predictions on images; COCO results json (tools/predict.py)",
+    ),
+    "complexity": (
+        "resnext_det.commands.complexity:main",
+        "parameters and GFLOPs of backbones, as the paper counts them (tools/complexity.py)",
+    ),
+    "voc-to-coco": (
+        "resnext_det.commands.voc:main",
+        "Pascal VOC XML annotations -> a COCO json, every image checked (tools/voc_to_coco.py)",
     ),
 }
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from detectron2.config import CfgNode
-from detectron2.utils.logger import setup_logger
 
 from .config import load_config
 from .model_zoo import get_config_file
@@ -103,8 +102,6 @@ def run_demo(
 
     smoke = schedule == "smoke"
     out = Path(out_dir)
-    setup_logger(name="detectron2")
-    setup_logger(name="resnext_det")
 
     sizes = {"num_train": SMOKE["num_train"], "num_val": SMOKE["num_val"]} if smoke else {}
     data = make_synthetic_coco(out / "data", seed=seed, **sizes)

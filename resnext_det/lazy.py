@@ -4,7 +4,8 @@ A LazyConfig file is Python: loading it runs it. :func:`load_lazy_config` loads 
 user names on the command line (and what that file imports), never one found by searching; the
 yaml route of ``LazyConfig.load`` (``yaml.unsafe_load``) is not offered.
 
-What ``tools/lazyconfig_train_net.py`` adds to detectron2's own script of that name:
+What ``resnext-det lazy-train`` (``tools/lazyconfig_train_net.py``, command line in
+:mod:`resnext_det.commands.lazy_train`) adds to detectron2's own script of that name:
 
 * the project's :class:`~resnext_det.training.Trainer` machinery through :class:`LazyTrainer`:
   atomic checkpoints with the optimizer, the data stream's seed and position and every rank's
@@ -23,14 +24,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from detectron2.config import CfgNode, LazyConfig, instantiate
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import TrainerBase, create_ddp_model, default_writers, hooks
+from detectron2.engine import TrainerBase, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
@@ -41,8 +41,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .io import write_text_atomic
+from .speed import InferenceSettings, autocast, prepare_for_inference
 from .training import (
-    GuardedTrainer,
     ReplicaCheckHook,
     ResumableSampler,
     Trainer,
@@ -50,16 +50,18 @@ from .training import (
     TrainingStateHook,
     make_deterministic,
 )
-from .training.cli import hold_output_dir
+from .training.session import hold_output_dir
 from .training.state import preserved_rng
 
 __all__ = [
     "LazyTrainer",
     "configure_lazy_for_weights",
     "evaluate_lazy",
+    "evaluate_lazy_weights",
+    "lazy_training_view",
     "load_lazy_config",
-    "main",
-    "run",
+    "setup",
+    "train_lazy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -188,14 +190,41 @@ def _train_value(cfg: DictConfig, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def lazy_training_view(cfg: DictConfig) -> CfgNode:
+    """The yacs keys a :class:`~resnext_det.training.Trainer` reads, from a LazyConfig: device,
+    AMP, batch size, schedule length, seed, weights, output folder, and ``CPU_TRAINING`` (the
+    project's defaults, so that a LazyConfig trains on the CPU as fast as a yacs config; change
+    them with ``train.cpu_training.KEY=value``, e.g. ``train.cpu_training.ENABLED=False``)."""
+    from .config import load_config
+
+    view = load_config()
+    view.MODEL.DEVICE = str(_train_value(cfg, "device", "cuda"))
+    view.MODEL.WEIGHTS = str(_train_value(cfg, "init_checkpoint", ""))
+    view.SOLVER.AMP.ENABLED = bool(_select(cfg, "train.amp.enabled"))
+    view.SOLVER.IMS_PER_BATCH = int(cfg.dataloader.train.total_batch_size)
+    view.SOLVER.MAX_ITER = int(cfg.train.max_iter)
+    view.SEED = int(_train_value(cfg, "seed", -1))
+    view.OUTPUT_DIR = str(_train_value(cfg, "output_dir", "./output"))
+    view.TEST.EXPECTED_RESULTS = []
+    for key, value in dict(_train_value(cfg, "cpu_training", {})).items():
+        if key not in view.CPU_TRAINING:
+            raise ConfigError(
+                f"train.cpu_training.{key}: no such key; allowed: {sorted(view.CPU_TRAINING)}"
+            )
+        view.CPU_TRAINING[key] = value
+    view.freeze()
+    return view
+
+
 class LazyTrainer(Trainer):
     """:class:`~resnext_det.training.Trainer` built from a LazyConfig.
 
     Model, optimizer, schedule and data come from ``cfg.model``, ``cfg.optimizer``,
     ``cfg.lr_multiplier`` and ``cfg.dataloader`` (instantiated as detectron2's
     ``lazyconfig_train_net.py`` does); checkpointing, resume, the loss guard and the
-    training-state hooks are the Trainer's own. ``self.cfg`` is the small yacs view those shared
-    parts read (weights, batch size, output folder); the LazyConfig is ``self.lazy_cfg``.
+    training-state hooks, the CPU training defaults (``CPU_TRAINING``) and DDP are assembled by
+    the Trainer's own code (``Trainer._assemble``). ``self.cfg`` is the yacs view those shared
+    parts read (:func:`lazy_training_view`); the LazyConfig is ``self.lazy_cfg``.
 
     ``dataloader.train`` must not set a ``sampler``: the trainer positions detectron2's
     ``TrainingSampler`` in the seeded stream (:class:`ResumableSampler`) for an exact resume.
@@ -203,57 +232,30 @@ class LazyTrainer(Trainer):
 
     def __init__(self, cfg: DictConfig):
         TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
         self.lazy_cfg = cfg
-        loader = cfg.dataloader.train
         if _select(cfg, "dataloader.train.sampler") is not None:
             raise ConfigError(
                 "dataloader.train.sampler is set; LazyTrainer makes its own (detectron2's "
                 "TrainingSampler, positioned for an exact resume): remove the key"
             )
-        batch = int(loader.total_batch_size)
-        world = comm.get_world_size()
-        if batch % world:
-            raise ValueError(
-                f"dataloader.train.total_batch_size must be divisible by the number of processes "
-                f"({world}); got {batch}"
-            )
-        device = str(_train_value(cfg, "device", "cuda"))
-        model = instantiate(cfg.model).to(device)
+        view = lazy_training_view(cfg)
+        model = instantiate(cfg.model).to(view.MODEL.DEVICE)
         logger.info(f"Model:\n{model}")
-        cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
-        seed = int(_train_value(cfg, "seed", -1))
-        self.sampler_seed = seed if seed >= 0 else comm.shared_random_seed()
-        data_loader = self.build_train_loader(None, seed=self.sampler_seed)
 
-        ddp = dict(_train_value(cfg, "ddp", {}))
-        if torch.device(device).type == "cpu":
-            ddp["device_ids"] = None
-        model = create_ddp_model(model, **ddp)
-        self._trainer = GuardedTrainer(
+        def build_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+            cfg.optimizer.params.model = model
+            return instantiate(cfg.optimizer)
+
+        self._assemble(
+            view,
             model,
-            data_loader,
-            optimizer,
-            amp=bool(_select(cfg, "train.amp.enabled")),
-            device=device,
+            build_optimizer=build_optimizer,
+            build_train_loader=lambda seed: self.build_train_loader(None, seed=seed),
+            build_lr_scheduler=lambda optimizer: LRMultiplier(
+                optimizer, instantiate(cfg.lr_multiplier), view.SOLVER.MAX_ITER
+            ),
+            ddp=dict(_train_value(cfg, "ddp", {})),
         )
-        self.max_iter = int(cfg.train.max_iter)
-        self.scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), self.max_iter)
-        output_dir = str(cfg.train.output_dir)
-        self.checkpointer = TrainingCheckpointer(model, output_dir, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        # What the Trainer's shared resume/final-save/guard code reads.
-        self.cfg = CfgNode(
-            {
-                "MODEL": {"WEIGHTS": str(_train_value(cfg, "init_checkpoint", ""))},
-                "SOLVER": {"IMS_PER_BATCH": batch},
-                "OUTPUT_DIR": output_dir,
-                "TEST": {"EXPECTED_RESULTS": []},
-            }
-        )
-        self.register_hooks(self.build_hooks())
 
     def build_train_loader(self, cfg=None, *, seed: int | None = None, start: int = 0):
         """``dataloader.train`` with a :class:`ResumableSampler` ``start`` images in.
@@ -351,51 +353,35 @@ def setup(args: argparse.Namespace) -> DictConfig:
     return cfg
 
 
-def main(args: argparse.Namespace) -> Mapping[str, Any] | None:
-    """What ``tools/lazyconfig_train_net.py`` runs in each process: train, or ``--eval-only``."""
-    cfg = setup(args)
-    if args.eval_only:
-        from .speed import keep_freed_memory, optimize_for_inference
-        from .weights.complete import check_complete_weights
+def evaluate_lazy_weights(
+    cfg: DictConfig,
+    *,
+    resume: bool = False,
+    allow_partial_weights: bool = False,
+    inference: InferenceSettings | None = None,
+) -> dict[str, Any]:
+    """``--eval-only`` for a LazyConfig: ``train.init_checkpoint`` (or, with ``resume``, the last
+    checkpoint in ``train.output_dir``) loaded, checked to give every parameter, put through
+    :func:`~resnext_det.speed.prepare_for_inference` (default: fp32-equal optimisation) and
+    evaluated by ``dataloader.evaluator``."""
+    from .weights.complete import check_complete_weights
 
-        model = instantiate(cfg.model).to(str(_train_value(cfg, "device", "cuda")))
-        checkpointer = TrainingCheckpointer(model, str(cfg.train.output_dir))
-        weights = str(_train_value(cfg, "init_checkpoint", ""))
-        if args.resume and checkpointer.has_checkpoint():
-            weights = checkpointer.get_checkpoint_file()
-        partial = getattr(args, "allow_partial_weights", False)
-        for problem in check_complete_weights(model, weights, allow_partial=partial):
-            logger.warning("--allow-partial-weights: %s", problem)
-        checkpointer.resume_or_load(weights, resume=False)
-        # BN folding, channels_last and freed memory kept: the same fp32 outputs, faster (as
-        # train_net --eval-only).
-        if next(model.parameters()).device.type == "cpu":
-            keep_freed_memory()
-        return evaluate_lazy(cfg, optimize_for_inference(model.eval()))
+    inference = inference or InferenceSettings()
+    model = instantiate(cfg.model).to(str(_train_value(cfg, "device", "cuda")))
+    checkpointer = TrainingCheckpointer(model, str(cfg.train.output_dir))
+    weights = str(_train_value(cfg, "init_checkpoint", ""))
+    if resume and checkpointer.has_checkpoint():
+        weights = checkpointer.get_checkpoint_file()
+    for problem in check_complete_weights(model, weights, allow_partial=allow_partial_weights):
+        logger.warning("--allow-partial-weights: %s", problem)
+    checkpointer.resume_or_load(weights, resume=False)
+    model = prepare_for_inference(model, inference)
+    with autocast(str(_train_value(cfg, "device", "cuda")), inference.amp_dtype):
+        return evaluate_lazy(cfg, model)
+
+
+def train_lazy(cfg: DictConfig, *, resume: bool = False) -> Mapping[str, Any] | None:
+    """Train with :class:`LazyTrainer`; with ``resume``, from the last whole checkpoint."""
     trainer = LazyTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=resume)
     return trainer.train()
-
-
-def argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` (overrides ``key=value``) plus ``--register``."""
-    from detectron2.engine import default_argument_parser
-
-    from .training.cli import add_data_and_weights_arguments
-
-    parser = default_argument_parser(
-        "A LazyConfig file is Python and runs when loaded: pass only files you trust. "
-        "Overrides are key=value (hydra's syntax), e.g. train.max_iter=100."
-    )
-    add_data_and_weights_arguments(parser)
-    return parser
-
-
-def run(argv: list[str] | None = None) -> None:
-    """``tools/lazyconfig_train_net.py``: parse the command line and launch :func:`main`."""
-    from .training import launch_from_args
-
-    parser = argument_parser()
-    args = parser.parse_args(argv)
-    print("Command Line Args:", args)
-    launch_from_args(main, args, parser)

@@ -2,7 +2,8 @@
 
 The counterpart of detectron2's ``demo/demo.py`` (same flags: ``--config-file``, ``--input``,
 ``--output``, ``--confidence-threshold``, ``--opts``; weights through ``MODEL.WEIGHTS``, any
-layout the project reads). ``tools/predict.py`` and ``resnext-det predict`` run :func:`main`.
+layout the project reads). ``resnext-det predict`` (``tools/predict.py``) is its command line:
+:mod:`resnext_det.commands.predict`.
 
 Outputs in ``--output``: one PNG per input image (``<stem>.png``; a repeated stem gets ``_2``,
 ``_3``...), ``images.json`` (a COCO file of the images and categories, no annotations) and
@@ -14,12 +15,10 @@ go to ``<name>/coco_instances_results.json``.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ResNeXtDetError
+from .speed import InferenceSettings, autocast, prepare_for_inference
 
-__all__ = ["IMAGE_SUFFIXES", "Predictor", "expand_inputs", "main", "parse_model_spec"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Predictor",
+    "expand_inputs",
+    "parse_model_spec",
+    "prediction_config",
+    "run_predictions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +84,23 @@ class Predictor:
     """A detector from a yacs config (``MODEL.WEIGHTS`` loaded by the project's checkpointer),
     called on BGR images as detectron2's ``DefaultPredictor`` is.
 
+    The model goes through the same inference set-up as ``--eval-only`` and the comparison
+    (:func:`~resnext_det.speed.prepare_for_inference`: BN folded and channels_last by default,
+    fp32-equal; ``MODEL.RESNEXT.INFERENCE_AMP_DTYPE`` as autocast around each call).
+
     Args:
         cfg: the config (``MODEL.WEIGHTS`` must give every detector parameter).
         allow_partial_weights: draw a detector whose weights leave parameters (heads) random.
+        inference: the inference settings; default those of ``cfg.MODEL.RESNEXT``.
     """
 
-    def __init__(self, cfg: Any, *, allow_partial_weights: bool = False):
+    def __init__(
+        self,
+        cfg: Any,
+        *,
+        allow_partial_weights: bool = False,
+        inference: InferenceSettings | None = None,
+    ):
         from detectron2.engine import DefaultPredictor
 
         from .weights import ResNeXtCheckpointer
@@ -101,10 +118,14 @@ class Predictor:
             self.model, weights, allow_partial=allow_partial_weights, what="prediction"
         )
         ResNeXtCheckpointer(self.model).load(weights)
+        self.inference = inference or InferenceSettings.from_config(cfg)
+        prepare_for_inference(self.model, self.inference)
         self.cfg = cfg
 
     def __call__(self, bgr: np.ndarray) -> Any:
-        return self._predictor(bgr)["instances"].to("cpu")
+        with autocast(self.cfg.MODEL.DEVICE, self.inference.amp_dtype):
+            out = self._predictor(bgr)
+        return out["instances"].to("cpu")
 
 
 @dataclass
@@ -201,8 +222,10 @@ def run_predictions(
     *,
     progress: bool = True,
     allow_partial_weights: bool = False,
+    inference: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     """Run each ``(name, cfg)`` model on ``inputs``; write the pictures and the json files.
+    ``inference``: the settings of every model (default: each config's ``MODEL.RESNEXT``).
 
     Returns:
         ``{"images": [...png paths], "results": {name: results json path}, "images_json": path}``.
@@ -217,7 +240,10 @@ def run_predictions(
     out.mkdir(parents=True, exist_ok=True)
     loaded = [
         _Model(
-            name, Predictor(cfg, allow_partial_weights=allow_partial_weights), _metadata(cfg), []
+            name,
+            Predictor(cfg, allow_partial_weights=allow_partial_weights, inference=inference),
+            _metadata(cfg),
+            [],
         )
         for name, cfg in models
     ]
@@ -264,48 +290,9 @@ def run_predictions(
     return {"images": written, "results": results, "images_json": images_json}
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Draw a detector's predictions on images and write COCO results "
-        "(detectron2 demo/demo.py's flags; weights through --opts MODEL.WEIGHTS PATH).",
-    )
-    parser.add_argument("--config-file", metavar="FILE", help="yacs config of the detector")
-    parser.add_argument(
-        "--input",
-        nargs="+",
-        required=True,
-        help="image files, folders (their images) or glob patterns ('imgs/*.jpg', quoted)",
-    )
-    parser.add_argument("--output", required=True, help="folder for the pictures and json files")
-    parser.add_argument(
-        "--confidence-threshold",
-        type=float,
-        default=0.5,
-        help="minimum score of the detections drawn and written (default 0.5)",
-    )
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar="NAME=CFG:W",
-        help="two models side by side (instead of --config-file): name, yacs config, weights",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs (e.g. MODEL.WEIGHTS out/model_final.pth)",
-    )
-    parser.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="draw a detector whose weights leave parameters (heads) at their random "
-        "initialisation, instead of refusing it",
-    )
-    return parser
-
-
-def _config(config_file: str, opts: list[str], threshold: float) -> Any:
+def prediction_config(config_file: str, opts: list[str], threshold: float) -> Any:
+    """The yacs config of a detector to draw: ``config_file`` with ``opts``, and ``threshold``
+    as every head's test score threshold (as detectron2's demo does)."""
     from .config import load_config
 
     cfg = load_config(config_file, opts)
@@ -314,45 +301,3 @@ def _config(config_file: str, opts: list[str], threshold: float) -> Any:
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
     return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser()
-    args = parser.parse_args(argv)
-    if bool(args.compare) == bool(args.config_file):
-        parser.error("give --config-file CFG (one model) or --compare A=CFG:W B=CFG:W (two)")
-    if not 0.0 <= args.confidence_threshold <= 1.0:
-        parser.error(f"--confidence-threshold must be in [0, 1]; got {args.confidence_threshold}")
-    from detectron2.utils.logger import setup_logger
-
-    setup_logger(name="resnext_det")
-    try:
-        inputs = expand_inputs(args.input)
-        if args.compare:
-            specs = [parse_model_spec(s) for s in args.compare]
-            if specs[0][0] == specs[1][0]:
-                parser.error(
-                    f"--compare: the two models need different names; got {specs[0][0]!r} twice"
-                )
-            models = [
-                (
-                    name,
-                    _config(cfg, [*args.opts, "MODEL.WEIGHTS", weights], args.confidence_threshold),
-                )
-                for name, cfg, weights in specs
-            ]
-        else:
-            models = [("model", _config(args.config_file, args.opts, args.confidence_threshold))]
-        done = run_predictions(
-            models,
-            inputs,
-            args.output,
-            progress=not args.no_progress,
-            allow_partial_weights=args.allow_partial_weights,
-        )
-    except (ResNeXtDetError, FileNotFoundError, ValueError) as exc:
-        print(f"predict: {exc}", file=sys.stderr)
-        return 1
-    print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")
-    print(", ".join(str(p) for p in done["results"].values()))
-    return 0

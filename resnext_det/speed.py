@@ -9,28 +9,29 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
   Same outputs up to float rounding, one pass over each activation fewer.
 * :func:`to_channels_last`: store weights (and so activations) in NHWC, where oneDNN and cuDNN run
   grouped convolutions much faster. Same numbers.
-* :func:`onednn_1x1_convolutions`: on one thread, send the 1x1 convolutions to oneDNN, which
-  PyTorch's own rule sends to a 2x slower kernel there. Same numbers as on two threads.
-* :func:`optimize_for_inference`: all of the above plus ``eval()``; the fp32-equal default.
+* :func:`onednn_1x1_convolutions`: send the 1x1 convolutions to oneDNN, which PyTorch's own
+  rule replaces by a 2x slower kernel on one thread. Same numbers; for one-thread processes.
+* :func:`optimize_for_inference`: the first two plus ``eval()`` (and, asked for, the third); the
+  fp32-equal default.
 * :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
 * :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
-* :func:`keep_freed_memory`: stop glibc's malloc from returning freed activations to the kernel,
-  which otherwise page-faults them in afresh on every pass (a process setting, not a model one).
+* :class:`InferenceSettings` / :func:`prepare_for_inference`: the one inference set-up every
+  detector call goes through (``--eval-only``, ``predict``, the comparison, ``Predictor``).
+
+Every function here changes only the module it is given. Process settings (threads, the
+allocator's freed memory) are :mod:`resnext_det.runtime`'s, applied by the commands.
 
 Training on the CPU (``cfg.CPU_TRAINING``): :func:`cpu_training_settings` turns the config into
 one :class:`CPUTrainingSettings` record (channels_last, bf16 autocast where the CPU has native
-bf16, thread count, freed memory kept, oneDNN 1x1 convolutions on one thread), which the trainer
-applies (:func:`apply_cpu_training`) and the benchmark measures, so that the fast path cannot
-differ from what was timed.
+bf16, thread count, freed memory kept, oneDNN 1x1 convolutions on one thread); the trainer
+applies its model part (:func:`apply_cpu_training`), the command its process part
+(:func:`resnext_det.runtime.configure_process`), and the benchmark measures the same record.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import platform
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,9 +49,10 @@ __all__ = [
     "optimize_for_inference",
     "autocast",
     "compile_module",
-    "keep_freed_memory",
     "onednn_1x1_convolutions",
-    "onednn_1x1_dilation",
+    "ONEDNN_1X1_DILATION",
+    "InferenceSettings",
+    "prepare_for_inference",
     "apply_inference_config",
     "max_relative_error",
     "CPUTrainingSettings",
@@ -174,18 +176,14 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
-def onednn_1x1_dilation() -> tuple[int, int]:
-    """The dilation that sends a stride-1 1x1 CPU convolution to oneDNN under this process's
-    current thread count: ``(2, 2)`` on one thread (see :func:`onednn_1x1_convolutions`), else
-    ``(1, 1)`` (PyTorch uses oneDNN there anyway)."""
-    if torch.get_num_threads() == 1 and torch.backends.mkldnn.is_available():
-        return (2, 2)
-    return (1, 1)
+# A 1x1 kernel has a single tap, so its dilation changes neither the result nor the output size,
+# but PyTorch sends every dilated CPU convolution to oneDNN (see onednn_1x1_convolutions).
+ONEDNN_1X1_DILATION = (2, 2)
 
 
 def onednn_1x1_convolutions(module: nn.Module) -> int:
-    """Send ``module``'s stride-1 1x1 convolutions to oneDNN when this process runs one
-    intra-op thread; in place, idempotent; returns how many were changed (0 on more threads).
+    """Send ``module``'s stride-1 1x1 CPU convolutions to oneDNN; in place, idempotent; returns
+    how many were changed. For a model that runs in a one-thread process.
 
     Why: PyTorch sends an fp32 1x1 convolution with stride 1 and a batch under 16 to its own
     kernel (MKL's sgemm) instead of oneDNN when it has one thread (``ConvParams::use_mkldnn``:
@@ -194,13 +192,12 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
     multiply-adds: the fp32 backbone forward at 800x1216 drops from 0.70x / 0.80x of detectron2's
     time to 0.48x / 0.46x (X-50-32x4d / X-101-32x8d, ``docs/benchmarks.md``). A 1x1 kernel
     has a single tap, so its dilation changes nothing in the result or the output size, but a
-    dilated convolution always goes to oneDNN: each such convolution gets ``dilation = (2, 2)``.
-    On more threads PyTorch already uses oneDNN, and dilation would only risk another kernel, so
-    nothing is changed; CPU weights only (cuDNN has no such rule). Same numbers as oneDNN gives
-    on two threads.
+    dilated convolution always goes to oneDNN: each such convolution gets
+    ``dilation = ONEDNN_1X1_DILATION``. On more threads PyTorch uses oneDNN anyway, so the
+    change gains nothing there: the caller, who knows its process's thread count, decides
+    (the commands and the CPU trainer apply it on one thread only). CPU weights only (cuDNN has
+    no such rule). Same numbers as oneDNN gives on two threads.
     """
-    if onednn_1x1_dilation() == (1, 1):
-        return 0
     changed = 0
     for m in module.modules():
         if (
@@ -210,16 +207,17 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
             and m.dilation == (1, 1)
             and m.weight.device.type == "cpu"
         ):
-            m.dilation = onednn_1x1_dilation()
+            m.dilation = ONEDNN_1X1_DILATION
             changed += 1
     return changed
 
 
-def optimize_for_inference(model: nn.Module) -> nn.Module:
+def optimize_for_inference(model: nn.Module, *, onednn_1x1: bool = False) -> nn.Module:
     """Apply every inference optimisation that keeps fp32 outputs equal; in place, idempotent.
 
-    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last` and, on one CPU
-    thread, :func:`onednn_1x1_convolutions`. Works on a detector
+    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last` and, with
+    ``onednn_1x1`` (for a model that runs on one CPU thread), :func:`onednn_1x1_convolutions`.
+    The result depends only on the arguments, never on the process. Works on a detector
     (``GeneralizedRCNN``), an FPN or a backbone (this project's ``ResNeXt`` of any block form, or
     detectron2's ResNet). Outputs stay within 1e-4 (relative to the largest output) of the model
     before the call; ``tests/test_speed.py`` checks this against detectron2's own ResNet.
@@ -228,6 +226,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
 
     Args:
         model: the model to optimise (its BatchNorms are put in eval mode and folded).
+        onednn_1x1: also route the stride-1 1x1 convolutions to oneDNN; pays off when the model
+            runs in a one-thread process, where PyTorch would not use oneDNN for them.
 
     Returns:
         ``model``, for chaining: ``model = optimize_for_inference(build_model(cfg))``.
@@ -235,7 +235,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     fold_batchnorm(model)
     to_channels_last(model)
-    onednn_1x1_convolutions(model)
+    if onednn_1x1:
+        onednn_1x1_convolutions(model)
     return model
 
 
@@ -268,55 +269,63 @@ def compile_module(module: nn.Module, **kwargs) -> nn.Module:
     return module
 
 
-# glibc's malloc serves blocks above M_MMAP_THRESHOLD (128 KiB, raised as such blocks are freed,
-# to at most 32 MiB) with mmap and unmaps them when freed, and trims the heap's free top above
-# M_TRIM_THRESHOLD. A forward pass at detection size frees and reallocates GBs of activations,
-# so every pass page-faults them in afresh: 0.87M minor faults and 25% of the CPU time per
-# detectron2 X-101-32x8d forward at 800x1216 (docs/benchmarks.md, "Freed memory").
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEPT_BLOCK = 1 << 30  # blocks up to 1 GiB come from (and go back to) the heap
-_NO_TRIM = 2**31 - 1
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a detector runs at inference; the switches of ``cfg.MODEL.RESNEXT``.
 
-
-def keep_freed_memory() -> bool:
-    """Make this process's malloc keep freed memory for reuse instead of returning it to the
-    kernel: no page faults for activations after the first pass. The cost: resident memory stays
-    at the process's peak. A process setting (applied by the trainer with
-    ``CPU_TRAINING.KEEP_FREED_MEMORY``, by :func:`apply_inference_config` with
-    ``MODEL.RESNEXT.KEEP_FREED_MEMORY``); idempotent.
-
-    Returns:
-        True where it took effect (Linux with glibc); False elsewhere (nothing is changed).
+    Attributes:
+        optimize: :func:`optimize_for_inference` (fp32-equal: BN folded, channels_last).
+        amp_dtype: autocast dtype of the forward pass, "" for fp32 ("bfloat16", "float16").
+        compile: ``torch.compile`` the backbone (:func:`compile_module`).
+        onednn_1x1: :func:`onednn_1x1_convolutions` (for a one-thread process; the commands
+            set it from their own thread count).
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    kept = mallopt(_M_MMAP_THRESHOLD, _KEPT_BLOCK)
-    untrimmed = mallopt(_M_TRIM_THRESHOLD, _NO_TRIM)
-    return bool(kept and untrimmed)
+
+    optimize: bool = True
+    amp_dtype: str = ""
+    compile: bool = False
+    onednn_1x1: bool = False
+
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(
+                f"MODEL.RESNEXT.INFERENCE_AMP_DTYPE must be one of {list(AMP_DTYPES)}; got "
+                f"{self.amp_dtype!r}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg, *, onednn_1x1: bool = False) -> InferenceSettings:
+        """The settings of a yacs config's ``MODEL.RESNEXT`` (defaults where a key is absent)."""
+        x = cfg.MODEL.get("RESNEXT", {})
+        return cls(
+            optimize=bool(x.get("OPTIMIZE_FOR_INFERENCE", True)),
+            amp_dtype=str(x.get("INFERENCE_AMP_DTYPE", "")),
+            compile=bool(x.get("COMPILE", False)),
+            onednn_1x1=onednn_1x1,
+        )
 
 
-def apply_inference_config(model: nn.Module, cfg) -> nn.Module:
-    """Apply the inference switches of ``cfg.MODEL.RESNEXT`` to ``model`` (in place; returns it).
-
-    ``OPTIMIZE_FOR_INFERENCE`` -> :func:`optimize_for_inference`; ``COMPILE`` ->
-    :func:`compile_module` on ``model.backbone`` (or on ``model`` when it has none);
-    ``KEEP_FREED_MEMORY`` with ``MODEL.DEVICE`` cpu -> :func:`keep_freed_memory`. Mixed
-    precision (``INFERENCE_AMP_DTYPE``) is a context, not a model change: wrap the forward in
-    ``autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE)``.
-    """
-    x = cfg.MODEL.RESNEXT
-    if x.get("OPTIMIZE_FOR_INFERENCE", True):
-        optimize_for_inference(model)
-    if x.get("COMPILE", False):
+def prepare_for_inference(model: nn.Module, settings: InferenceSettings) -> nn.Module:
+    """Apply ``settings`` to ``model`` (``eval()`` always; in place; returns it). The autocast
+    dtype is a context, not a model change: run the forward pass inside
+    ``autocast(device, settings.amp_dtype)``."""
+    model.eval()
+    if settings.optimize:
+        optimize_for_inference(model, onednn_1x1=settings.onednn_1x1)
+    if settings.compile:
         compile_module(getattr(model, "backbone", model))
-    if x.get("KEEP_FREED_MEMORY", True) and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-        keep_freed_memory()
     return model
+
+
+def apply_inference_config(model: nn.Module, cfg, *, onednn_1x1: bool = False) -> nn.Module:
+    """:func:`prepare_for_inference` with the settings of ``cfg.MODEL.RESNEXT``
+    (``OPTIMIZE_FOR_INFERENCE``, ``COMPILE``); in place, returns ``model``. Mixed precision
+    (``INFERENCE_AMP_DTYPE``) is a context: wrap the forward in
+    ``autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE)``. The process (threads,
+    allocator: ``MODEL.RESNEXT.KEEP_FREED_MEMORY``) is the caller's:
+    :func:`resnext_det.runtime.configure_process`.
+    """
+    return prepare_for_inference(model, InferenceSettings.from_config(cfg, onednn_1x1=onednn_1x1))
 
 
 def max_relative_error(actual, expected) -> float:
@@ -368,9 +377,11 @@ class CPUTrainingSettings:
     Attributes:
         channels_last: the detector's weights (and so activations) in NHWC.
         amp_dtype: autocast dtype of the forward pass, "" for fp32.
-        num_threads: torch intra-op threads (0: leave torch's default).
-        keep_freed_memory: call :func:`keep_freed_memory` (a process setting).
-        onednn_1x1: :func:`onednn_1x1_convolutions` (does something on one thread only).
+        num_threads: torch intra-op threads (0: leave torch's default); a process setting,
+            applied by the command (:func:`resnext_det.runtime.configure_process`).
+        keep_freed_memory: :func:`resnext_det.runtime.keep_freed_memory`; a process setting,
+            applied by the command.
+        onednn_1x1: :func:`onednn_1x1_convolutions`; True only where ``num_threads`` is 1.
     """
 
     channels_last: bool = False
@@ -419,21 +430,20 @@ def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
         amp_dtype=amp,
         num_threads=threads,
         keep_freed_memory=bool(node.get("KEEP_FREED_MEMORY", True)),
-        onednn_1x1=bool(node.get("ONEDNN_1X1", True)),
+        # oneDNN for the 1x1 convolutions pays off on one thread only (PyTorch uses it on more).
+        onednn_1x1=bool(node.get("ONEDNN_1X1", True)) and threads == 1,
     )
 
 
 def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -> nn.Module:
-    """Apply ``settings`` to ``model`` (before its optimizer is made) and to this process's
-    thread count; in place, returns ``model``. The autocast dtype is the trainer's to use."""
+    """Apply the model part of ``settings`` (channels_last, oneDNN 1x1 convolutions) to
+    ``model``, before its optimizer is made; in place, returns ``model``. The autocast dtype is
+    the trainer's to use; threads and the allocator are the process's
+    (:func:`resnext_det.runtime.configure_process`, called by the command)."""
     if settings is None:
         return model
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    if settings.keep_freed_memory and not keep_freed_memory():
-        logger.info("CPU_TRAINING.KEEP_FREED_MEMORY: not glibc, the allocator is left as it is")
     if settings.channels_last:
         to_channels_last(model)
     if settings.onednn_1x1:
-        onednn_1x1_convolutions(model)  # after the thread count: it acts on one thread only
+        onednn_1x1_convolutions(model)
     return model

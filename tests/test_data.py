@@ -516,7 +516,7 @@ def test_voc_to_coco_tool(tmp_path, capsys):
     assert _tool("voc_to_coco").main(args) == 0
     out = capsys.readouterr().out
     assert "1 images (0 without objects), 1 boxes" in out and "clipped=1" in out
-    assert _tool("voc_to_coco").main(args + ["--bad-boxes", "error"]) == 1
+    assert _tool("voc_to_coco").main(args + ["--bad-boxes", "error"]) == 2
     assert "a.xml: object[0] ('cat') box is outside" in capsys.readouterr().err
 
 

@@ -120,7 +120,7 @@ def test_item7_16bit_png_is_refused_by_conversion_not_saturated(tmp_path, capsys
     assert r.num_images == 1 and r.warnings == {"skipped_bad_images": 1}
     assert r.skipped_files == [str(xml_dir / "deep.xml")]
 
-    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "t.json") == 1
+    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "t.json") == 2
     err = capsys.readouterr().err
     assert "deep.png cannot be used" in err and "'I;16'" in err and "Traceback" not in err
 
@@ -210,7 +210,7 @@ def test_item8_truncated_jpeg_and_non_image_fail_conversion_naming_each_file(tmp
         )
         assert tuple(out["image"].shape[1:]) == (im["height"], im["width"])
 
-    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "t.json") == 1
+    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "t.json") == 2
     err = capsys.readouterr().err
     assert "short.jpg is not readable" in err and "text.jpg is not readable" in err
     assert _voc_to_coco(xml_dir, img_dir, tmp_path / "t.json", "--bad-images", "skip") == 0

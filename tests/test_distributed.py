@@ -67,7 +67,7 @@ def _saved_fingerprint(path: Path) -> str:
     from conftest import tiny_cfg
     from detectron2.modeling import build_model
 
-    from resnext_det.training.cli import setup  # noqa: F401  (cfg keys)
+    from resnext_det.training.session import setup  # noqa: F401  (cfg keys)
 
     cfg = tiny_cfg()
     cfg.merge_from_file(str(TINY))

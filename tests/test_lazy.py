@@ -13,9 +13,10 @@ from detectron2.config import instantiate
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 
+from resnext_det.commands.lazy_train import run as main
 from resnext_det.config import load_config
 from resnext_det.errors import ConfigError
-from resnext_det.lazy import LazyTrainer, configure_lazy_for_weights, load_lazy_config, main
+from resnext_det.lazy import LazyTrainer, configure_lazy_for_weights, load_lazy_config
 from resnext_det.training import NonFiniteLossError
 
 CONFIGS = REPO / "configs"

@@ -23,7 +23,8 @@ def synthetic(tmp_path_factory):
 def test_training_writes_tensorboard_events_and_metrics_json(tmp_path, synthetic):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from resnext_det.training import argument_parser, setup, train
+    from resnext_det.commands.train import argument_parser
+    from resnext_det.training import setup, train
 
     argv = [
         "--config-file", str(TINY),

@@ -24,13 +24,13 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 
 import resnext_det
 from resnext_det import ResNeXtSpec
+from resnext_det.commands.train import argument_parser
 from resnext_det.training import (
     CheckpointWriteError,
     NonFiniteLossError,
     ResumableSampler,
     Trainer,
     TrainingCheckpointer,
-    argument_parser,
     evaluate,
     setup,
 )

@@ -12,7 +12,8 @@ import torch
 from conftest import tiny_cfg
 from detectron2.modeling import build_model
 
-from resnext_det.training import argument_parser, evaluate
+from resnext_det.commands.train import argument_parser
+from resnext_det.training import evaluate
 from resnext_det.weights.complete import (
     PartialWeightsError,
     check_complete_weights,

@@ -5,12 +5,13 @@ Layers, lowest first; a module may import its own layer and the ones below, neve
 
     core        the network and plain mechanisms (spec, config, blocks, backbone, io, speed, ...)
     inputs      what users hand us: weights files, data sets
-    jobs        what users run: training, evaluation, export, benchmarks
+    jobs        what users run: training, evaluation, export, inference
     entry       the demo and the command-line entry points
 
 ``resnext_det/__init__.py`` is the public facade above all of them: it may import anything and
 nothing inside the package imports it. Import cycles between modules are refused too (function-
-level imports included: a cycle hidden in a function is still a cycle).
+level imports included: a cycle hidden in a function is still a cycle). The developer tooling of
+the checkout (``benchmarks/``, ``tools/``) is not in the wheel: the package never imports it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ PACKAGE = "resnext_det"
 # Top-level module or subpackage -> layer. A module missing here is an error: place it.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "version", "spec", "config", "io", "blocks", "backbone"], 0),
-    **dict.fromkeys(["complexity", "speed", "env"], 0),
+    **dict.fromkeys(["deform"], 0),
+    **dict.fromkeys(["complexity", "speed", "env", "runtime"], 0),
     **dict.fromkeys(["weights", "data"], 1),
-    **dict.fromkeys(
-        ["training", "evaluation", "export", "benchmark", "lazy", "predict", "model_zoo"], 2
-    ),
+    **dict.fromkeys(["training", "evaluation", "export", "lazy", "predict", "model_zoo"], 2),
     **dict.fromkeys(["demo", "cli", "commands"], 3),
 }
 LAYER_NAMES = ("core", "inputs", "jobs", "entry")
+# Top-level folders of the checkout that the wheel does not ship.
+OUTSIDE_THE_WHEEL = ("benchmarks", "tools")
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -76,6 +78,16 @@ def check(root: Path) -> list[str]:
     problems: list[str] = []
     graph: dict[str, set[str]] = {m: set() for m in known}
     for module, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            for name in names:
+                if name.split(".")[0] in OUTSIDE_THE_WHEEL:
+                    problems.append(
+                        f"{path}:{node.lineno}: {module} imports {name}, which the wheel does "
+                        "not ship"
+                    )
         mine = _top(module)
         if mine is not None and mine not in LAYERS:
             problems.append(f"{path}: module {module} has no layer in tools/check_layers.py LAYERS")

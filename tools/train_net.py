@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import resnext_det  # noqa: E402,F401  (registers the ResNeXt backbones)
+from resnext_det.commands.train import argument_parser  # noqa: E402,F401
 from resnext_det.commands.train import main as command  # noqa: E402
 from resnext_det.commands.train import run as main  # noqa: E402,F401  (per process, as detectron2's)
-from resnext_det.training import argument_parser  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(command())

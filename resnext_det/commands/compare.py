@@ -30,10 +30,11 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 
-from resnext_det.evaluation.bootstrap import MIN_RESAMPLES
-from resnext_det.evaluation.report import check_out_dir
+from ..evaluation.bootstrap import MIN_RESAMPLES
+from ..evaluation.report import check_out_dir
+from ..speed import InferenceSettings
+from .common import command, configure_inference_process
 
 
 def _name_value(text: str, flag: str) -> tuple[str, str]:
@@ -152,14 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("compare_backbones")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from resnext_det.errors import BadFileError
-    from resnext_det.evaluation import compare_models, compare_results
-    from resnext_det.evaluation.report import format_table
+    from ..errors import BadFileError
+    from ..evaluation import compare_models, compare_results
+    from ..evaluation.report import format_table
 
     if bool(args.model) == bool(args.results):
         parser.error("give either --model (from models) or --gt with --results (from results)")
@@ -171,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out_dir(args.out)
     except OSError as exc:
-        print(f"compare_backbones: error: --out: {exc}", file=sys.stderr)
-        return 2
+        raise OSError(f"--out: {exc}") from None
     progress = not args.no_progress
     flops = tuple(args.flops_size) if args.flops_size else None
     try:
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 max_images=args.max_images,
                 flops_size=flops,
-                optimize=not args.no_optimize,
+                inference=InferenceSettings(optimize=False)
+                if args.no_optimize
+                else configure_inference_process(device=args.device),
                 progress=progress,
                 allow_partial_weights=args.allow_partial_weights,
                 gallery=args.gallery,
@@ -234,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 gallery_threshold=args.gallery_threshold,
                 progress=progress,
             )
-    except (FileNotFoundError, BadFileError, ValueError, KeyError, OSError) as exc:
-        print(f"compare_backbones: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyError as exc:  # a results or ground-truth record without a field it needs
+        raise BadFileError(f"a record lacks the field {exc}") from None
     print(format_table(report))
     if args.out:
         print(f"\nwrote {', '.join(report['outputs'])}")

@@ -15,14 +15,13 @@ NUM_GROUPS, WIDTH_PER_GROUP) inferred from the shapes.
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..weights import FORMATS, PRESETS, convert_checkpoint
+from .common import command
 
 
+@command("convert_weights")
 def main(argv: list[str] | None = None) -> int:
-    from resnext_det.errors import ResNeXtDetError
-    from resnext_det.io import AtomicWriteError
-    from resnext_det.weights import FORMATS, PRESETS, convert_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "src", help="weights to convert (.pth/.pt/.bin/.safetensors/.pkl, or a name or URL)"
@@ -40,11 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         help="input conventions, for files whose content cannot decide them",
     )
     args = parser.parse_args(argv)
-    try:
-        done = convert_checkpoint(args.src, args.out, format=args.format, preset=args.preset)
-    except (ResNeXtDetError, ValueError, AtomicWriteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    done = convert_checkpoint(args.src, args.out, format=args.format, preset=args.preset)
     weights = done.weights
     arch = weights.architecture.name if weights.architecture else "no ResNet"
     print(

@@ -8,11 +8,11 @@ backbone exported. See :mod:`resnext_det.demo`.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ..errors import ResNeXtDetError
+from .common import command
 
 
+@command("demo")
 def main(argv: list[str] | None = None) -> int:
     from ..demo import RUNS, run_demo
     from ..evaluation.report import format_table
@@ -31,18 +31,22 @@ def main(argv: list[str] | None = None) -> int:
         "--parallel", type=int, default=None, help="runs at once (default: the machine's cores)"
     )
     args = parser.parse_args(argv)
-    try:
-        result = run_demo(
-            args.out,
-            schedule=args.schedule,
-            seed=args.seed,
-            runs=args.runs,
-            parallel=args.parallel,
-        )
-    except (ResNeXtDetError, ValueError, OSError, FloatingPointError) as exc:
-        # FloatingPointError: a run diverged (NonFiniteLossError names the run and the iteration).
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 2
+    from detectron2.utils.logger import setup_logger
+
+    from ..runtime import configure_process
+
+    setup_logger(name="detectron2")
+    setup_logger(name="resnext_det")
+    # Runs trained in this process (--parallel 1) and the comparison keep freed memory, as
+    # CPU_TRAINING.KEEP_FREED_MEMORY and MODEL.RESNEXT.KEEP_FREED_MEMORY ask by default.
+    configure_process(keep_freed_memory=True)
+    result = run_demo(
+        args.out,
+        schedule=args.schedule,
+        seed=args.seed,
+        runs=args.runs,
+        parallel=args.parallel,
+    )
     print("\n" + format_table(result.comparison))
     total = sum(len(paths) for paths in result.runs.values())
     print(f"training: {total} runs in {result.train_seconds / 60:.1f} min")

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from resnext_det.export import CONTAINERS, FORMATS, export_backbone
+from ..export import CONTAINERS, FORMATS, export_backbone
+from .common import command
 
 
+@command("export_backbone")
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import ResNeXtDetError
-
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -55,21 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = export_backbone(
-            args.config_file,
-            args.weights,
-            args.format,
-            args.out,
-            fpn=args.fpn,
-            fold_bn=args.fold_bn,
-            container=args.container,
-            opts=args.opts,
-        )
-    except (ResNeXtDetError, ValueError, OSError) as exc:
-        # Bad input (wrong config for the checkpoint, a format that cannot hold the model, a full
-        # disk, weights not to be had): the message names the file, key or shapes; a traceback
-        # would add nothing. Nothing was written.
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    # Bad input (wrong config for the checkpoint, a format that cannot hold the model, a full
+    # disk, weights not to be had) is one line from @command; nothing was written.
+    result = export_backbone(
+        args.config_file,
+        args.weights,
+        args.format,
+        args.out,
+        fpn=args.fpn,
+        fold_bn=args.fold_bn,
+        container=args.container,
+        opts=args.opts,
+    )
     print(result.summary())
     return 0

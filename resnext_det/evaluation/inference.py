@@ -229,7 +229,7 @@ def compare_models(
     device: str = "cpu",
     max_images: int | None = None,
     flops_size: tuple[int, int] | None = None,
-    optimize: bool = True,
+    inference: Any = None,
     progress: bool = True,
     allow_partial_weights: bool = False,
     gallery: int = 8,
@@ -250,9 +250,11 @@ def compare_models(
         device: "cpu" or "cuda"; every model runs on it, in this process, one after the other.
         max_images: evaluate on the first N images only (ground truth restricted to them).
         flops_size: (H, W) for the FLOP count; default the config's test resolution.
-        optimize: apply :func:`resnext_det.optimize_for_inference` (BatchNorm folding,
-            channels_last) before timing; on the CPU also keep freed memory in this process
-            (:func:`resnext_det.speed.keep_freed_memory`), as ``--eval-only`` does.
+        inference: the :class:`~resnext_det.speed.InferenceSettings` every model runs with
+            (default: fp32-equal optimisation, BatchNorm folding and channels_last, as
+            ``--eval-only``); ``InferenceSettings(optimize=False)`` times the models as built.
+            This process's threads and allocator are the caller's
+            (:func:`resnext_det.runtime.configure_process`).
         progress: tqdm bars.
         allow_partial_weights: score models whose weights leave parameters randomly
             initialised (refused otherwise, naming the groups).
@@ -269,10 +271,9 @@ def compare_models(
         ...                "my_val", "out/compare")
     """
     from ..complexity import count_complexity
-    from ..speed import keep_freed_memory, optimize_for_inference
+    from ..speed import InferenceSettings, autocast, prepare_for_inference
 
-    if optimize and torch.device(device).type == "cpu":
-        keep_freed_memory()
+    inference = inference or InferenceSettings()
     from .coco import load_ground_truth, load_results
 
     if not models:
@@ -300,12 +301,12 @@ def compare_models(
             )
             size = _flops_size(cfg, model, flops_size)
             cx = count_complexity(model.backbone, size)
-            if optimize:
-                model = optimize_for_inference(model)
+            model = prepare_for_inference(model, inference)
             desc = f"inference {model_name}" + (f" run {i}" if len(runs) > 1 else "")
-            dets, timing = run_inference(
-                model, cfg, dicts, category_map, desc=desc, progress=progress
-            )
+            with autocast(device, inference.amp_dtype):
+                dets, timing = run_inference(
+                    model, cfg, dicts, category_map, desc=desc, progress=progress
+                )
             del model
             fname = _file_name(model_name, i if len(runs) > 1 else None)
             source = str(Path(out_dir) / fname) if out_dir is not None else f"<{desc}>"

@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
@@ -34,6 +33,8 @@ from detectron2.utils.logger import setup_logger
 from ..data import register_from_config
 from ..errors import ConfigError
 from ..io import write_text_atomic
+from ..runtime import configure_process
+from ..speed import cpu_training_settings
 from .lock import lock_output_dir
 from .state import make_deterministic
 from .trainer import Trainer
@@ -146,13 +147,35 @@ def _carried_datasets(cfg: CfgNode) -> dict[str, tuple[list[dict], dict]]:
 
 
 def _worker_init(datasets: dict[str, tuple[list[dict], dict]]) -> None:
-    # Side-by-side runs share the cores: one thread each (more only oversubscribes them).
+    # A worker is a process of the pool's own: its entry point sets its process up. Side-by-side
+    # runs share the cores: one thread each (more only oversubscribes them).
     os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+    configure_process(num_threads=1)
     for name, (records, metadata) in datasets.items():
         DatasetCatalog.register(name, lambda records=records: records)
         metadata = {k: v for k, v in metadata.items() if k != "name"}
         MetadataCatalog.get(name).set(**metadata)
+
+
+def _one_thread(cfg: CfgNode) -> CfgNode:
+    """``cfg`` for a run in a one-thread worker: ``CPU_TRAINING.NUM_THREADS`` 1 where it was 0
+    (torch's default), so that the run's settings say how it ran (and resolve for one thread)."""
+    node = cfg.get("CPU_TRAINING")
+    if node is None or node.NUM_THREADS:
+        return cfg
+    run = cfg.clone()
+    run.defrost()
+    run.CPU_TRAINING.NUM_THREADS = 1
+    run.freeze()
+    return run
+
+
+def _train_in_worker(cfg: CfgNode, seed: int) -> Path:
+    """A run in a pool worker: its process keeps freed memory as ``CPU_TRAINING`` asks."""
+    settings = cpu_training_settings(cfg)
+    if settings is not None:
+        configure_process(keep_freed_memory=settings.keep_freed_memory)
+    return train_seed_run(cfg, seed)
 
 
 def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) -> list[Path]:
@@ -161,9 +184,10 @@ def train_seed_runs(cfg: CfgNode, seeds: Sequence[int], *, parallel: int = 1) ->
     Args:
         cfg: the config; ``SEED`` and ``OUTPUT_DIR`` are set per run, nothing else differs.
         seeds: distinct non-negative seeds, e.g. ``range(3)``.
-        parallel: how many runs at once. 1: one after another in this process. More: that many
-            worker processes with one thread each (spawned: torch's autograd cannot be forked),
-            given the records of the data sets registered in this process.
+        parallel: how many runs at once. 1: one after another in this process (whose threads
+            and allocator are the caller's: :func:`resnext_det.runtime.configure_process`).
+            More: that many worker processes with one thread each (spawned: torch's autograd
+            cannot be forked), given the records of the data sets registered in this process.
 
     Returns:
         each run's ``model_final.pth``, in the order of ``seeds``.
@@ -207,7 +231,9 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
         initializer=_worker_init,
         initargs=(carried,),
     ) as pool:
-        futures = [pool.submit(_noted, train_seed_run, cfg, seed) for cfg, seed in runs]
+        futures = [
+            pool.submit(_noted, _train_in_worker, _one_thread(cfg), seed) for cfg, seed in runs
+        ]
         return [f.result() for f in futures]
 
 

@@ -18,8 +18,10 @@ What :class:`Trainer` changes, and why:
 * **CPU**: DDP without ``device_ids`` (gloo), and ``SOLVER.AMP.ENABLED`` on the CPU runs bfloat16
   autocast without a gradient scaler (detectron2 0.6's ``AMPTrainer`` asserts CUDA); on CUDA it
   is float16 with a ``GradScaler``, as in detectron2. ``cfg.CPU_TRAINING`` (channels_last, bf16
-  autocast, threads: :func:`resnext_det.speed.cpu_training_settings`) is applied here, the one
-  place, and is what ``tools/benchmark.py``'s ``cpu_train_defaults`` setting times.
+  autocast: :func:`resnext_det.speed.cpu_training_settings`) is applied to the model here, the
+  one place, and is what the benchmark's ``cpu_train_defaults`` setting times; its process part
+  (threads, freed memory kept) is the command's (:mod:`resnext_det.commands.common`): the
+  trainer changes only the objects it builds.
 * **Evaluation** is COCO's, with ``use_fast_impl=False`` (detectron2's fast COCOeval is compiled
   C++ that this install may lack); it runs with the training RNG state set aside, so periodic
   evaluation does not change what is trained.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -77,33 +79,54 @@ class Trainer(DefaultTrainer):
         # CUDA) and DDP's device_ids (wrong on the CPU), so this is its body with those three
         # changed; the order of construction is kept.
         TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self._assemble(
+            cfg,
+            self.build_model(cfg),
+            build_optimizer=lambda model: self.build_optimizer(cfg, model),
+            build_train_loader=lambda seed: self.build_train_loader(cfg, seed=seed),
+            build_lr_scheduler=lambda optimizer: self.build_lr_scheduler(cfg, optimizer),
+        )
+
+    def _assemble(
+        self,
+        cfg: CfgNode,
+        model: torch.nn.Module,
+        *,
+        build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+        build_train_loader: Callable[[int], Any],
+        build_lr_scheduler: Callable[[torch.optim.Optimizer], Any],
+        ddp: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Everything a trainer holds, from ``cfg`` (a yacs config, or the view of a LazyConfig
+        that :class:`~resnext_det.lazy.LazyTrainer` builds) and the parts its caller builds:
+        the CPU training settings applied to ``model`` before its optimizer, the seeded data
+        stream, DDP (gloo without ``device_ids`` on the CPU), the guarded step, the atomic
+        checkpointer and the hooks. The one assembly for both config systems."""
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         world = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world:
             raise ValueError(
-                f"SOLVER.IMS_PER_BATCH must be divisible by the number of processes ({world}); "
-                f"got {cfg.SOLVER.IMS_PER_BATCH}"
+                f"the batch size (SOLVER.IMS_PER_BATCH, dataloader.train.total_batch_size) must "
+                f"be divisible by the number of processes ({world}); got {cfg.SOLVER.IMS_PER_BATCH}"
             )
-
-        model = self.build_model(cfg)
         # The CPU speed settings (cfg.CPU_TRAINING; None off the CPU), before the optimizer.
         self.cpu_training = cpu_training_settings(cfg)
         apply_cpu_training(model, self.cpu_training)
-        optimizer = self.build_optimizer(cfg, model)
+        optimizer = build_optimizer(model)
         self.sampler_seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-        data_loader = self.build_train_loader(cfg, seed=self.sampler_seed)
+        data_loader = build_train_loader(self.sampler_seed)
 
-        on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
-        model = create_ddp_model(
-            model, broadcast_buffers=False, **({"device_ids": None} if on_cpu else {})
-        )
+        ddp = {"broadcast_buffers": False, **(ddp or {})}
+        if torch.device(cfg.MODEL.DEVICE).type == "cpu":
+            ddp["device_ids"] = None
+        model = create_ddp_model(model, **ddp)
         amp = bool(self.cpu_training.amp_dtype) if self.cpu_training else cfg.SOLVER.AMP.ENABLED
         self._trainer = GuardedTrainer(
             model, data_loader, optimizer, amp=amp, device=cfg.MODEL.DEVICE
         )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.scheduler = build_lr_scheduler(optimizer)
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

@@ -1,17 +1,15 @@
-"""What ``tools/train_net.py`` does, as functions: parse, set up, train or evaluate."""
+"""What ``resnext-det train`` (``tools/train_net.py``) does in each process, as functions: set
+up, train or evaluate. Its command line is :mod:`resnext_det.commands.train`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -20,20 +18,17 @@ from detectron2.utils.logger import setup_logger
 from ..config import load_config
 from ..data import register_from_config
 from ..env import environment_report
-from ..errors import ConfigError
 from ..io import write_text_atomic
-from ..speed import apply_inference_config, autocast
+from ..speed import InferenceSettings, autocast, prepare_for_inference
 from ..weights import configure_for_weights, explicit_keys
 from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer
-from .launch import LaunchArgumentError, launch, torchrun_env
 from .lock import OutputDirInUseError, lock_output_dir
-from .seeds import seed_run_config, train_seed_runs
+from .seeds import seed_run_config
 from .state import make_deterministic
 from .trainer import Trainer
 
 __all__ = [
-    "argument_parser",
     "setup",
     "train",
     "evaluate",
@@ -41,72 +36,10 @@ __all__ = [
     "make_deterministic",
     "default_setup",
     "build_config",
-    "seed_runs_from_args",
-    "train_seed_runs",
-    "launch_from_args",
     "hold_output_dir",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def add_data_and_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--register`` and ``--allow-partial-weights``: what the yacs and the LazyConfig trainers'
-    command lines share beyond detectron2's ``default_argument_parser``."""
-    parser.add_argument(
-        "--register",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME before building (repeatable), checked "
-        "when registered; for yacs configs the same as adding [NAME, JSON, IMAGE_ROOT] to "
-        "DATASETS.COCO_REGISTER",
-    )
-    parser.add_argument(
-        "--allow-partial-weights",
-        action="store_true",
-        help="--eval-only: score the model even if its weights leave parameters (heads) at "
-        "their random initialisation (refused otherwise, naming them)",
-    )
-
-
-def argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` plus ``--register NAME JSON IMAGE_ROOT``,
-    ``--allow-partial-weights``, ``--allow-unsafe-yaml`` and the seed-run flags."""
-    parser = default_argument_parser(epilog)
-    add_data_and_weights_arguments(parser)
-    parser.add_argument(
-        "--allow-unsafe-yaml",
-        action="store_true",
-        help="let --config-file use Python yaml tags (they run code when loaded); only for a file "
-        "you trust. detectron2's own model-zoo configs need no flag",
-    )
-    runs = parser.add_argument_group(
-        "seed runs",
-        "runs of one config that differ only in SEED, each in OUTPUT_DIR/seed_<k>/; "
-        "a run resumes from its checkpoint, or is skipped when finished, when run again",
-    )
-    which = runs.add_mutually_exclusive_group()
-    which.add_argument(
-        "--seed-runs", type=int, metavar="N", help="train seeds 0..N-1, one after another"
-    )
-    which.add_argument("--seeds", type=int, nargs="+", metavar="K", help="train these seeds")
-    which.add_argument(
-        "--seed",
-        type=int,
-        metavar="K",
-        help="train only seed K (any launcher, torchrun too): one job of a Slurm array or of "
-        "separate jobs run side by side",
-    )
-    runs.add_argument(
-        "--parallel",
-        type=int,
-        default=1,
-        metavar="J",
-        help="with --seed-runs/--seeds: J runs at once, in separate processes of one thread each",
-    )
-    return parser
 
 
 def _has_last_checkpoint(cfg: CfgNode) -> bool:
@@ -224,11 +157,16 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 
 def evaluate(
-    cfg: CfgNode, *, resume: bool = False, allow_partial_weights: bool = False
+    cfg: CfgNode,
+    *,
+    resume: bool = False,
+    allow_partial_weights: bool = False,
+    inference: InferenceSettings | None = None,
 ) -> dict[str, Any]:
     """``--eval-only``: load MODEL.WEIGHTS (or, with ``resume``, the last checkpoint in
-    OUTPUT_DIR), apply the inference switches of ``MODEL.RESNEXT`` (``OPTIMIZE_FOR_INFERENCE``,
-    ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO evaluation.
+    OUTPUT_DIR), apply the inference settings (default: those of ``MODEL.RESNEXT``,
+    ``OPTIMIZE_FOR_INFERENCE``, ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO
+    evaluation.
 
     Weights that leave a detector parameter missing or of another shape (a backbone-only file,
     heads of another NUM_CLASSES) are refused, naming the groups, unless
@@ -245,8 +183,9 @@ def evaluate(
     for problem in check_complete_weights(model, path, allow_partial=allow_partial_weights):
         logger.warning("--allow-partial-weights: %s", problem)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    model = apply_inference_config(model.eval(), cfg)
-    with autocast(cfg.MODEL.DEVICE, cfg.MODEL.RESNEXT.INFERENCE_AMP_DTYPE):
+    inference = inference or InferenceSettings.from_config(cfg)
+    model = prepare_for_inference(model, inference)
+    with autocast(cfg.MODEL.DEVICE, inference.amp_dtype):
         results = Trainer.test(cfg, model)
     if comm.is_main_process():
         verify_results(cfg, results)
@@ -262,67 +201,3 @@ def train(cfg: CfgNode, *, resume: bool = False) -> dict[str, Any] | None:
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     return trainer.train()
-
-
-# detectron2's launcher flags (default_argument_parser), by the launch() argument each sets.
-_LAUNCH_FLAGS = {
-    "num_gpus_per_machine": "--num-gpus",
-    "num_machines": "--num-machines",
-    "machine_rank": "--machine-rank",
-    "dist_url": "--dist-url",
-}
-
-
-def launch_from_args(
-    main_func: Callable[[argparse.Namespace], Any],
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-) -> Any:
-    """:func:`~resnext_det.training.launch` ``main_func(args)`` with the parsed launcher flags.
-
-    An argument :func:`launch` refuses is a usage error (exit status 2) naming the flag.
-    """
-    try:
-        return launch(
-            main_func,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except LaunchArgumentError as exc:
-        parser.error(f"{_LAUNCH_FLAGS.get(exc.argument, exc.argument)} {exc.problem}")
-
-
-def seed_runs_from_args(
-    args: argparse.Namespace, parser: argparse.ArgumentParser
-) -> list[Path] | None:
-    """``--seed-runs N`` / ``--seeds K ...``: train those runs (:func:`train_seed_runs`, each
-    single-process, ``--parallel`` at once) and return their ``model_final.pth``; None when
-    neither flag was given. Combinations that cannot work are usage errors naming the flags."""
-    if args.seed_runs is not None:
-        if args.seed_runs < 1:
-            parser.error(f"--seed-runs must be at least 1; got {args.seed_runs}")
-        seeds = list(range(args.seed_runs))
-    elif args.seeds:
-        seeds = list(args.seeds)
-    else:
-        if args.parallel != 1:
-            parser.error("--parallel needs --seed-runs or --seeds")
-        return None
-    if args.eval_only:
-        parser.error("--seed-runs/--seeds train; evaluate each run's model_final.pth instead")
-    if args.num_gpus != 1 or args.num_machines != 1 or torchrun_env() is not None:
-        parser.error(
-            "--seed-runs/--seeds train single-process runs; for multi-process runs start one job "
-            "per seed with --seed K"
-        )
-    if args.parallel < 1:
-        parser.error(f"--parallel must be a positive integer; got {args.parallel}")
-    try:
-        return train_seed_runs(build_config(args), seeds, parallel=args.parallel)
-    except ConfigError as exc:
-        if "seeds must be" in str(exc):
-            parser.error(f"--seeds: {exc}")
-        raise
