@@ -4,6 +4,8 @@ The network is detectron2's own :class:`~detectron2.modeling.backbone.ResNet` (s
 by ``ResNet.make_stage``, freezing by ``freeze_at``) with the block class chosen by
 ``MODEL.RESNEXT.BLOCK_FORM``. With ``NUM_GROUPS: 1, WIDTH_PER_GROUP: 64`` the same builder makes
 ResNet, so a ResNet/ResNeXt comparison changes the cardinality and width and nothing else.
+The stages of ``MODEL.RESNETS.DEFORM_ON_PER_STAGE`` get deformable 3x3 convs
+(:class:`resnext_det.deform.DeformBottleneckBlock`, detectron2's block on torchvision's op).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from detectron2.modeling.backbone.resnet import BasicStem
 from torch import nn
 
 from .blocks import BLOCK_FORMS
+from .deform import DeformBottleneckBlock
+from .errors import ConfigError
 from .spec import ARCHITECTURES, STAGE_NAMES, VARIANTS, ResNeXtSpec
 
 __all__ = [
@@ -46,10 +50,12 @@ class ResNeXt(ResNet):
          'res5': (1, 2048, 7, 7)}
     """
 
-    def __init__(self, stem, stages, *, spec: ResNeXtSpec, **kwargs):
+    def __init__(self, stem, stages, *, spec: ResNeXtSpec, channels_last: bool = False, **kwargs):
         super().__init__(stem, stages, **kwargs)
         self.spec = spec
-        if spec.channels_last:
+        # How the module runs, not what it is: not part of the spec (to_channels_last sets it).
+        self.channels_last = channels_last
+        if channels_last:
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,7 +63,7 @@ class ResNeXt(ResNet):
             raise ValueError(
                 f"{type(self).__name__} takes (N, C, H, W) images; got shape {tuple(x.shape)}"
             )
-        if self.spec.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
@@ -69,6 +75,7 @@ def make_resnext(
     out_features: list[str] | tuple[str, ...] | None = None,
     freeze_at: int = 0,
     num_classes: int | None = None,
+    channels_last: bool = False,
 ) -> ResNeXt:
     """Build a ResNeXt from explicit arguments (no config).
 
@@ -78,8 +85,10 @@ def make_resnext(
         out_features: subset of ``stem, res2..res5`` (``linear`` with ``num_classes``) to return;
             stages past the last one asked for are dropped (as in detectron2, for C4 heads).
         freeze_at: detectron2's ``MODEL.BACKBONE.FREEZE_AT``: 0 freezes nothing, 1 the stem,
-            k >= 2 the stem and res2..res{k}.
+            k >= 2 the stem and res2..res{k}. A frozen stage cannot be deformable (its offset
+            convs start at zero and would stay there).
         num_classes: add global pooling and a ``linear`` classifier (ImageNet shape, for counting).
+        channels_last: store weights and activations in NHWC (``MODEL.RESNEXT.CHANNELS_LAST``).
 
     Returns:
         a :class:`ResNeXt` whose forward returns a dict of the ``out_features``.
@@ -100,6 +109,18 @@ def make_resnext(
             f"MODEL.BACKBONE.FREEZE_AT must be an integer in 0..5 (0: nothing, 1: stem, "
             f"k: stem and res2..res{{k}}); got {freeze_at!r}"
         )
+    frozen_deformable = [
+        s for i, s in enumerate(STAGE_NAMES) if spec.deform_on_per_stage[i] and freeze_at >= i + 2
+    ]
+    if frozen_deformable:
+        first = STAGE_NAMES.index(frozen_deformable[0])
+        raise ConfigError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE {list(spec.deform_on_per_stage)} makes "
+            f"{', '.join(frozen_deformable)} deformable, but MODEL.BACKBONE.FREEZE_AT {freeze_at} "
+            f"freezes {'it' if len(frozen_deformable) == 1 else 'them'}: the offset convs start "
+            f"at zero and would never learn, leaving plain 3x3 convs. Set FREEZE_AT to at most "
+            f"{first + 1}, or turn deformation off for the frozen stages"
+        )
     stem = BasicStem(in_channels=in_channels, out_channels=spec.stem_out_channels, norm=spec.norm)
     block_class = BLOCK_FORMS[spec.block_form]
     in_ch, out_ch, bottleneck = (
@@ -112,9 +133,16 @@ def make_resnext(
         dilation = spec.res5_dilation if idx == 3 else 1
         # res2 follows the stem's max-pool, and a dilated res5 keeps res4's resolution.
         first_stride = 1 if idx == 0 or dilation == 2 else 2
+        stage_class, deform = block_class, {}
+        if spec.deform_on_per_stage[idx]:
+            stage_class = DeformBottleneckBlock
+            deform = dict(
+                deform_modulated=spec.deform_modulated,
+                deform_num_groups=spec.deform_num_groups,
+            )
         stages.append(
             ResNet.make_stage(
-                block_class,
+                stage_class,
                 num_blocks,
                 stride_per_block=[first_stride] + [1] * (num_blocks - 1),
                 in_channels=in_ch,
@@ -124,6 +152,7 @@ def make_resnext(
                 norm=spec.norm,
                 stride_in_1x1=spec.stride_in_1x1,
                 dilation=dilation,
+                **deform,
             )
         )
         # The paper's rule: when the resolution halves, the width doubles.
@@ -133,6 +162,7 @@ def make_resnext(
         stem,
         stages,
         spec=spec,
+        channels_last=channels_last,
         num_classes=num_classes,
         out_features=None if out_features == ["linear"] else out_features,
         freeze_at=freeze_at,
@@ -147,6 +177,7 @@ def build_resnext_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNeXt:
         in_channels=input_shape.channels,
         out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES),
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        channels_last=bool(cfg.MODEL.get("RESNEXT", {}).get("CHANNELS_LAST", False)),
     )
 
 

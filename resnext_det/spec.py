@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
 
@@ -53,7 +55,9 @@ CFG_KEYS = {
     "res2_out_channels": "MODEL.RESNETS.RES2_OUT_CHANNELS",
     "stride_in_1x1": "MODEL.RESNETS.STRIDE_IN_1X1",
     "res5_dilation": "MODEL.RESNETS.RES5_DILATION",
-    "channels_last": "MODEL.RESNEXT.CHANNELS_LAST",
+    "deform_on_per_stage": "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+    "deform_modulated": "MODEL.RESNETS.DEFORM_MODULATED",
+    "deform_num_groups": "MODEL.RESNETS.DEFORM_NUM_GROUPS",
 }
 
 
@@ -63,6 +67,10 @@ class ResNeXtSpec:
 
     ``width_per_group`` is the paper's bottleneck width d of res2; 0 means "the width that matches
     the complexity of the ResNet of the same depth" (see :mod:`resnext_det.complexity`).
+
+    ``deform_on_per_stage`` (res2..res5), ``deform_modulated`` (DCNv2) and ``deform_num_groups``
+    are detectron2's deformable-convolution keys: the 3x3 conv of every block of a stage marked
+    True is deformable (:mod:`resnext_det.deform`).
     """
 
     depth: int = 50
@@ -74,7 +82,9 @@ class ResNeXtSpec:
     res2_out_channels: int = 256
     stride_in_1x1: bool = False
     res5_dilation: int = 1
-    channels_last: bool = False
+    deform_on_per_stage: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    deform_modulated: bool = False
+    deform_num_groups: int = 1
 
     def __post_init__(self) -> None:
         def bad(field: str, allowed: str) -> ValueError:
@@ -119,6 +129,57 @@ class ResNeXtSpec:
                     "which is not GroupNorm(32, C*d) over all of them, so its outputs would differ "
                     "from the grouped form's. Use BLOCK_FORM 'grouped' with GN"
                 )
+        self._check_deform()
+
+    def _check_deform(self) -> None:
+        stages = self.deform_on_per_stage
+        if (
+            isinstance(stages, (str, bytes))
+            or not hasattr(stages, "__len__")
+            or len(stages) != len(STAGE_NAMES)
+            or not all(isinstance(v, bool) for v in stages)
+        ):
+            raise ConfigError(
+                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE must be 4 booleans (res2..res5); got {stages!r}"
+            )
+        # A list from a config (yacs, OmegaConf) becomes the tuple the field's type says, so that
+        # specs compare and hash by value.
+        object.__setattr__(self, "deform_on_per_stage", tuple(stages))
+        if not isinstance(self.deform_modulated, bool):
+            raise ConfigError(
+                f"MODEL.RESNETS.DEFORM_MODULATED must be True or False; got "
+                f"{self.deform_modulated!r}"
+            )
+        groups = self.deform_num_groups
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+            raise ConfigError(
+                f"MODEL.RESNETS.DEFORM_NUM_GROUPS must be a positive integer; got {groups!r}"
+            )
+        on = self.deformable_stages
+        if not on:
+            return
+        if self.block_form != "grouped":
+            modulated = " with MODEL.RESNETS.DEFORM_MODULATED True" * self.deform_modulated
+            raise ConfigError(
+                f"MODEL.RESNETS.DEFORM_ON_PER_STAGE {list(stages)}{modulated} needs "
+                f"MODEL.RESNEXT.BLOCK_FORM 'grouped'; got {self.block_form!r}: the path forms "
+                "have no deformable 3x3 conv (detectron2's deformable block and checkpoints are "
+                "grouped). Use BLOCK_FORM 'grouped', or DEFORM_ON_PER_STAGE [False]*4"
+            )
+        widths = {s: self.bottleneck_channels * 2 ** STAGE_NAMES.index(s) for s in on}
+        odd = {s: w for s, w in widths.items() if w % groups}
+        if odd:
+            raise ConfigError(
+                f"MODEL.RESNETS.DEFORM_NUM_GROUPS must divide the channels of every deformable "
+                f"3x3 conv; got {groups}, and "
+                + ", ".join(f"{s}'s is {w}" for s, w in odd.items())
+                + f" ({self.name}). Use a divisor of {min(odd.values())}, e.g. 1"
+            )
+
+    @property
+    def deformable_stages(self) -> tuple[str, ...]:
+        """The stages whose 3x3 convs are deformable (``("res3", "res4", "res5")``, ...)."""
+        return tuple(s for s, on in zip(STAGE_NAMES, self.deform_on_per_stage) if on)
 
     @property
     def bottleneck_channels(self) -> int:
@@ -147,12 +208,7 @@ class ResNeXtSpec:
         """Read and check the spec from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.RESNEXT``."""
         r = cfg.MODEL.RESNETS
         x = cfg.MODEL.get("RESNEXT", {})
-        if any(r.get("DEFORM_ON_PER_STAGE", [False])):
-            raise ValueError(
-                "MODEL.RESNETS.DEFORM_ON_PER_STAGE is not supported by the ResNeXt backbones "
-                "(deformable convs need detectron2's compiled ops); set it to [False]*4 or use "
-                "build_resnet_backbone"
-            )
+        deform = r.get("DEFORM_ON_PER_STAGE", [False] * len(STAGE_NAMES))
         fields = dict(
             depth=r.DEPTH,
             cardinality=r.NUM_GROUPS,
@@ -163,7 +219,9 @@ class ResNeXtSpec:
             res2_out_channels=r.RES2_OUT_CHANNELS,
             stride_in_1x1=r.STRIDE_IN_1X1,
             res5_dilation=r.RES5_DILATION,
-            channels_last=x.get("CHANNELS_LAST", False),
+            deform_on_per_stage=tuple(deform) if isinstance(deform, (list, tuple)) else deform,
+            deform_modulated=r.get("DEFORM_MODULATED", False),
+            deform_num_groups=r.get("DEFORM_NUM_GROUPS", 1),
         )
         if fields["width_per_group"] == 0:
             del fields["width_per_group"]

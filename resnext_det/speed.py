@@ -166,13 +166,13 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 
     A convolution whose weight is channels_last returns channels_last outputs, so the format
     spreads through the network from the first conv without converting the input. ResNeXt
-    backbones inside ``module`` also get ``spec.channels_last = True`` (their ``forward`` then
+    backbones inside ``module`` also get ``channels_last = True`` (their ``forward`` then
     converts the input, as ``MODEL.RESNEXT.CHANNELS_LAST`` does). Values are unchanged.
     """
     module.to(memory_format=torch.channels_last)
     for m in module.modules():
-        if isinstance(m, ResNeXt) and not m.spec.channels_last:
-            m.spec = m.spec.replace(channels_last=True)
+        if isinstance(m, ResNeXt):
+            m.channels_last = True
     return module
 
 

@@ -154,7 +154,7 @@ def test_channels_last_keeps_outputs():
         expected = net(x)
         to_channels_last(net)
         actual = net(x)
-    assert net.spec.channels_last
+    assert net.channels_last
     assert all(v.is_contiguous(memory_format=torch.channels_last) for v in actual.values())
     assert max_relative_error(actual, expected) < FP32_TOL
 
@@ -301,7 +301,7 @@ def test_apply_inference_config():
     assert cfg.MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE and not cfg.MODEL.RESNEXT.COMPILE
     apply_inference_config(model, cfg)
     assert not model.training and _norms(model) == []
-    assert model.backbone.bottom_up.spec.channels_last
+    assert model.backbone.bottom_up.channels_last
     assert cfg.MODEL.RESNEXT.KEEP_FREED_MEMORY  # CPU inference keeps freed memory by default
 
 

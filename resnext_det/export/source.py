@@ -13,14 +13,16 @@ from torch import nn
 
 from ..backbone import STAGE_NAMES, ResNeXtSpec, make_resnext
 from ..config import load_config
+from ..deform import deformable_layers
 from ..weights.detectron2 import map_prefix
 from ..weights.loader import Weights, plan_load
-from .formats import BN_NORMS
+from .formats import BN_NORMS, ONNX_OPSET
 
 __all__ = [
     "load_export_config",
     "build_export_backbone",
     "check_torchvision_compatible",
+    "check_deformable_export",
     "describe_source",
     "load_checked",
 ]
@@ -46,7 +48,7 @@ def build_export_backbone(cfg: CfgNode, *, fpn: bool) -> tuple[nn.Module, nn.Mod
     # Sync/naive-sync BN are BatchNorm in eval mode with the same state dict, and need no process
     # group that way.
     norm = "BN" if spec.norm in ("SyncBN", "naiveSyncBN") else spec.norm
-    spec = spec.replace(block_form="grouped", channels_last=False, norm=norm)
+    spec = spec.replace(block_form="grouped", norm=norm)
     if not fpn:
         return (model := make_resnext(spec, out_features=STAGE_NAMES, freeze_at=0)), model
     c = cfg.clone()
@@ -91,6 +93,28 @@ def check_torchvision_compatible(spec: ResNeXtSpec, cfg: CfgNode, format: str) -
             f"exported as {format} (allowed: {', '.join(BN_NORMS)}). Export it as detectron2, "
             f"torchscript or onnx instead"
         )
+
+
+def check_deformable_export(bottom_up: nn.Module, format: str) -> None:
+    """Refuse the formats that cannot hold deformable stages, naming the layers and the formats
+    that can: torchvision/timm's ResNet has no offset convs, and the ONNX exporter (opset
+    ``ONNX_OPSET``) has no deformable convolution for torchvision's ``deform_conv2d``."""
+    layers = deformable_layers(bottom_up)
+    if not layers or format not in ("torchvision", "timm", "onnx"):
+        return
+    stages = sorted({name.split(".")[0] for name in layers})
+    what = {
+        "onnx": f"the ONNX exporter (opset {ONNX_OPSET}) has no deformable convolution "
+        "(torchvision::deform_conv2d)",
+        "torchvision": "torchvision's ResNet has no offset convolutions (conv2_offset)",
+        "timm": "timm's ResNet has no offset convolutions (conv2_offset)",
+    }[format]
+    raise ValueError(
+        f"MODEL.RESNETS.DEFORM_ON_PER_STAGE makes {len(layers)} convolutions of "
+        f"{', '.join(stages)} deformable ({layers[0]} ... {layers[-1]}), and {what}, so it "
+        f"cannot be exported as {format}. Export it as torchscript (traced, checked against the "
+        f"eager model) or detectron2 (state dict, torch or safetensors container) instead"
+    )
 
 
 def describe_source(source: Weights) -> str:
