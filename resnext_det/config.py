@@ -17,6 +17,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigError
+from .reading import read_text_file
 
 BASE_KEY = "_BASE_"
 # The image formats detectron2's detection_utils.read_image / convert_PIL_to_numpy produce.
@@ -136,13 +137,10 @@ def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
     if real in chain:
         loop = " -> ".join(str(p) for p in (*chain, real))
         raise ConfigError(f"config file {path}: its {BASE_KEY} chain loops: {loop}")
-    if not real.is_file():
+    if not real.exists():
         where = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
         raise ConfigError(f"config file {path}{where} does not exist")
-    try:
-        text = real.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from None
+    text = read_text_file(path, "config file", error=ConfigError)
     try:
         tree = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:

@@ -84,7 +84,7 @@ def test_base_loop_is_named(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"SOLVER:\n  BASE_LR: \xff\xfe\n", "not UTF-8"),
+        (b"SOLVER:\n  BASE_LR: \xff\xfe\n", r"not a UTF-8 text file \(byte 19"),
         (b"SOLVER: [unclosed\n", "not valid yaml"),
         (b"- 1\n- 2\n", "not a mapping"),
         (b"SOLVER:\n  NOT_A_KEY: 1\n", "NOT_A_KEY"),

@@ -277,12 +277,12 @@ def test_item10_non_utf8_json_and_split_file(tmp_path, capsys):
     split = tmp_path / "split.txt"
     split.write_bytes("caf\u00e9.jpg\n".encode("latin-1"))
     with pytest.raises(
-        AnnotationError, match=r"split\.txt: a split file must be UTF-8 text; byte 3"
+        AnnotationError, match=r"split\.txt: not a UTF-8 text file \(byte 3"
     ):
         read_split_file(split)
     xml_dir, img_dir = _voc_set(tmp_path, ["a.jpg"])
-    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "o.json", "--split", str(split)) == 1
-    assert "split.txt: a split file must be UTF-8 text" in capsys.readouterr().err
+    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "o.json", "--split", str(split)) == 2
+    assert "split.txt: not a UTF-8 text file (byte 3" in capsys.readouterr().err
 
 
 def test_item10_json_nested_100k_deep(tmp_path):
@@ -342,14 +342,14 @@ def _read_only_folder(path: Path):
 def test_item10_voc_to_coco_out_folder_read_only_or_under_one(tmp_path, capsys):
     xml_dir, img_dir = _voc_set(tmp_path, ["a.jpg"])
     (tmp_path / "folder").mkdir()
-    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "folder") == 1
+    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "folder") == 2
     assert f"output {str(tmp_path / 'folder')!r} is a folder" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
-    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "file" / "o.json") == 1
+    assert _voc_to_coco(xml_dir, img_dir, tmp_path / "file" / "o.json") == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     with _read_only_folder(tmp_path / "ro") as ro:
         for out in (ro / "o.json", ro / "sub" / "dir" / "o.json"):
-            assert _voc_to_coco(xml_dir, img_dir, out) == 1
+            assert _voc_to_coco(xml_dir, img_dir, out) == 2
             err = capsys.readouterr().err
             assert f"output {str(out)!r}: the folder {str(ro)!r} is not writable" in err
             with pytest.raises(PermissionError, match="is not writable"):
@@ -381,7 +381,7 @@ def test_item13_voc_to_coco_out_may_not_overwrite_an_input(tmp_path, capsys):
         (img_dir / "a.jpg", "a.jpg"),
         (tmp_path / "split.txt", "split.txt"),
     ):
-        assert _voc_to_coco(xml_dir, img_dir, out, "--split", str(tmp_path / "split.txt")) == 1
+        assert _voc_to_coco(xml_dir, img_dir, out, "--split", str(tmp_path / "split.txt")) == 2
         err = capsys.readouterr().err
         assert f"output {str(out)!r} is the input file" in err and victim in err
     assert {p: p.read_bytes() for p in before} == before

@@ -267,7 +267,7 @@ def test_missing_key_and_not_a_list(small_gt, tmp_path):
     with pytest.raises(ResultsFormatError, match=r"dict\.json: COCO results must be a JSON list"):
         load_results(path, g)
     path.write_text("[{")
-    with pytest.raises(ResultsFormatError, match=r"dict\.json: not valid JSON"):
+    with pytest.raises(ResultsFormatError, match=r"dict\.json: not valid json"):
         load_results(path, g)
     with pytest.raises(FileNotFoundError, match=r"results file .*nope\.json' does not exist"):
         load_results(tmp_path / "nope.json", g)
@@ -317,5 +317,5 @@ def test_results_errors_share_the_bad_file_base(tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(BadFileError, match=r"bad\.json: not valid JSON"):
+    with pytest.raises(BadFileError, match=r"bad\.json: not valid json"):
         load_results(bad, load_ground_truth(synthetic_ground_truth(3, seed=0)))

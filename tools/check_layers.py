@@ -26,9 +26,10 @@ PACKAGE = "resnext_det"
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "version", "spec", "config", "io", "blocks", "backbone"], 0),
     **dict.fromkeys(["deform"], 0),
-    **dict.fromkeys(["complexity", "speed", "env", "runtime"], 0),
+    **dict.fromkeys(["complexity", "speed", "env", "runtime", "reading"], 0),
     **dict.fromkeys(["weights", "data"], 1),
     **dict.fromkeys(["training", "evaluation", "export", "lazy", "predict", "model_zoo"], 2),
+    **dict.fromkeys(["sweep"], 2),
     **dict.fromkeys(["demo", "cli", "commands"], 3),
 }
 LAYER_NAMES = ("core", "inputs", "jobs", "entry")

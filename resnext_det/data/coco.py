@@ -46,23 +46,18 @@ annotation without ``area``                            counted warning (detectro
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..reading import INT64, is_int
+from ..reading import read_json_file as _read_json_file
 from .errors import AnnotationError
 
 __all__ = ["CocoSummary", "load_coco_json_checked", "read_json_file", "validate_coco_dict"]
-
-# Ids and sizes end up in int64 arrays (detectron2, pycocotools, the evaluator).
-_INT64 = (-(2**63), 2**63)
 
 
 @dataclass
@@ -88,20 +83,11 @@ class CocoSummary:
     image_root: str | None = None
 
 
-def _is_int(v: Any) -> bool:
-    # numbers.Integral also admits numpy integers (a dict built in Python rather than read).
-    return (
-        isinstance(v, numbers.Integral)
-        and not isinstance(v, bool)
-        and _INT64[0] <= int(v) < _INT64[1]
-    )
-
-
 def _is_number(v: Any) -> bool:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return False
     if isinstance(v, numbers.Integral):
-        return _INT64[0] <= int(v) < _INT64[1]  # math.isfinite(10**400) raises OverflowError
+        return INT64[0] <= int(v) < INT64[1]  # math.isfinite(10**400) raises OverflowError
     return math.isfinite(v)
 
 
@@ -121,7 +107,7 @@ def _check_segmentation(segm: Any, where: str, warnings: Counter[str]) -> None:
     if isinstance(segm, dict):
         size, counts = segm.get("size"), segm.get("counts")
         if not (
-            isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)
+            isinstance(size, list) and len(size) == 2 and all(is_int(v) and v >= 0 for v in size)
         ):
             raise AnnotationError(
                 f"{where}: RLE 'segmentation' needs 'size' [height, width] of two integers, got "
@@ -129,7 +115,7 @@ def _check_segmentation(segm: Any, where: str, warnings: Counter[str]) -> None:
             )
         if not (
             isinstance(counts, str)
-            or (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts))
+            or (isinstance(counts, list) and all(is_int(v) and v >= 0 for v in counts))
         ):
             raise AnnotationError(
                 f"{where}: RLE 'segmentation' needs 'counts' as a string or a list of integers "
@@ -156,7 +142,7 @@ def _check_categories(cats: list, source: str) -> dict[int, str]:
         if not isinstance(cat, dict):
             raise AnnotationError(f"{where} must be an object, got {_short(cat)}")
         cid, name = cat.get("id"), cat.get("name")
-        if not _is_int(cid):
+        if not is_int(cid):
             raise AnnotationError(f"{where}: 'id' must be an integer, got {_short(cid)}")
         if not isinstance(name, str) or not name:
             raise AnnotationError(
@@ -184,7 +170,7 @@ def _check_images(images: list, source: str, warnings: Counter[str]) -> dict[int
         if not isinstance(img, dict):
             raise AnnotationError(f"{where} must be an object, got {_short(img)}")
         iid = img.get("id")
-        if not _is_int(iid):
+        if not is_int(iid):
             raise AnnotationError(f"{where}: 'id' must be an integer, got {_short(iid)}")
         where = f"{where} (id {iid})"
         if iid in img_size:
@@ -196,7 +182,7 @@ def _check_images(images: list, source: str, warnings: Counter[str]) -> dict[int
             )
         for key in ("width", "height"):
             v = img.get(key)
-            if not _is_int(v) or v <= 0:
+            if not is_int(v) or v <= 0:
                 raise AnnotationError(
                     f"{where}: {key!r} must be a positive integer, got {_short(v)}"
                 )
@@ -220,16 +206,16 @@ def _check_annotation(
     if not isinstance(ann, dict):
         raise AnnotationError(f"{where} must be an object, got {_short(ann)}")
     aid = ann.get("id")
-    if not _is_int(aid):
+    if not is_int(aid):
         raise AnnotationError(f"{where}: 'id' must be an integer, got {_short(aid)}")
     where = f"{source}: annotation id {aid} (annotations[{i}])"
     iid = ann.get("image_id")
-    if not _is_int(iid) or iid not in img_size:
+    if not is_int(iid) or iid not in img_size:
         raise AnnotationError(
             f"{where}: 'image_id' {_short(iid)} is not the id of an image in 'images'"
         )
     cid = ann.get("category_id")
-    if not _is_int(cid) or cid not in cat_names:
+    if not is_int(cid) or cid not in cat_names:
         raise AnnotationError(
             f"{where}: 'category_id' {_short(cid)} is not in 'categories' "
             f"(ids {sorted(cat_names)[:20]})"
@@ -336,87 +322,14 @@ def validate_coco_dict(
     )
 
 
-def _line_col(text: str, offset: int) -> str:
-    line = text.count("\n", 0, offset) + 1
-    column = offset - text.rfind("\n", 0, offset)
-    return f"line {line}, column {column}"
-
-
-def _deep_nesting_at(text: str, limit: int) -> int | None:
-    """Offset of the first bracket nested deeper than ``limit`` (outside strings), or None."""
-    depth, in_string, escaped = 0, False, False
-    for k, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return k
-        elif ch in "]}":
-            depth -= 1
-    return None
-
-
 def read_json_file(
     path: str | os.PathLike,
     what: str = "COCO annotation file",
     *,
     error: type[Exception] = AnnotationError,
 ) -> Any:
-    """Parse a json file, with every failure named: the file, and the line and column where the
-    problem is (a byte that is not UTF-8, a syntax error, nesting Python's reader cannot follow,
-    an integer longer than Python converts).
-
-    Args:
-        path: the file.
-        what: what the file is, for the not-found message.
-        error: the type to raise for a file that is not valid json.
-
-    Raises:
-        FileNotFoundError: no such file.
-        error: (``AnnotationError`` by default) the file is not valid UTF-8 json.
-    """
-    path = Path(path)
-    if not path.is_file():
-        if path.is_dir():
-            raise error(f"{path}: is a directory, not a {what}")
-        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(
-            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); json files are UTF-8"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(
-            f"{path}: not valid json (line {exc.lineno}, column {exc.colno}: {exc.msg}); a "
-            "truncated or non-COCO file?"
-        ) from None
-    except RecursionError:
-        at = _deep_nesting_at(text, 100)
-        where = f" (deeper than 100 levels from {_line_col(text, at)})" if at is not None else ""
-        raise error(
-            f"{path}: json nested too deeply for Python's json reader{where}; COCO files are "
-            "a few levels deep"
-        ) from None
-    except ValueError as exc:  # not a JSONDecodeError: Python's limit on integer digits
-        limit = sys.get_int_max_str_digits()
-        m = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
-        if m is None:
-            raise error(f"{path}: not valid json ({exc})") from None
-        raise error(
-            f"{path}: {_line_col(text, m.start())}: an integer of {len(m.group())} digits; Python "
-            f"reads at most {limit} (ids and sizes must fit in 64 bits)"
-        ) from None
+    """:func:`resnext_det.reading.read_json_file` for annotation files (``AnnotationError``)."""
+    return _read_json_file(path, what, error=error)
 
 
 def load_coco_json_checked(
@@ -435,6 +348,6 @@ def load_coco_json_checked(
         FileNotFoundError: no such file.
         AnnotationError: not UTF-8 json (with line and column), or not valid COCO.
     """
-    data = read_json_file(json_file, "COCO annotation file")
+    data = read_json_file(json_file)
     summary = validate_coco_dict(data, str(json_file), for_evaluation=for_evaluation)
     return data, summary

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..reading import read_text_file
 from .errors import AnnotationError
 
 __all__ = [
@@ -212,14 +213,7 @@ def read_split_file(path: str | os.PathLike) -> list[str]:
             one, or no names.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file {str(path)!r} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(
-            f"{path}: a split file must be UTF-8 text; byte {exc.start} is not ({exc.reason})"
-        ) from None
+    text = read_text_file(path, "split file", error=AnnotationError, encoding="utf-8-sig")
     lines = text.splitlines()
     first = lines[0] if lines else ""
     names: list[str] = []

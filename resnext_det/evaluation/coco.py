@@ -22,17 +22,16 @@ pycocotools' merge-sort order, at most 100 detections per image and category cou
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from ..errors import BadFileError
+from ..reading import is_int, read_json_file
 
 __all__ = [
     "AREA_RANGES",
@@ -90,23 +89,8 @@ class ResultsFormatError(BadFileError):
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_json(path: PathLike, what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ResultsFormatError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -252,7 +236,7 @@ def _check_entry(source: str, i: int, d: Any, img_set: set, cat_set: set, gt: Co
                 f"{where} has no {key!r}; a COCO box result needs image_id, category_id, "
                 f"bbox [x, y, w, h] and score (keys found: {sorted(d)})"
             )
-    if not _is_int(d["image_id"]):
+    if not is_int(d["image_id"]):
         raise ResultsFormatError(f"{where}: 'image_id' must be an integer; got {d['image_id']!r}")
     if d["image_id"] not in img_set:
         raise ResultsFormatError(
@@ -262,7 +246,7 @@ def _check_entry(source: str, i: int, d: Any, img_set: set, cat_set: set, gt: Co
             + "). Results of another data set or split? Compare against the ground truth the "
             "model was run on."
         )
-    if not _is_int(d["category_id"]):
+    if not is_int(d["category_id"]):
         raise ResultsFormatError(
             f"{where}: 'category_id' must be an integer; got {d['category_id']!r}"
         )
@@ -341,7 +325,10 @@ def load_results(
     if isinstance(results, (list, tuple)):
         source, data = name or "<results list>", results
     else:
-        source, data = str(results), _read_json(results, "results")
+        source, data = (
+            str(results),
+            read_json_file(results, "results file", error=ResultsFormatError),
+        )
     if not isinstance(data, (list, tuple)):
         raise ResultsFormatError(
             f"{source}: COCO results must be a JSON list of detections "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import torch
 
 from ..errors import BadFileError
 from ..io import atomic_write, write_bytes_atomic
+from ..reading import read_json_file
 
 __all__ = [
     "SIDECAR_SHA256",
@@ -399,11 +399,7 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     sidecar = f"{os.fspath(path)}.json"
     if not os.path.isfile(sidecar):
         return {}
-    try:
-        with open(sidecar, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"metadata sidecar '{sidecar}' is not valid JSON: {exc}") from exc
+    data = read_json_file(sidecar, "metadata sidecar", error=CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(
             f"metadata sidecar '{sidecar}' must hold a JSON object; got {type(data).__name__}"
