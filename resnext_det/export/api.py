@@ -21,6 +21,7 @@ from .formats import FORMATS, STATE_DICT_FORMATS, check_options
 from .metadata import export_conventions, export_metadata, sidecar_path
 from .source import (
     build_export_backbone,
+    check_deformable_export,
     check_torchvision_compatible,
     load_checked,
     load_export_config,
@@ -123,6 +124,7 @@ def export_backbone(
 
     model, bottom_up = build_export_backbone(cfg, fpn=fpn)
     spec = bottom_up.spec
+    check_deformable_export(bottom_up, format)
     if format in ("torchvision", "timm"):
         check_torchvision_compatible(spec, cfg, format)
     what = f"the config's {spec.name}{' FPN' if fpn else ''} backbone"

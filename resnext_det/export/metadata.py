@@ -58,6 +58,10 @@ def export_metadata(
         "res2_out_channels": spec.res2_out_channels,
         "stride_in_1x1": spec.stride_in_1x1,
         "res5_dilation": spec.res5_dilation,
+        # detectron2's MODEL.RESNETS.DEFORM_* keys (resnext_det.deform): offset convs included.
+        "deform_on_per_stage": list(spec.deform_on_per_stage),
+        "deform_modulated": spec.deform_modulated,
+        "deform_num_groups": spec.deform_num_groups,
         "fpn": fpn,
     }
     if fpn:
@@ -187,5 +191,8 @@ def _how_to_load(format: str, spec: ResNeXtSpec) -> dict[str, Any]:
     if format == "detectron2":
         return {"config": "MODEL.WEIGHTS: <this file> (with the same MODEL.RESNETS architecture)"}
     if format == "torchscript":
-        return {"code": "torch.jit.load(path)(images) -> tuple of the 'outputs' in order"}
+        code = "torch.jit.load(path)(images) -> tuple of the 'outputs' in order"
+        if any(spec.deform_on_per_stage):  # the graph calls torchvision::deform_conv2d
+            code = "import torchvision; " + code
+        return {"code": code}
     return {"code": "onnxruntime.InferenceSession(path).run(None, {'images': images})"}
