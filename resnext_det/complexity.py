@@ -3,14 +3,23 @@
 Counting follows the paper: parameters are those of the convolutions and the classifier (norm
 scales and biases are not counted; with ``FrozenBN`` they are buffers anyway), and one
 multiply-add is one FLOP (fvcore's convention).
+
+Deformable stages (``MODEL.RESNETS.DEFORM_ON_PER_STAGE``) count their offset convolutions
+(``conv2_offset``: ordinary convs, parameters and multiply-adds), the deformable convolution's
+multiply-adds as those of the 3x3 conv it replaces, and its bilinear sampling: 4 multiply-adds per
+sampled value (one per neighbouring pixel), 5 with the DCNv2 mask (``Complexity.sampling_flops``;
+included in ``flops``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from .backbone import make_resnext
@@ -32,8 +41,9 @@ PAPER_CARDINALITIES = (1, 2, 4, 8, 32)
 @dataclass(frozen=True)
 class Complexity:
     params: int  # conv + linear parameters, as the paper counts them
-    flops: int  # multiply-adds, fvcore's count
+    flops: int  # multiply-adds, fvcore's count (with the deformable sampling)
     input_size: tuple[int, int]
+    sampling_flops: int = 0  # of ``flops``: the bilinear sampling of deformable convolutions
 
     @property
     def mparams(self) -> float:
@@ -54,6 +64,28 @@ def _counted_params(model: nn.Module) -> int:
     )
 
 
+# Operators whose multiply-adds are counted (fvcore's names; the deform_* ones are ours).
+_COUNTED = ("conv", "linear", "addmm", "matmul", "deform_conv", "deform_sampling")
+
+
+def deform_conv_flop_jit(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """fvcore handle for ``torchvision::deform_conv2d``: the convolution's multiply-adds
+    (``deform_conv``, as a plain conv of the same shape) and the bilinear sampling
+    (``deform_sampling``: every input value a tap reads is interpolated from 4 pixels, and scaled
+    by the mask in DCNv2)."""
+    # torchvision::deform_conv2d(input, weight, offset, mask, bias, stride_h, stride_w, pad_h,
+    # pad_w, dilation_h, dilation_w, groups, offset_groups, use_mask)
+    x, w = get_shape(inputs[0]), get_shape(inputs[1])
+    out = get_shape(outputs[0])
+    use_mask = bool(inputs[13].toIValue())
+    n, c_in = x[0], x[1]
+    c_out, c_per_group, kh, kw = w
+    positions = n * out[2] * out[3]
+    conv = positions * c_out * c_per_group * kh * kw
+    sampled = positions * c_in * kh * kw
+    return Counter({"deform_conv": conv, "deform_sampling": sampled * (5 if use_mask else 4)})
+
+
 def count_complexity(model: nn.Module, input_size: tuple[int, int]) -> Complexity:
     """Parameters and FLOPs of ``model`` on one 3 x H x W image (the model is not changed)."""
     was_training = model.training
@@ -62,16 +94,19 @@ def count_complexity(model: nn.Module, input_size: tuple[int, int]) -> Complexit
         with torch.no_grad():
             image = torch.zeros(1, 3, *input_size)
             analysis = FlopCountAnalysis(model, image)
+            analysis.set_op_handle("torchvision::deform_conv2d", deform_conv_flop_jit)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             # Norms, ReLUs, pooling and additions are not multiply-adds: the paper counts convs/fc.
-            flops = sum(
-                v
-                for k, v in analysis.by_operator().items()
-                if k in ("conv", "linear", "addmm", "matmul")
-            )
+            by_operator = analysis.by_operator()
+            flops = sum(v for k, v in by_operator.items() if k in _COUNTED)
     finally:
         model.train(was_training)
-    return Complexity(_counted_params(model), int(flops), tuple(input_size))
+    return Complexity(
+        _counted_params(model),
+        int(flops),
+        tuple(input_size),
+        sampling_flops=int(by_operator.get("deform_sampling", 0)),
+    )
 
 
 def backbone_complexity(
