@@ -255,9 +255,10 @@ def test_every_configs_name_resolves_to_torchvisions_own_url(monkeypatch):
         cfg = load_config(str(path))
         if not cfg.MODEL.WEIGHTS:
             continue
-        if cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/"):
-            # The Mask/Cascade configs keep the zoo's FAIR ImageNet file (and its conventions),
-            # so that detectron2's own checkpoints of those models load.
+        if cfg.MODEL.WEIGHTS.startswith(("detectron2://ImageNetPretrained/", "catalog://")):
+            # The Mask/Cascade/keypoint configs keep the zoo's FAIR/MSRA ImageNet files (and their
+            # conventions; X-152's through detectron2's catalog), so that detectron2's own
+            # checkpoints of those models load.
             continue
         assert cfg.MODEL.WEIGHTS.startswith("torchvision://"), (path.name, cfg.MODEL.WEIGHTS)
         model, _, tag = cfg.MODEL.WEIGHTS[len("torchvision://") :].partition(".")
