@@ -28,6 +28,7 @@ from support.simulate import (  # noqa: E402
     benchmark_bootstrap,
     per_model_coverage,
     simulate,
+    simulate_family,
 )
 
 # The settings of docs/statistics.md: run noise larger than image noise (as in the demo),
@@ -40,6 +41,12 @@ SETTINGS = {
     "no run noise, equal": Setting(run_sd=0.0),
     "1 vs 1 runs, equal": Setting(run_sd=0.06, runs=(1, 1)),
     "5 vs 3 runs, equal": Setting(run_sd=0.06, runs=(5, 3)),
+}
+# Families (resnext-det sweep: every C against C = 1, Bonferroni): equal detectors, 3 runs each;
+# 2 others as in `make sweep` (C = 4, 8), 4 as in the paper's sweep (C = 2, 4, 8, 32).
+FAMILIES = {
+    "family of 2 vs one baseline, equal": (Setting(run_sd=0.06), 2),
+    "family of 4 vs one baseline, equal": (Setting(run_sd=0.06), 4),
 }
 
 
@@ -62,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only not in name:
             continue
         r = simulate(setting, args.repetitions, seed=args.seed + i)
+        print(json.dumps({"name": name, **r}), flush=True)
+    for i, (name, (setting, others)) in enumerate(FAMILIES.items()):
+        if args.only and args.only not in name:
+            continue
+        r = simulate_family(setting, others, args.repetitions, seed=args.seed + 50 + i)
         print(json.dumps({"name": name, **r}), flush=True)
     if not args.only or "per-model" in args.only:
         r = per_model_coverage(args.repetitions, seed=args.seed + 100)

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "bc_interval",
+    "bonferroni_confidence",
     "mover",
     "normal_quantile",
     "t_cdf",
@@ -145,3 +146,19 @@ def mover(estimate: float, image_interval: list[float], run_half_width: float) -
         float(estimate - math.hypot(estimate - lo, run_half_width)),
         float(estimate + math.hypot(hi - estimate, run_half_width)),
     ]
+
+
+def bonferroni_confidence(confidence: float, comparisons: int) -> float:
+    """The confidence of each of ``comparisons`` intervals for all of them to hold their true
+    values together with probability at least ``confidence`` (Bonferroni: the miss rate
+    ``1 - confidence`` split evenly among them; it holds whatever their correlation, e.g. several
+    models against one shared baseline). 0.95 over 4 comparisons: 0.9875.
+
+    Intervals rather than tests are what the comparison reports, which is why this and not Holm's
+    step-down: Holm's gain is in tests, and gives no simultaneous intervals.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+    if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
+        raise ValueError(f"comparisons must be a positive integer; got {comparisons!r}")
+    return 1.0 - (1.0 - confidence) / comparisons

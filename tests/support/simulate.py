@@ -11,8 +11,12 @@ simulations: the images-only interval of the run means, the images-only interval
 model (what a one-run comparison reports) and a naive two-level percentile bootstrap (runs
 resampled within each model, images shared).
 
-Used by ``tests/test_coverage.py`` (few repetitions) and ``tools/coverage_sim.py`` (the figures in
-docs/statistics.md).
+:func:`simulate_family` does the same for several equal detectors compared with one baseline (the
+sweep's cardinalities against C = 1): how often every interval of the family holds 0, each at the
+plain confidence and at the Bonferroni one.
+
+Used by ``tests/test_coverage.py``, ``tests/test_sweep.py`` (few repetitions) and
+``tools/coverage_sim.py`` (the figures in docs/statistics.md).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 
 from resnext_det.evaluation import load_ground_truth, load_results, match_detections
 from resnext_det.evaluation.bootstrap import paired_bootstrap
-from resnext_det.evaluation.intervals import bc_interval
+from resnext_det.evaluation.intervals import bc_interval, bonferroni_confidence
 
 from .synthetic_results import synthetic_detections, synthetic_ground_truth
 
@@ -148,6 +152,71 @@ def simulate(setting: Setting, repetitions: int, seed: int = 0) -> dict:
         "sd_delta": float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None,
         "mean_half_width": float(np.mean(widths)),
         "every_run_better": float(np.mean(separated)),
+    }
+
+
+def simulate_family(setting: Setting, others: int, repetitions: int, seed: int = 0) -> dict:
+    """Family-wise coverage: ``others`` detectors of the baseline's quality, each compared with the
+    baseline (``setting.runs``: baseline's runs, each other's), as the sweep compares every C with
+    C = 1. Every true difference is 0; the family is covered when every interval holds 0.
+
+    Each comparison is bootstrapped twice on the same resamples: at ``setting.confidence`` per
+    interval (uncorrected) and at :func:`bonferroni_confidence` over ``others`` (what the sweep
+    reports).
+
+    Returns:
+        ``{"setting", "others", "repetitions", "seconds", "confidence": {"uncorrected",
+        "bonferroni"}, "family_coverage": {"uncorrected", "bonferroni"}, "interval_coverage":
+        {...}}``: the share of comparisons where all intervals hold 0, and the share of single
+        intervals that do.
+    """
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    levels = {
+        "uncorrected": setting.confidence,
+        "bonferroni": bonferroni_confidence(setting.confidence, others),
+    }
+    family = {k: [] for k in levels}
+    single = {k: [] for k in levels}
+    names = [f"other{i}" for i in range(others)]
+    for _ in range(repetitions):
+        gt = synthetic_ground_truth(
+            setting.num_images,
+            num_categories=setting.num_categories,
+            max_objects=setting.max_objects,
+            seed=int(rng.integers(2**31)),
+        )
+        offsets = {im["id"]: float(rng.normal(0.0, setting.image_sd)) for im in gt["images"]}
+        g = load_ground_truth(gt)
+        tables = {
+            name: [
+                match_detections(g, load_results(r, g))
+                for r in _runs(gt, setting.quality, n, setting, rng, offsets)
+            ]
+            for name, n in (("base", setting.runs[0]), *((o, setting.runs[1]) for o in names))
+        }
+        boot_seed = int(rng.integers(2**31))
+        for key, confidence in levels.items():
+            res = paired_bootstrap(
+                tables,
+                baseline="base",
+                resamples=setting.resamples,
+                seed=boot_seed,
+                confidence=confidence,
+                progress=False,
+                p_values=False,
+            )
+            held = [_contains(res.deltas[o]["AP"].interval, 0.0) for o in names]
+            family[key].append(all(held))
+            single[key].extend(held)
+    return {
+        "setting": setting.__dict__,
+        "others": others,
+        "repetitions": repetitions,
+        "seconds": time.perf_counter() - start,
+        "confidence": levels,
+        "family_coverage": {k: float(np.mean(v)) for k, v in family.items()},
+        "interval_coverage": {k: float(np.mean(v)) for k, v in single.items()},
     }
 
 
