@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "resnext_det.commands.demo:main",
         "the embedded default: generated data, R/X training runs, comparison, export",
     ),
+    "sweep": (
+        "resnext_det.commands.sweep:main",
+        "the paper's experiment: error against cardinality at equal complexity, several runs "
+        "per C, every C against C = 1 (tools/sweep.py)",
+    ),
     "export": (
         "resnext_det.commands.export:main",
         "the trained backbone as torchvision/timm/detectron2 weights, TorchScript or ONNX "
