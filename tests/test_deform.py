@@ -727,3 +727,23 @@ def test_x152_weights_name_resolves_to_detectrons_file(tmp_path, monkeypatch):
     local.parent.mkdir(parents=True)
     local.write_bytes(b"")
     assert resolve_weights_path(cfg.MODEL.WEIGHTS) == str(local)
+
+
+def test_imagenet_weights_load_into_deformable_stages_leaving_offsets_at_zero(tmp_path):
+    """An ImageNet file has no offset convs: it loads into a deformable backbone (as detectron2's
+    zoo configs start), the offsets stay at zero and are reported missing, nothing else is."""
+    from resnext_det.weights import load_pretrained
+    from resnext_det.weights.torchvision import detectron2_to_torchvision
+
+    plain = _deform_cfg("build_resnext_fpn_backbone", False, 1)
+    plain.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False] * 4
+    source = randomize_norm_stats(build_backbone(plain).bottom_up, 3)
+    torch.save(detectron2_to_torchvision(source.state_dict()), tmp_path / "imagenet.pth")
+    model = build_model(_deform_cfg("build_resnext_fpn_backbone", True, 2))
+    report = load_pretrained(model, tmp_path / "imagenet.pth")
+    bottom_up = model.backbone.bottom_up
+    for k, v in source.state_dict().items():
+        assert torch.equal(bottom_up.state_dict()[k], v), k
+    offsets = [k for k in report.missing if "bottom_up" in k]
+    assert offsets and all(".conv2_offset." in k for k in offsets)
+    assert not any(bottom_up.state_dict()[k[len("backbone.bottom_up.") :]].any() for k in offsets)

@@ -230,11 +230,18 @@ def plan_load(
                 arch_problems.append(
                     f"checkpoint key '{file_key}' has no place in the model (no '{key}')"
                 )
+    # The offset convs of deformable stages (detectron2's conv2_offset) are new layers that start
+    # at zero: a file without any (ImageNet weights, a plain detector) leaves them as they are.
+    file_has_offsets = any(".conv2_offset." in k for k in placed)
+
+    def new_offset_conv(key: str) -> bool:
+        return not file_has_offsets and ".conv2_offset." in key
+
     for key in model_shapes:
         if key in placed or _NOT_LEARNED.search(key) or key.endswith("num_batches_tracked"):
             continue
         report.missing.append(key)
-        if in_resnet(key) and weights.resnet:
+        if in_resnet(key) and weights.resnet and not new_offset_conv(key):
             arch_problems.append(f"model key '{key}' {model_shapes[key]} is not in the checkpoint")
     if arch_problems:
         model_name = _model_resnet_name(model, prefix, model_sd)
@@ -251,7 +258,9 @@ def plan_load(
         )
     if strict:
         # ImageNet weights cover the ResNet; a detector checkpoint covers the whole model.
-        covered = [k for k in report.missing if weights.other or in_resnet(k)]
+        covered = [
+            k for k in report.missing if (weights.other or in_resnet(k)) and not new_offset_conv(k)
+        ]
         if covered or report.unexpected:
             raise ValueError(
                 f"strict loading of '{weights.path}': {len(covered)} missing key(s) "
