@@ -451,6 +451,46 @@ def test_export_of_a_cuda_trained_checkpoint(cuda_trained, tmp_path, format, suf
     assert max_relative_error(got, expected) <= FP32_TOL
 
 
+# ----------------------------------------------------------------------------- deformable stages
+
+
+@pytest.mark.parametrize("modulated,groups", [(False, 1), (True, 4)], ids=["dcnv1", "dcnv2-g4"])
+def test_deformable_block_on_cuda_equals_cpu(true_fp32, modulated, groups):
+    """X-101-32x8d's res3.0 as a deformable block (resnext_det.deform, torchvision's CUDA
+    kernel): fp32 forward and the gradients of input and every parameter (offset conv included)
+    equal the CPU's within FP32_TOL; under fp16 autocast the step is finite within FP16_TOL of
+    fp32 and still reaches the offsets."""
+    from resnext_det.deform import DeformBottleneckBlock
+
+    torch.manual_seed(0)
+    block = DeformBottleneckBlock(256, 512, bottleneck_channels=512, stride=2, num_groups=32,
+                                  norm="FrozenBN", deform_modulated=modulated,
+                                  deform_num_groups=groups)  # fmt: skip
+    randomize_norm_stats(block, 1)
+    with torch.no_grad():
+        block.conv2_offset.weight.normal_(0, 0.05)
+    x = torch.randn(2, 256, 40, 48)
+    results = {}
+    for device in ("cpu", "cuda"):
+        b = copy.deepcopy(block).to(device)
+        xi = x.to(device).requires_grad_(True)
+        out = b(xi)
+        out.square().mean().backward()
+        grads = {"input": xi.grad, **{k: p.grad for k, p in b.named_parameters()}}
+        results[device] = (out.detach().cpu(), {k: g.cpu() for k, g in grads.items()})
+    assert max_relative_error(results["cuda"][0], results["cpu"][0]) <= FP32_TOL
+    for k, g in results["cpu"][1].items():
+        assert max_relative_error(results["cuda"][1][k], g) <= FP32_TOL, k
+    b = copy.deepcopy(block).cuda()
+    xi = x.cuda().requires_grad_(True)
+    with autocast("cuda", "float16"):
+        out = b(xi)
+    out.float().square().mean().backward()
+    assert torch.isfinite(b.conv2_offset.weight.grad).all()
+    assert b.conv2_offset.weight.grad.abs().max() > 0
+    assert max_relative_error(out.float().cpu(), results["cpu"][0]) <= FP16_TOL
+
+
 # ----------------------------------------------------------------------------- benchmark
 
 
