@@ -92,7 +92,15 @@ def load_lazy_config(path: str | os.PathLike, overrides: list[str] | tuple[str, 
     """``LazyConfig.load(path)`` + ``key=value`` overrides (hydra's syntax), errors naming the file.
 
     Runs the Python in ``path``: call it only on a file the user named. ``.yaml`` LazyConfig
-    files are refused (detectron2 reads them with ``yaml.unsafe_load``).
+    files are refused (detectron2 reads them with ``yaml.unsafe_load``). An override must name
+    a key the config has (``train.max_iterr=2`` is refused, naming the nearest keys, as yacs
+    refuses an unknown key); ``+key=value`` (hydra's syntax for adding) sets a key the config
+    does not have.
+
+    Raises:
+        ConfigError: not a ``.py`` file, missing, a folder, a syntax error or any exception
+            the file raises while it runs, no ``model``/``train``, a malformed override or one
+            that names no key (all naming the file).
     """
     path = os.fspath(path)
     if not path.endswith(".py"):
@@ -101,26 +109,79 @@ def load_lazy_config(path: str | os.PathLike, overrides: list[str] | tuple[str, 
             "LazyConfigs with yaml.unsafe_load, which this project does not); for a yacs .yaml "
             "config use tools/train_net.py"
         )
+    if os.path.isdir(path):
+        raise ConfigError(f"LazyConfig file {path} is a folder; give the .py file")
     if not os.path.isfile(path):
         raise ConfigError(f"LazyConfig file {path} does not exist")
     try:
         cfg = LazyConfig.load(path)
     except SyntaxError as exc:
         raise ConfigError(f"LazyConfig file {path}: {exc}") from None
+    except Exception as exc:  # the file is Python: it can raise anything while it runs
+        raise ConfigError(
+            f"LazyConfig file {path} raised {type(exc).__name__} while loading: {exc}"
+        ) from exc
     missing = [k for k in ("model", "train") if k not in cfg]
     if missing:
         raise ConfigError(
             f"LazyConfig file {path} defines no {' or '.join(missing)}: a training config needs "
             "model, dataloader, optimizer, lr_multiplier and train (detectron2's configs/common)"
         )
-    bad = [o for o in overrides if "=" not in str(o)]
+    overrides = [str(o) for o in overrides]
+    bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"LazyConfig overrides are key=value (hydra's syntax); got {bad}")
     try:
-        LazyConfig.apply_overrides(cfg, list(overrides))
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # hydra's grammar errors
+        raise ConfigError(f"LazyConfig overrides {overrides} on {path}: {exc}") from None
+    for text, o in zip(overrides, parsed):
+        if not (o.is_add() or o.is_force_add()):
+            _check_override_key(cfg, o.key_or_group, text, path)
+    try:
+        LazyConfig.apply_overrides(cfg, overrides)
     except Exception as exc:  # hydra's parser and OmegaConf raise many types
-        raise ConfigError(f"LazyConfig overrides {list(overrides)} on {path}: {exc}") from None
+        raise ConfigError(f"LazyConfig overrides {overrides} on {path}: {exc}") from None
     return cfg
+
+
+_ABSENT = object()
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every key of a LazyConfig as ``a.b.c`` (into mappings; lists are leaves)."""
+    keys = []
+    if OmegaConf.is_dict(node):
+        for k in node:
+            dotted = f"{prefix}{k}"
+            keys.append(dotted)
+            try:
+                child = node._get_node(k)
+            except Exception:  # an unresolvable interpolation: still a key, not a mapping
+                continue
+            keys += _dotted_keys(child, dotted + ".")
+    return keys
+
+
+def _check_override_key(cfg: DictConfig, key: str, text: str, path: str) -> None:
+    """Refuse an override whose key the config does not have (a typo would otherwise be saved
+    in config.yaml and change nothing), naming the nearest keys."""
+    import difflib
+
+    try:
+        found = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    except Exception:  # e.g. an interpolation that cannot resolve: the key itself exists
+        found = None
+    if found is not _ABSENT:
+        return
+    near = difflib.get_close_matches(key, _dotted_keys(cfg), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise ConfigError(
+        f"LazyConfig override {text!r}: {path} has no key {key!r}{hint} (to add a new key on "
+        f"purpose, write +{text})"
+    )
 
 
 def _select(cfg: DictConfig, dotted: str) -> Any:
@@ -364,17 +425,15 @@ def evaluate_lazy_weights(
     checkpoint in ``train.output_dir``) loaded, checked to give every parameter, put through
     :func:`~resnext_det.speed.prepare_for_inference` (default: fp32-equal optimisation) and
     evaluated by ``dataloader.evaluator``."""
-    from .weights.complete import check_complete_weights
-
     inference = inference or InferenceSettings()
     model = instantiate(cfg.model).to(str(_train_value(cfg, "device", "cuda")))
     checkpointer = TrainingCheckpointer(model, str(cfg.train.output_dir))
     weights = str(_train_value(cfg, "init_checkpoint", ""))
-    if resume and checkpointer.has_checkpoint():
-        weights = checkpointer.get_checkpoint_file()
-    for problem in check_complete_weights(model, weights, allow_partial=allow_partial_weights):
+    problems = checkpointer.load_complete(
+        weights, resume=resume, allow_partial=allow_partial_weights
+    )
+    for problem in problems:
         logger.warning("--allow-partial-weights: %s", problem)
-    checkpointer.resume_or_load(weights, resume=False)
     model = prepare_for_inference(model, inference)
     with autocast(str(_train_value(cfg, "device", "cuda")), inference.amp_dtype):
         return evaluate_lazy(cfg, model)

@@ -72,3 +72,28 @@ def test_check_names_groups_and_passes_a_whole_detector(checkpoints):
         for p in check_complete_weights(model, backbone, allow_partial=True)
     )
     assert key_groups(["a.b.c", "a.b.d", "a.e", "f"]) == {"a.b.*": 2, "a.e": 1, "f": 1}
+
+
+def test_evaluation_reads_the_weights_file_once(tmp_path, checkpoints, monkeypatch):
+    """--eval-only checks completeness from the same read that loads the weights, and a refused
+    file leaves the model's parameters as they were (nothing loaded before the check)."""
+    from resnext_det.weights import checkpointer, loader
+
+    _, full, backbone, _ = checkpoints
+    reads = []
+    real = loader.read_weights
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointer, "read_weights", counted)
+    monkeypatch.setattr(loader, "read_weights", counted)
+    evaluate(_cfg(tmp_path, full))
+    assert reads == [str(full)]
+
+    model = build_model(_cfg(tmp_path, ""))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PartialWeightsError):
+        checkpointer.ResNeXtCheckpointer(model).load_complete(str(backbone))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

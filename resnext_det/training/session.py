@@ -171,18 +171,13 @@ def evaluate(
     Weights that leave a detector parameter missing or of another shape (a backbone-only file,
     heads of another NUM_CLASSES) are refused, naming the groups, unless
     ``allow_partial_weights`` (``--allow-partial-weights``)."""
-    from ..weights.complete import check_complete_weights
-
     model = Trainer.build_model(cfg)
     checkpointer = TrainingCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-    path = (
-        checkpointer.get_checkpoint_file()
-        if resume and checkpointer.has_checkpoint()
-        else cfg.MODEL.WEIGHTS
+    problems = checkpointer.load_complete(
+        cfg.MODEL.WEIGHTS, resume=resume, allow_partial=allow_partial_weights
     )
-    for problem in check_complete_weights(model, path, allow_partial=allow_partial_weights):
+    for problem in problems:
         logger.warning("--allow-partial-weights: %s", problem)
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     inference = inference or InferenceSettings.from_config(cfg)
     model = prepare_for_inference(model, inference)
     with autocast(cfg.MODEL.DEVICE, inference.amp_dtype):

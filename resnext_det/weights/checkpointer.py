@@ -63,6 +63,35 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
     #: The :class:`~resnext_det.io.AtomicWriteError` a failed save raises.
     write_error: type[AtomicWriteError] = AtomicWriteError
+    # (allow_partial, what) while load_complete runs; the problems it found.
+    _completeness: tuple[bool, str] | None = None
+    _problems: list[str] = []
+
+    def load_complete(
+        self, path: str, *, resume: bool = False, allow_partial: bool = False, what: str = ""
+    ) -> list[str]:
+        """``resume_or_load(path, resume=resume)`` for scoring a detector: weights that leave a
+        parameter at its random initialisation are refused before anything is loaded
+        (:func:`~resnext_det.weights.complete.check_load_report`), from the same read of the
+        file that loads it.
+
+        Returns:
+            the problems, one per group of keys (only with ``allow_partial``; the caller logs
+            them); empty when every parameter got a value.
+
+        Raises:
+            PartialWeightsError: a parameter would stay random (without ``allow_partial``).
+        """
+        from .complete import check_complete_weights
+
+        if not path and not (resume and self.has_checkpoint()):
+            return check_complete_weights(self.model, path, allow_partial=allow_partial, what=what)
+        self._completeness, self._problems = (allow_partial, what), []
+        try:
+            self.resume_or_load(path, resume=resume)
+        finally:
+            self._completeness = None
+        return self._problems
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # torchvision://, timm:// and http(s):// names: a verified file in torch's hub cache,
@@ -73,6 +102,11 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         weights = read_weights(filename)
         state, report = plan_load(self.model, weights)
         self.logger.info("%s", report.table())
+        if self._completeness is not None:
+            from .complete import check_load_report
+
+            allow_partial, what = self._completeness
+            self._problems = check_load_report(report, allow_partial=allow_partial, what=what)
         # No "matching_heuristics": the names are already the model's, so detectron2's
         # _load_model loads them as they are (no suffix matching).
         return {"model": state, **weights.training_state}
