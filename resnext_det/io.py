@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -28,11 +29,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import ResNeXtDetError
+
 __all__ = [
     "PAUSE_ENV",
     "TMP_MARK",
     "AtomicWriteError",
+    "OutputLocationError",
     "atomic_write",
+    "check_output_location",
+    "file_name_for",
+    "path_inside",
     "staged_files",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -69,6 +76,135 @@ class AtomicWriteError(OSError):
             else ""
         )
         return cls(exc.errno, f"Could not write {os.fspath(path)}: {exc.strerror or exc}{hint}")
+
+
+class OutputLocationError(ResNeXtDetError, ValueError):
+    """An output that would overwrite or mix with an input, or a name that would leave its folder.
+
+    Raised before anything is written; the message names the output, the input and the flag.
+    """
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    # realpath: "..", symbolic links and a missing tail resolved the same way on both sides.
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def check_output_location(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike],
+    *,
+    what: str = "output",
+) -> Path:
+    """Refuse an output location (file or folder) that is, contains, or lies inside an input.
+
+    The one guard every writer of user-named outputs calls before any work, so that nothing a
+    user gives can overwrite their data: ``--output`` the folder of the input images (every
+    picture would replace its image), the input file itself, a folder above the inputs, or a
+    folder inside an input folder (the next run would read the outputs as inputs). Paths are
+    compared after resolving ``..`` and symbolic links; an existing output file also by inode
+    (a hard link to an input).
+
+    Args:
+        output: the file or folder about to be written.
+        inputs: the files and folders the command reads.
+        what: how the message names the output (a flag, e.g. ``"--output"``).
+
+    Returns:
+        ``output`` resolved.
+
+    Raises:
+        OutputLocationError: naming the output, the input and how they overlap.
+    """
+    out = _resolved(output)
+    given = list(inputs)
+    resolved = [_resolved(p) for p in given]
+    checks = (
+        ("is the input", lambda src: out == src or (out.is_file() and _same_inode(out, src))),
+        ("contains the input", lambda src: src.is_relative_to(out)),
+        ("lies inside the input folder", lambda src: out.is_relative_to(src)),
+    )
+    for how, overlaps in checks:  # the most direct overlap is the one named
+        for p, src in zip(given, resolved):
+            if overlaps(src):
+                raise OutputLocationError(
+                    f"{what} {os.fspath(output)!r} {how} {os.fspath(p)!r}: writing there could "
+                    "overwrite or mix with what is read; choose a folder apart from the inputs"
+                )
+    return out
+
+
+def _same_inode(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# Kept as they are in a file name made from a user-given name; everything else is %XX-encoded.
+_KEPT_IN_NAMES = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_MAX_NAME_BYTES = 200  # room for a prefix and a suffix within the usual 255-byte limit
+
+
+def file_name_for(name: str) -> str:
+    """A user-given name (a model's, a run's) as one file name, the same way everywhere.
+
+    Letters, digits and ``._-`` stay; every other character (``/``, ``\\``, ``%``, spaces,
+    newlines, non-ASCII) and a leading ``.`` become ``%XX`` per UTF-8 byte, as in a URL. So the
+    mapping is injective (``a/b`` -> ``a%2Fb``, ``a_b`` -> ``a_b``: two names never share a
+    file), the result is one path component that is never empty, hidden, ``.`` or ``..``, and
+    it never holds ``~`` or ``@`` (free for callers to join parts with). A result over 200 bytes
+    is cut to 160 and ends in ``~`` and 32 hex digits of the name's sha256 (still injective,
+    short of a sha256 collision).
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"a name to make a file name from must be a non-empty string; got {name!r}"
+        )
+    parts = []
+    for i, ch in enumerate(name):
+        if ch in _KEPT_IN_NAMES and not (i == 0 and ch == "."):
+            parts.append(ch)
+        else:
+            parts.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    text = "".join(parts)
+    if len(text) > _MAX_NAME_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        text = f"{text[:160]}~{digest}"
+    return text
+
+
+def path_inside(folder: str | os.PathLike, relative: str | os.PathLike, *, what: str = "") -> Path:
+    """``folder / relative``, refused unless it stays inside ``folder``.
+
+    ``relative`` must be a relative path of plain components (no ``..``, not absolute); the
+    result is checked again after resolving symbolic links already in ``folder``. For names
+    made by :func:`file_name_for` this always holds; the check keeps every writer honest.
+
+    Raises:
+        OutputLocationError: ``relative`` would leave ``folder`` (``what`` names where it came
+            from).
+    """
+    rel = os.fspath(relative)
+    parts = Path(rel).parts
+    base = _resolved(folder)
+    target = _resolved(Path(folder, rel))
+    if (
+        not parts
+        or os.path.isabs(rel)
+        or any(p in ("", ".", "..") for p in parts)
+        or target == base
+        or not target.is_relative_to(base)
+    ):
+        where = f" ({what})" if what else ""
+        raise OutputLocationError(
+            f"{rel!r}{where} would be written outside {os.fspath(folder)!r}; a name inside the "
+            "output folder is needed"
+        )
+    return Path(folder, rel)
 
 
 def _temp_path(path: Path) -> Path:
