@@ -11,6 +11,12 @@ Two faults pass detectron2 silently until training or spoil it without a word:
   no single right scaling to 8 bits (a 12-bit camera, a depth map and a full-range 16-bit scan
   differ), so such images are refused, naming the file and the mode, and the user converts them.
   (16-bit RGB PNGs are not affected: PIL reads them as 8-bit ``RGB`` by keeping the high byte.)
+* **Decompression bombs.** A 420 KB PNG can declare 12000x12000 pixels and grow to gigabytes
+  when decoded (OpenCV's ``imread`` has no pixel limit; PIL only warns below twice its
+  ``MAX_IMAGE_PIXELS``). Every path that decodes a user's image (prediction, the comparison
+  gallery, conversion checks, the training mapper) reads the size from the header first and
+  refuses more than :data:`MAX_IMAGE_PIXELS` before decoding: :func:`read_image`,
+  :func:`check_image_header`.
 """
 
 from __future__ import annotations
@@ -18,19 +24,28 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 __all__ = [
     "CLIPPED_MODES",
+    "MAX_IMAGE_PIXELS",
     "ImageCheckError",
+    "check_image_header",
     "check_image_mode",
     "decode_image",
     "decode_images",
+    "read_image",
 ]
 
 # PIL modes whose conversion to RGB/L clips values above 255 (see the module docstring).
 CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+# The most pixels an image may declare before it is decoded: PIL's own decompression-bomb
+# threshold (89,478,485: 0.25 GiB of 24-bit pixels; PIL warns above it and refuses twice it).
+# A 108 MP phone photo is over it: shrink such images first (detection resizes them anyway).
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 class ImageCheckError(Exception):
@@ -56,17 +71,70 @@ def check_image_mode(mode: str, path: str | os.PathLike) -> None:
         )
 
 
+def check_image_header(
+    im: Image.Image, path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> None:
+    """Raise :class:`ImageCheckError` for an opened (not yet decoded) image whose mode
+    detectron2 would clip, or that declares more than ``max_pixels`` pixels (None: no limit)."""
+    check_image_mode(im.mode, path)
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageCheckError(
+            path,
+            f"cannot be used: it declares {w}x{h} = {w * h:,} pixels, more than the "
+            f"{max_pixels:,} an image may have here (a decompression bomb, or a picture to "
+            "shrink first: detection resizes it to about 1333x800 anyway)",
+        )
+
+
+def _open_failure(path: str | os.PathLike, exc: BaseException) -> ImageCheckError:
+    if isinstance(exc, Image.DecompressionBombError):  # PIL's own limit, over twice ours
+        return ImageCheckError(
+            path, f"cannot be used: {exc} (a decompression bomb, or a picture to shrink first)"
+        )
+    # OSError covers PIL's UnidentifiedImageError and "image file is truncated"; SyntaxError is
+    # what some PIL decoders raise for a corrupt header.
+    return ImageCheckError(path, f"is not readable ({type(exc).__name__}: {exc})")
+
+
+def read_image(
+    path: str | os.PathLike, format: str = "BGR", *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> Any:
+    """detectron2's ``read_image`` (EXIF rotation applied, converted to ``format``), with the
+    checks first: the size and mode from the header, refused before a pixel is decoded.
+
+    Returns:
+        an ``HxWxC`` uint8 numpy array (``HxWx1`` for ``"L"``).
+
+    Raises:
+        ImageCheckError: not an image, truncated or corrupt, more than ``max_pixels`` pixels,
+            or of a mode detectron2 would clip; the message names the file.
+    """
+    from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
+
+    try:
+        with Image.open(path) as im:
+            check_image_header(im, path, max_pixels=max_pixels)
+            im.load()
+            return convert_PIL_to_numpy(_apply_exif_orientation(im), format)
+    except ImageCheckError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _open_failure(path, exc) from None
+
+
 def decode_image(path: str | os.PathLike) -> tuple[int, int]:
     """Decode the whole image at ``path`` and return its (width, height) as detectron2's
     ``read_image`` sees it (after the EXIF rotation it applies).
 
     Raises:
-        ImageCheckError: not an image, truncated or corrupt, too large for PIL, or of a mode
-            detectron2 would clip (see the module docstring).
+        ImageCheckError: not an image, truncated or corrupt, more than
+            :data:`MAX_IMAGE_PIXELS` pixels, or of a mode detectron2 would clip (see the module
+            docstring).
     """
     try:
         with Image.open(path) as im:
-            check_image_mode(im.mode, path)
+            check_image_header(im, path)
             im.load()
             w, h = im.size
             try:  # detectron2's _apply_exif_orientation tolerates broken EXIF the same way
@@ -76,9 +144,7 @@ def decode_image(path: str | os.PathLike) -> tuple[int, int]:
     except ImageCheckError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        # OSError covers PIL's UnidentifiedImageError and "image file is truncated";
-        # SyntaxError is what some PIL decoders raise for a corrupt header.
-        raise ImageCheckError(path, f"is not readable ({type(exc).__name__}: {exc})") from None
+        raise _open_failure(path, exc) from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

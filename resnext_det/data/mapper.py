@@ -15,7 +15,7 @@ from detectron2.data import DatasetMapper
 from PIL import Image
 
 from ..errors import BadFileError
-from .images import ImageCheckError, check_image_mode
+from .images import ImageCheckError, check_image_header
 
 __all__ = ["CheckedDatasetMapper", "ImageReadError"]
 
@@ -51,7 +51,7 @@ class CheckedDatasetMapper(DatasetMapper):
             )
         try:
             with Image.open(path) as im:  # the header only: a few hundred bytes
-                check_image_mode(im.mode, path)
+                check_image_header(im, path)  # mode and pixel count
         except ImageCheckError as exc:
             raise ImageReadError(
                 f"image {os.fspath(path)!r} (image id {image_id!r}) {exc.reason}"
