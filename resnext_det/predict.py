@@ -10,7 +10,12 @@ Outputs in ``--output``: one PNG per input image (``<stem>.png``; a repeated ste
 ``coco_instances_results.json`` (COCO results, image ids from ``images.json``), so that
 ``COCO("images.json").loadRes("coco_instances_results.json")`` reads them. With
 ``--compare A=CFG:W B=CFG:W`` each PNG shows the two models side by side, and each model's results
-go to ``<name>/coco_instances_results.json``.
+go to ``<name>/coco_instances_results.json`` (the name as :func:`resnext_det.io.file_name_for`
+makes it a file name: ``a/b`` -> ``a%2Fb``, never a path that leaves ``--output``).
+
+``--output`` may not be, contain, or lie inside an input (:func:`resnext_det.io.
+check_output_location`): a picture never replaces an image. Images declaring more than
+:data:`resnext_det.data.images.MAX_IMAGE_PIXELS` pixels are refused before they are decoded.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from .data.images import MAX_IMAGE_PIXELS
+from .errors import BadFileError
 from .speed import InferenceSettings, autocast, prepare_for_inference
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "BadImageError",
     "Predictor",
     "expand_inputs",
     "parse_model_spec",
@@ -43,18 +51,46 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SPEC = re.compile(r"^(?P<name>[^=]+)=(?P<config>.+?\.ya?ml):(?P<weights>.+)$")
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted; entries that are not files (a folder
+    named ``x.png``, a dangling link or a symbolic-link loop) are left out, and said so."""
+    found, skipped = [], []
+    for q in sorted(folder.iterdir()):
+        if q.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        (found if q.is_file() else skipped).append(q)
+    if skipped:
+        logger.warning(
+            f"--input {folder}: left out {len(skipped)} entries that are not readable files "
+            f"(e.g. {skipped[0].name}: a folder, a dangling link or a link loop)"
+        )
+    return found
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Python < 3.13's symlink loop
+        raise FileNotFoundError(f"--input {p}: cannot be resolved ({exc})") from None
+
+
+class BadImageError(BadFileError):
+    """An input image that cannot be read, would be read wrongly, or declares too many pixels."""
+
+
 def expand_inputs(paths: Iterable[str]) -> list[Path]:
     """Image files from files, folders (their images, sorted) and glob patterns, in the order
     given, each once.
 
     Raises:
-        FileNotFoundError: a path that does not exist, or a pattern or folder with no image.
+        FileNotFoundError: a path that does not exist (a dangling link or a link loop
+            included), or a pattern or folder with no image.
     """
     out: list[Path] = []
     for text in paths:
         p = Path(text)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = _image_files(p)
             where = f"folder {text}"
         elif p.is_file():
             found = [p]
@@ -69,7 +105,7 @@ def expand_inputs(paths: Iterable[str]) -> list[Path]:
                 f"--input {where}: no image files ({', '.join(IMAGE_SUFFIXES)})"
             )
         out.extend(found)
-    return list(dict.fromkeys(q.resolve() for q in out))
+    return list(dict.fromkeys(_resolved(q) for q in out))
 
 
 def parse_model_spec(text: str) -> tuple[str, str, str]:
@@ -104,20 +140,18 @@ class Predictor:
         from detectron2.engine import DefaultPredictor
 
         from .weights import ResNeXtCheckpointer
-        from .weights.complete import check_complete_weights
 
         weights = cfg.MODEL.WEIGHTS
         cfg = cfg.clone()
         cfg.defrost()
         # DefaultPredictor loads with detectron2's own checkpointer, which reads fewer layouts:
-        # it gets no file, and the project's checkpointer loads it after the completeness check.
+        # it gets no file, and the project's checkpointer loads it, checked to be complete.
         cfg.MODEL.WEIGHTS = ""
         self._predictor = DefaultPredictor(cfg)
         self.model = self._predictor.model
-        check_complete_weights(
-            self.model, weights, allow_partial=allow_partial_weights, what="prediction"
+        ResNeXtCheckpointer(self.model).load_complete(
+            weights, allow_partial=allow_partial_weights, what="prediction"
         )
-        ResNeXtCheckpointer(self.model).load(weights)
         self.inference = inference or InferenceSettings.from_config(cfg)
         prepare_for_inference(self.model, self.inference)
         self.cfg = cfg
@@ -206,13 +240,27 @@ def _draw(rgb: np.ndarray, instances: Any, metadata: Any, title: str | None) -> 
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """``<stem>.png`` per input, ``<stem>_2.png``... for a repeated stem, never a name taken
+    (inputs ``x.jpg``, ``x.png`` and ``x_2.png`` get ``x.png``, ``x_2.png``, ``x_2_2.png``)."""
+    used: set[str] = set()
     names = []
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        names.append(f"{p.stem}.png" if n == 1 else f"{p.stem}_{n}.png")
+        name, n = f"{p.stem}.png", 1
+        while name in used:
+            n += 1
+            name = f"{p.stem}_{n}.png"
+        used.add(name)
+        names.append(name)
     return names
+
+
+def _read(path: Path, max_pixels: int | None) -> np.ndarray:
+    from .data.images import ImageCheckError, read_image
+
+    try:
+        return read_image(path, "BGR", max_pixels=max_pixels)
+    except ImageCheckError as exc:
+        raise BadImageError(f"--input image {exc}") from None
 
 
 def run_predictions(
@@ -223,20 +271,45 @@ def run_predictions(
     progress: bool = True,
     allow_partial_weights: bool = False,
     inference: InferenceSettings | None = None,
+    input_folders: Iterable[str | os.PathLike] = (),
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> dict[str, Any]:
     """Run each ``(name, cfg)`` model on ``inputs``; write the pictures and the json files.
-    ``inference``: the settings of every model (default: each config's ``MODEL.RESNEXT``).
+
+    Args:
+        models: ``(name, cfg)`` per model; a name becomes a sub-folder's name through
+            :func:`~resnext_det.io.file_name_for` (with two or more models).
+        inputs: the image files.
+        output: the folder to write; it may not be, contain or lie inside an input file or one
+            of ``input_folders`` (checked before any model is built).
+        inference: the settings of every model (default: each config's ``MODEL.RESNEXT``).
+        input_folders: the folders the inputs were listed from.
+        max_pixels: images declaring more pixels are refused before they are decoded.
 
     Returns:
         ``{"images": [...png paths], "results": {name: results json path}, "images_json": path}``.
+
+    Raises:
+        OutputLocationError: ``output`` overlaps an input.
+        BadImageError: an image that cannot be read or is too large (named).
     """
     import cv2
-    from detectron2.data.detection_utils import read_image
     from tqdm import tqdm
 
-    from .io import write_bytes_atomic, write_json_atomic
+    from .io import (
+        check_output_location,
+        file_name_for,
+        path_inside,
+        write_bytes_atomic,
+        write_json_atomic,
+    )
 
+    check_output_location(output, [*inputs, *input_folders], what="--output")
+    if len({file_name_for(name) for name, _ in models}) != len(models):
+        raise ValueError(f"models need different names; got {[name for name, _ in models]}")
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output {str(out)!r} is an existing file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     loaded = [
         _Model(
@@ -253,10 +326,7 @@ def run_predictions(
     for image_id, (path, png_name) in enumerate(
         tqdm(list(zip(inputs, names)), desc="predict", unit="image", disable=not progress), 1
     ):
-        try:
-            bgr = read_image(str(path), format="BGR")
-        except Exception as exc:  # PIL raises many types for a bad file
-            raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+        bgr = _read(path, max_pixels)
         images.append(
             {"id": image_id, "file_name": str(path), "height": bgr.shape[0], "width": bgr.shape[1]}
         )
@@ -270,7 +340,9 @@ def run_predictions(
         ok, encoded = cv2.imencode(".png", picture[:, :, ::-1])
         if not ok:  # pragma: no cover - cv2 fails only on impossible shapes
             raise RuntimeError(f"could not encode the picture of {path}")
-        written.append(write_bytes_atomic(out / png_name, encoded.tobytes(), durable=False))
+        written.append(
+            write_bytes_atomic(path_inside(out, png_name), encoded.tobytes(), durable=False)
+        )
 
     first = loaded[0]
     coco = {
@@ -284,7 +356,7 @@ def run_predictions(
         target = (
             out / "coco_instances_results.json"
             if len(loaded) == 1
-            else out / m.name / "coco_instances_results.json"
+            else path_inside(out, Path(file_name_for(m.name), "coco_instances_results.json"))
         )
         results[m.name] = write_json_atomic(target, m.results)
     return {"images": written, "results": results, "images_json": images_json}

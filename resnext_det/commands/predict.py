@@ -4,6 +4,7 @@ images and write COCO results (detectron2 demo/demo.py's flags); :mod:`resnext_d
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..predict import expand_inputs, parse_model_spec, prediction_config, run_predictions
 from .common import command, configure_inference_process
@@ -23,7 +24,12 @@ def argument_parser() -> argparse.ArgumentParser:
         required=True,
         help="image files, folders (their images) or glob patterns ('imgs/*.jpg', quoted)",
     )
-    parser.add_argument("--output", required=True, help="folder for the pictures and json files")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for the pictures and json files; not an input's folder, nor one that holds "
+        "or lies inside an input (refused: a picture would replace its image)",
+    )
     parser.add_argument(
         "--confidence-threshold",
         type=float,
@@ -34,7 +40,9 @@ def argument_parser() -> argparse.ArgumentParser:
         "--compare",
         nargs=2,
         metavar="NAME=CFG:W",
-        help="two models side by side (instead of --config-file): name, yacs config, weights",
+        help="two models side by side (instead of --config-file): name, yacs config, weights; "
+        "each model's results go to OUT/<name>/ (characters other than letters, digits and "
+        "._- written as %%XX)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -82,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         allow_partial_weights=args.allow_partial_weights,
         inference=configure_inference_process(models[0][1]),
+        input_folders=[p for p in args.input if os.path.isdir(p)],
     )
     print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")
     print(", ".join(str(p) for p in done["results"].values()))
