@@ -19,6 +19,7 @@ from typing import Any, Union
 import numpy as np
 from tqdm import tqdm
 
+from ..io import check_output_location, file_name_for
 from .bootstrap import BOOTSTRAP_METRICS, IMAGES_ONLY_METHOD, METHOD, paired_bootstrap
 from .coco import (
     METRIC_KEYS,
@@ -28,10 +29,10 @@ from .coco import (
     load_ground_truth,
     load_results,
 )
-from .gallery import image_paths, render_gallery, safe_name
+from .gallery import image_paths, render_gallery
 from .matching import match_detections
 from .metrics import per_category_ap, pr_curve, summarize
-from .report import check_out_dir, output_names, write_outputs
+from .report import check_model_names, check_out_dir, output_names, write_outputs
 
 __all__ = ["PARTIAL_RUN_FRACTION", "as_runs", "check_partial_runs", "compare_results"]
 
@@ -93,6 +94,12 @@ def check_partial_runs(
                 "and the model really detected nothing there, pass allow_missing_images=True "
                 "(--allow-missing-images) to score those images as misses."
             )
+
+
+def _input_paths(gt: Any, results: dict[str, Any], images: Any) -> list[str | os.PathLike]:
+    """The files and folders a comparison reads: ``out_dir`` may not overlap them."""
+    given = [gt, images] + [r for name, v in results.items() for r in as_runs(name, v)]
+    return [p for p in given if isinstance(p, (str, os.PathLike))]
 
 
 def _safe(x: float) -> float | None:
@@ -198,6 +205,7 @@ def compare_results(
     Raises:
         FileNotFoundError, ResultsFormatError: a missing or malformed file (nothing is written).
         NotADirectoryError, PermissionError: ``out_dir`` cannot be written (checked first).
+        OutputLocationError: ``out_dir`` is, contains or lies inside an input file or folder.
 
     Example:
         >>> r = compare_results("val.json", {"R50": ["r_s0.json", "r_s1.json", "r_s2.json"],
@@ -214,7 +222,10 @@ def compare_results(
         raise ValueError(f"gallery must be a number of pictures >= 0; got {gallery!r}")
     if not 0.0 <= gallery_threshold <= 1.0:
         raise ValueError(f"gallery_threshold must be a score in [0, 1]; got {gallery_threshold!r}")
+    check_model_names(names)
     check_out_dir(out_dir)
+    if out_dir is not None:
+        check_output_location(out_dir, _input_paths(gt, results, images), what="out_dir")
     gt = load_ground_truth(gt)
     dets: dict[str, list[Detections]] = {}
     for name, value in results.items():
@@ -293,13 +304,10 @@ def compare_results(
     if out_dir is not None and images is not None and gallery and len(names) > 1:
         paths = image_paths(gt, images)
         report["gallery"] = []
-        prefixes: set[str] = set()
-        for k, name in enumerate(names):
+        for name in names:
             if name == baseline:
                 continue
-            prefix = safe_name(name)
-            prefix = prefix if prefix not in prefixes else f"{prefix}-{k}"  # "X/1" and "X_1"
-            prefixes.add(prefix)
+            prefix = file_name_for(name)  # injective: "X/1" -> "X%2F1", "X_1" -> "X_1"
             pair = {n: list(zip(dets[n], tables[n])) for n in (baseline, name)}
             entry, drawn = render_gallery(
                 gt,

@@ -12,6 +12,7 @@ PNG that :func:`~resnext_det.evaluation.compare_results` writes with the rest of
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ from tqdm import tqdm
 from .accumulate import MatchTable
 from .coco import CocoGroundTruth, Detections
 
-__all__ = ["GALLERY_DIR", "image_paths", "per_image_counts", "render_gallery", "safe_name"]
+__all__ = ["GALLERY_DIR", "image_paths", "per_image_counts", "render_gallery"]
+
+logger = logging.getLogger(__name__)
 
 GALLERY_DIR = "gallery"
 # MatchTable.tp is [area range, IoU threshold, detection]: "all" areas, IoU 0.5.
@@ -48,16 +51,23 @@ def image_paths(
     gt: CocoGroundTruth, images: str | os.PathLike | Mapping[int, str | os.PathLike]
 ) -> dict[int, Path]:
     """Image id -> file: ``images`` is a folder (joined with each image's ``file_name``, as
-    detectron2's ``load_coco_json`` does) or already a mapping of image ids to paths."""
+    detectron2's ``load_coco_json`` does) or already a mapping of image ids to paths.
+
+    As in detectron2, a ``file_name`` may point outside the folder (``../x.png``, an absolute
+    path): such files are read too (the ground truth is the user's), with a warning that names
+    how many and the first."""
     if isinstance(images, Mapping):
         return {int(k): Path(v) for k, v in images.items()}
     root = Path(images)
-    return {int(img["id"]): root / str(img["file_name"]) for img in gt.images}
-
-
-def safe_name(name: str) -> str:
-    """``name`` as a file name: letters, digits and ``-._`` kept, anything else ``_``."""
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name) or "model"
+    paths = {int(img["id"]): root / str(img["file_name"]) for img in gt.images}
+    base = Path(os.path.realpath(root))
+    outside = [p for p in paths.values() if not Path(os.path.realpath(p)).is_relative_to(base)]
+    if outside:
+        logger.warning(
+            f"{len(outside)} of the ground truth's file_name lie outside the image folder "
+            f"{os.fspath(root)!r} (e.g. {os.fspath(outside[0])!r}); the gallery reads them there"
+        )
+    return paths
 
 
 def _boxes_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -109,8 +119,8 @@ def render_gallery(
             baseline first.
         top: how many images at most (images where the two means are equal are left out).
         score_threshold: detections below it are neither counted nor drawn.
-        file_prefix: the pictures' names start with it (unique per model of the report, e.g.
-            :func:`safe_name` of the other model's name).
+        file_prefix: the pictures' names start with it (unique per model of the report:
+            :func:`resnext_det.io.file_name_for` of the other model's name).
         progress: a tqdm bar over the pictures.
 
     Returns:
@@ -119,9 +129,14 @@ def render_gallery(
         path, for the report writer to write with the rest, all or nothing.
 
     Raises:
-        FileNotFoundError: an image to draw cannot be read (the path is named).
+        FileNotFoundError: an image to draw is missing (the path is named).
+        BadFileError: an image that cannot be decoded, or declares more pixels than
+            :data:`~resnext_det.data.images.MAX_IMAGE_PIXELS` (refused before decoding).
     """
     import cv2
+
+    from ..data.images import ImageCheckError, read_image
+    from ..errors import BadFileError
 
     if len(runs) != 2:
         raise ValueError(f"the gallery compares two models; got {len(runs)}: {list(runs)}")
@@ -140,15 +155,18 @@ def render_gallery(
     for rank, i in enumerate(tqdm(chosen, desc=f"gallery {other}", disable=not progress), 1):
         image_id = int(gt.image_ids[i])
         path = images.get(image_id)
-        readable = path is not None and path.is_file()
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR) if readable else None
-        if bgr is None:
+        if path is None or not path.is_file():
             raise FileNotFoundError(
                 f"gallery: image id {image_id} ({info[image_id]['file_name']}) cannot be read "
                 f"at {path}; give the folder the ground truth's file_name are relative to "
                 "(--image-root), or no gallery (--gallery 0)"
             )
-        rgb = bgr[:, :, ::-1]
+        try:
+            rgb = read_image(path, "RGB")
+        except ImageCheckError as exc:
+            raise BadFileError(
+                f"gallery: image id {image_id}: {exc}; or no gallery (--gallery 0)"
+            ) from None
         in_image = gt.ann_image == i
         gt_labels = [gt.category_names[k] for k in gt.ann_category[in_image]]
         gt_boxes = _boxes_xyxy(gt.ann_bbox[in_image])

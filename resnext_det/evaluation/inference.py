@@ -15,7 +15,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import statistics
 import time
 from pathlib import Path
@@ -196,8 +195,32 @@ def _flops_size(cfg: Any, model: torch.nn.Module, size: tuple[int, int] | None) 
 
 
 def _file_name(name: str, run: int | None = None) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ("" if run is None else f"_run{run}")
+    """``results_<name>.json`` (``results_<name>_run<k>.json`` per run of a model with several),
+    the name through the project's one injective mapping (``a/b`` -> ``a%2Fb``)."""
+    from ..io import file_name_for
+
+    stem = file_name_for(name) + ("" if run is None else f"_run{run}")
     return f"results_{stem}.json"
+
+
+def _file_names(specs: dict[str, list]) -> dict[tuple[str, int], str]:
+    """(model, run) -> its results file, refused where two would share one (a model named
+    ``R_run1`` beside run 1 of ``R``), before any inference runs."""
+    names = {
+        (model, i): _file_name(model, i if len(runs) > 1 else None)
+        for model, runs in specs.items()
+        for i in range(len(runs))
+    }
+    owners: dict[str, tuple[str, int]] = {}
+    for key, fname in names.items():
+        if fname in owners:
+            (a, i), (b, j) = owners[fname], key
+            raise ValueError(
+                f"models {a!r} (run {i}) and {b!r} (run {j}) would both write {fname}; "
+                "rename one of them"
+            )
+        owners[fname] = key
+    return names
 
 
 def _as_specs(name: str, spec: Any) -> list[tuple]:
@@ -278,9 +301,13 @@ def compare_models(
 
     if not models:
         raise ValueError("compare_models needs at least one model")
-    from .report import check_out_dir
+    from .report import check_model_names, check_out_dir
 
     check_out_dir(out_dir)  # before minutes of inference
+    if out_dir is not None and isinstance(dataset, (tuple, list)):
+        from ..io import check_output_location
+
+        check_output_location(out_dir, dataset, what="out_dir")
     name, gt, dicts, category_map = dataset_ground_truth(dataset)
     gt = load_ground_truth(gt)
     if max_images is not None:
@@ -289,6 +316,8 @@ def compare_models(
         dicts = dicts[:max_images]
     gt = gt.subset([d["image_id"] for d in dicts]) if len(dicts) < gt.num_images else gt
     specs = {name: _as_specs(name, spec) for name, spec in models.items()}
+    check_model_names(list(specs))
+    file_names = _file_names(specs)
     results: dict[str, list] = {}
     info: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
@@ -308,7 +337,7 @@ def compare_models(
                     model, cfg, dicts, category_map, desc=desc, progress=progress
                 )
             del model
-            fname = _file_name(model_name, i if len(runs) > 1 else None)
+            fname = file_names[model_name, i]
             source = str(Path(out_dir) / fname) if out_dir is not None else f"<{desc}>"
             results[model_name].append(load_results(dets, gt, name=source))
             run_info.append(

@@ -12,8 +12,10 @@ import io
 import json
 import math
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..io import staged_files
 from .coco import METRIC_KEYS, RECALL_THRESHOLDS
@@ -21,7 +23,9 @@ from .gallery import GALLERY_DIR
 
 __all__ = [
     "OUTPUT_FILES",
+    "check_model_names",
     "check_out_dir",
+    "markdown_text",
     "output_names",
     "format_table",
     "render_csv",
@@ -36,6 +40,61 @@ _LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
 # `*`: the interval of a difference excludes 0 and covers test images and training runs.
 # `†`: it excludes 0 but covers test images only (a model with one run): not a finding.
 FINDING, IMAGES_ONLY = "*", "†"
+
+
+def check_model_names(names: Any) -> None:
+    """Refuse model names that a report cannot show as given: not a string, empty, or holding
+    control characters or line breaks (a newline would start a new markdown line, a heading).
+    Everything else is shown escaped (:func:`markdown_text`) and made a file name by
+    :func:`resnext_det.io.file_name_for`."""
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a model name must be a non-empty string; got {name!r}")
+        bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
+        if bad:
+            raise ValueError(
+                f"model name {name!r} holds control characters or line breaks "
+                f"({', '.join(repr(c) for c in bad)}); names go into reports and file names: use "
+                "letters, digits, spaces and punctuation"
+            )
+
+
+# Characters markdown (CommonMark + GitHub's tables, strikethrough and math) gives a meaning
+# anywhere in a line. ("_" only where it can open or close emphasis: see markdown_text.)
+_MD_PUNCTUATION = frozenset("\\`*{}[]()#!|~$")
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` (a name, a path, a category: anything a user gave) as literal markdown:
+    punctuation backslash-escaped (``|`` no longer ends a table cell, ``#`` starts no heading),
+    ``&<>`` as entities (``<script>`` is text), control characters written as escapes
+    (``\\n``), so it renders as given and stays on its line. An ``_`` between two letters or
+    digits (``results_R_run1.json``) cannot start emphasis in CommonMark and stays as it is."""
+    text = str(text)
+    out = []
+    for i, ch in enumerate(text):
+        if ch in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[ch])
+        elif ch in _MD_PUNCTUATION:
+            out.append("\\" + ch)
+        elif ch == "_":
+            inside = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+            out.append("_" if inside else "\\_")
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _plain(text: Any) -> str:
+    return str(text)
+
+
+def _mpl_text(text: Any) -> str:
+    # matplotlib reads $...$ as math (an unbalanced "$" in a name fails the whole figure).
+    return str(text).replace("$", r"\$")
 
 
 def check_out_dir(out_dir: str | os.PathLike | None) -> None:
@@ -89,8 +148,11 @@ def _size_digits(value: float | None) -> int:
     return 2 if value is not None and value < 10 else 1
 
 
-def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """The paper-style table: model, complexity, speed, AP@0.5 and AP with deltas and intervals."""
+def _main_rows(
+    report: dict, text: Callable[[Any], str] = _plain
+) -> tuple[list[str], list[list[str]]]:
+    """The paper-style table: model, complexity, speed, AP@0.5 and AP with deltas and intervals
+    (names through ``text``: :func:`markdown_text` for markdown)."""
     base = report["baseline"]
     headers = ["model", "runs", "params (M)", "GFLOPs", "ms/img", "AP@0.5", "AP", "ΔAP@0.5", "ΔAP"]
     rows = []
@@ -98,7 +160,7 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         ci, dci = m.get("ci", {}), m.get("delta_ci", {})
         params = m.get("backbone_params")
         row = [
-            name + (" (baseline)" if name == base else ""),
+            text(name) + (" (baseline)" if name == base else ""),
             str(m.get("runs", 1)),
             _fmt(params / 1e6 if params else None, _size_digits(params / 1e6 if params else None)),
             _fmt(m.get("backbone_gflops"), _size_digits(m.get("backbone_gflops"))),
@@ -117,11 +179,12 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def format_table(report: dict, tablefmt: str = "github") -> str:
-    """The main table as text (tabulate), for the terminal or markdown."""
+def format_table(report: dict, tablefmt: str = "github", *, markdown: bool = False) -> str:
+    """The main table as text (tabulate), for the terminal or (``markdown``: names escaped)
+    markdown."""
     from tabulate import tabulate
 
-    headers, rows = _main_rows(report)
+    headers, rows = _main_rows(report, markdown_text if markdown else _plain)
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
@@ -133,8 +196,9 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Backbone comparison",
         "",
-        f"Ground truth: `{report['ground_truth']}` ({report['num_images']} images, "
-        f"{report['num_categories']} categories). Baseline: **{report['baseline']}**.",
+        f"Ground truth: {markdown_text(report['ground_truth'])} ({report['num_images']} "
+        f"images, {report['num_categories']} categories). "
+        f"Baseline: **{markdown_text(report['baseline'])}**.",
     ]
     flops_size = next(
         (m.get("flops_input_size") for m in report["models"].values() if m.get("flops_input_size")),
@@ -146,18 +210,19 @@ def render_markdown(report: dict) -> str:
             f"at a {flops_size[0]}x{flops_size[1]} input."
         )
     lines += _interval_lines(report)
-    lines += ["", format_table(report), ""]
+    lines += ["", format_table(report, markdown=True), ""]
     lines += _runs_section(report)
     lines += _gallery_section(report)
     lines += ["## All COCO metrics", ""]
     headers = ["model", *[_LABELS.get(k, k) for k in METRIC_KEYS]]
     rows = []
+    md = markdown_text
     for name, m in report["models"].items():
-        rows.append([name, *[_fmt(m[k]) for k in METRIC_KEYS]])
+        rows.append([md(name), *[_fmt(m[k]) for k in METRIC_KEYS]])
         if name != report["baseline"]:
             rows.append(
                 [
-                    f"  Δ vs {report['baseline']}",
+                    f"  Δ vs {md(report['baseline'])}",
                     *[_fmt(m["delta"][k], signed=True) for k in METRIC_KEYS],
                 ]
             )
@@ -169,7 +234,7 @@ def render_markdown(report: dict) -> str:
             for key in ("AP", "AP50", "AP75"):
                 rows.append(
                     [
-                        name,
+                        md(name),
                         _LABELS.get(key, key),
                         _fmt(m[key], 2),
                         _ci(m["ci"].get(key), 2),
@@ -194,10 +259,11 @@ def render_markdown(report: dict) -> str:
     if cats:
         lines += ["## AP per category", ""]
         rows = [
-            [c, *[_fmt(report["models"][n]["per_category_AP"][c]) for n in names]] for c in cats
+            [md(c), *[_fmt(report["models"][n]["per_category_AP"][c]) for n in names]] for c in cats
         ]
+        headers = ["category", *map(md, names)]
         lines += [
-            tabulate(rows, headers=["category", *names], tablefmt="github", disable_numparse=True),
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True),
             "",
         ]
     return "\n".join(lines)
@@ -220,7 +286,10 @@ def _interval_lines(report: dict) -> list[str]:
     for name, m in report["models"].items():
         if name == base:
             continue
-        lines.append(f"- Δ {name} vs {base}: the interval covers {m['delta_covers']}.")
+        lines.append(
+            f"- Δ {markdown_text(name)} vs {markdown_text(base)}: the interval covers "
+            f"{m['delta_covers']}."
+        )
     lines.append("")
     lines.append(
         f"`{FINDING}` marks a Δ whose interval excludes 0 over both test images and training runs."
@@ -243,12 +312,14 @@ def _runs_section(report: dict) -> list[str]:
 
     keys = ("AP50", "AP", "AP75")
     rows = []
+    md = markdown_text
     for name, m in report["models"].items():
         for i, r in enumerate(m.get("per_run", [])):
-            rows.append([name, str(i), *[_fmt(r[k]) for k in keys], r.get("results_file") or ""])
+            results = md(r.get("results_file") or "")
+            rows.append([md(name), str(i), *[_fmt(r[k]) for k in keys], results])
         sd = m.get("between_run_sd", {})
-        rows.append([name, "mean", *[_fmt(m[k]) for k in keys], ""])
-        rows.append([name, "between-run SD", *[_fmt(sd.get(k)) for k in keys], ""])
+        rows.append([md(name), "mean", *[_fmt(m[k]) for k in keys], ""])
+        rows.append([md(name), "between-run SD", *[_fmt(sd.get(k)) for k in keys], ""])
     headers = ["model", "run", *[_LABELS.get(k, k) for k in keys], "results"]
     return [
         "## Training runs",
@@ -263,32 +334,34 @@ def _gallery_section(report: dict) -> list[str]:
     from tabulate import tabulate
 
     lines = []
+    md = markdown_text
     for g in report.get("gallery", []):
         base, other = g["baseline"], g["model"]
+        base_md, other_md = md(base), md(other)
         runs = g["runs"]
         several = max(runs.values()) > 1
         mean = " (mean over runs; boxes drawn: each model's run 0)" if several else ""
         lines += [
-            f"## Gallery: where {other} and {base} differ most",
+            f"## Gallery: where {other_md} and {base_md} differ most",
             "",
             f"True positives at IoU {g['iou']} per image among detections scoring at least "
-            f"{g['score_threshold']}{mean}; panels: ground truth, {base}, {other}.",
+            f"{g['score_threshold']}{mean}; panels: ground truth, {base_md}, {other_md}.",
             "",
         ]
         if not g["images"]:
-            lines += [f"No image where {other}'s true positives differ from {base}'s.", ""]
+            lines += [f"No image where {other_md}'s true positives differ from {base_md}'s.", ""]
             continue
         rows = [
             [
-                f"{e['file_name']} (id {e['image_id']})",
+                f"{md(e['file_name'])} (id {e['image_id']})",
                 str(e["num_gt"]),
                 _fmt(e["true_positives"][base], 1 if runs[base] > 1 else 0),
                 _fmt(e["true_positives"][other], 1 if runs[other] > 1 else 0),
-                f"![{e['image_id']}]({e['picture']})",
+                f"![{e['image_id']}]({quote(e['picture'])})",
             ]
             for e in g["images"]
         ]
-        headers = ["image", "ground truth", f"TP {base}", f"TP {other}", "picture"]
+        headers = ["image", "ground truth", f"TP {base_md}", f"TP {other_md}", "picture"]
         lines += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return lines
 
@@ -382,7 +455,8 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
         vals = np.array([np.nan if m[k] is None else m[k] for k in keys], dtype=float)
         pos = x + (i - (len(names) - 1) / 2) * width
         runs = m.get("runs", 1)
-        ax.bar(pos, np.nan_to_num(vals), width, label=f"{name} ({runs} run{'s' * (runs != 1)})")
+        label = f"{_mpl_text(name)} ({runs} run{'s' * (runs != 1)})"
+        ax.bar(pos, np.nan_to_num(vals), width, label=label)
         # Each training run's value as a point beside the bar: the spread shows at a glance.
         for j, k in enumerate(keys):
             pts = [r.get(k) for r in m.get("per_run", [])]
@@ -410,7 +484,7 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
             ax_pr.plot(
                 RECALL_THRESHOLDS,
                 y,
-                label=f"{name} (AP@0.5 {_fmt(report['models'][name]['AP50'])})",
+                label=f"{_mpl_text(name)} (AP@0.5 {_fmt(report['models'][name]['AP50'])})",
             )
     ax_pr.set_xlim(0, 1)
     ax_pr.set_ylim(0, 1.02)
