@@ -32,7 +32,8 @@ def argument_parser() -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser`` (overrides ``key=value``) plus ``--register``."""
     parser = default_argument_parser(
         "A LazyConfig file is Python and runs when loaded: pass only files you trust. "
-        "Overrides are key=value (hydra's syntax), e.g. train.max_iter=100."
+        "Overrides are key=value (hydra's syntax), e.g. train.max_iter=100; a key the config "
+        "does not have is refused (naming the nearest), +key=value adds one."
     )
     add_data_and_weights_arguments(parser)
     return parser
