@@ -14,7 +14,10 @@ for it), and a plain URL is taken as it is. The file is then found, in this orde
 Every file whose name carries hex digits after its last ``-`` (torchvision's
 ``resnext50_32x4d-7cdf4587.pth``, timm's ``resnet50_a1_0-14fe96d1.pth``) is checked as
 ``torch.hub``'s ``check_hash`` does: they must be the start of the file's sha256. A file that does
-not match is refused and never kept. Without a network, a name whose file is not there fails with
+not match is refused and never kept. A file whose name carries no digits is at least checked to
+be a checkpoint container (torch, safetensors, pickle) by its first bytes: an HTML error page
+served as ``model.pth`` is refused when downloaded and never kept, and one already in the cache
+is refused naming the file to delete. Without a network, a name whose file is not there fails with
 the URL, the path to put the file at, and the command that converts it.
 """
 
@@ -35,7 +38,7 @@ from urllib.request import Request, urlopen
 
 from ..errors import ResNeXtDetError
 from ..io import TMP_MARK, atomic_write
-from .io import CheckpointError, sha256_of
+from .io import CheckpointError, _container_of, sha256_of
 from .records import Conventions
 
 __all__ = [
@@ -211,10 +214,27 @@ def resolve_name(path: str | os.PathLike) -> WeightsSource | None:
     return None
 
 
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """What is wrong with a file that starts with ``head``, or None for a checkpoint container."""
+    if not head:
+        return "it is empty"
+    if _container_of(head) != "unknown":
+        return None
+    return f"it is not a checkpoint (torch, safetensors or pickle): it starts with {head[:16]!r}"
+
+
 def _check_file(path: Path, source: WeightsSource) -> None:
-    """Refuse a cached or mirrored file whose content does not match its name's hash digits."""
+    """Refuse a cached or mirrored file whose content does not match its name's hash digits
+    (or, without digits, that is not a checkpoint container)."""
     prefix = source.hash_prefix
     if prefix is None:
+        with open(path, "rb") as f:
+            wrong = _not_a_checkpoint(f.read(16))
+        if wrong:
+            raise CheckpointError(
+                f"'{path}' (for {source.url}): {wrong}. Delete it; it is downloaded again "
+                "(or put the right file there)"
+            )
         return
     digest = sha256_of(path)  # remembered: configure_for_weights and the checkpointer both read it
     if not digest.startswith(prefix):
@@ -283,6 +303,7 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
 
     def write(f) -> None:  # f: the temporary file atomic_write opens
         received = 0
+        head = b""
         with tqdm(
             total=total,
             disable=not progress,
@@ -301,6 +322,8 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 if not chunk:
                     break
                 f.write(chunk)
+                if len(head) < 16:
+                    head += chunk[: 16 - len(head)]
                 digest.update(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
@@ -309,6 +332,12 @@ def _download(source: WeightsSource, dest: Path, progress: bool) -> None:
                 f"the connection closed after {received} of {total} bytes (nothing was kept)"
             )
         prefix = source.hash_prefix
+        wrong = _not_a_checkpoint(head) if prefix is None else None
+        if wrong:
+            raise CheckpointError(
+                f"downloaded {url}: {wrong}. Refused; nothing was kept in {dest.parent} (a "
+                "server's error page, or a URL that is not the weights file)"
+            )
         if prefix is not None and not digest.hexdigest().startswith(prefix):
             raise CheckpointError(
                 f"downloaded {url}: its sha256 is {digest.hexdigest()}, but its name says it "
