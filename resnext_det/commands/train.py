@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ from detectron2.engine import default_argument_parser
 
 from ..errors import ConfigError
 from ..training import build_config, evaluate, setup, torchrun_env, train, train_seed_runs
+from ..training.seeds import SeedRunsInterrupted
 from .common import (
     add_data_and_weights_arguments,
     command,
     configure_inference_process,
     configure_training_process,
+    error_line,
     launch_from_args,
 )
 
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser()
     args = parser.parse_args(argv)
     print("Command Line Args:", args)
-    if seed_runs_from_args(args, parser) is None:
-        launch_from_args(run, args, parser)
+    try:
+        if seed_runs_from_args(args, parser) is None:
+            launch_from_args(run, args, parser)
+    except SeedRunsInterrupted as exc:  # what finished, what stopped, how to go on
+        print(f"train_net: {error_line(exc)}", file=sys.stderr)
+        return exc.exit_status  # 130 (SIGINT) or 143 (SIGTERM)
     return 0

@@ -13,20 +13,46 @@ A run is resumed when its folder holds a checkpoint, and skipped when it has fin
 command that was killed or pre-empted is simply run again. Each folder is locked by its run
 (:mod:`resnext_det.training.lock`); the parent folder is not, so that separate jobs can share it.
 With ``DETERMINISTIC True`` (and ``DATALOADER.NUM_WORKERS 0``) the same seed gives the same run.
+
+Interrupts and termination (one policy, in-process or in workers):
+
+* SIGINT (Ctrl-C) or SIGTERM to the process that called :func:`train_runs` stops the queue: no
+  run starts after it (the queued ones are reported "not started"); each running run finishes
+  its current iteration, writes a checkpoint of it (atomically, never cut by the signal) and
+  stops. :func:`train_runs` then raises :class:`SeedRunsInterrupted`, which names what finished,
+  what stopped where, and what did not start; ``tools/train_net.py`` prints it and exits 130
+  (SIGINT) or 143 (SIGTERM). Running the same command again resumes: finished runs are skipped,
+  stopped ones continue from their checkpoint. A second signal does not wait: the workers are
+  killed (their last whole checkpoint stays).
+* The handlers are :func:`train_runs`' only while its runs go, in the main thread, and the
+  previous ones are put back afterwards (a signal the caller ignores stays ignored; called from
+  another thread, it installs none and the caller's handling applies).
+* Workers die with their parent: each worker asks the kernel for SIGKILL when the process that
+  started it dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a thread watching the parent's
+  pid), so a parent killed with SIGKILL leaves no orphan training on or holding a folder's lock.
+  Workers ignore nothing: SIGINT/SIGTERM sent to them (the process group's Ctrl-C) are the same
+  stop request. They are started with both signals blocked until their handlers are in place.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
@@ -35,11 +61,21 @@ from ..errors import ConfigError
 from ..io import write_text_atomic
 from ..runtime import configure_process
 from ..speed import cpu_training_settings
+from .hooks import is_checkpoint_iter
 from .lock import lock_output_dir
 from .state import make_deterministic
 from .trainer import Trainer
 
-__all__ = ["seed_run_config", "seed_run_dir", "train_runs", "train_seed_run", "train_seed_runs"]
+__all__ = [
+    "RunNotStarted",
+    "RunStopped",
+    "SeedRunsInterrupted",
+    "seed_run_config",
+    "seed_run_dir",
+    "train_runs",
+    "train_seed_run",
+    "train_seed_runs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +84,138 @@ _LOGGERS = ("detectron2", "fvcore", "resnext_det")
 # What every process has once detectron2 is imported (its builtin COCO, LVIS, VOC names): never
 # carried to workers (reading them would load their annotation files here, for nothing).
 _REGISTERED_ON_IMPORT = frozenset(DatasetCatalog.list())
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunStopped(Exception):
+    """A run stopped on request (SIGINT/SIGTERM) before it finished; ``checkpoint`` (or None)
+    is where it resumes from."""
+
+    def __init__(self, seed: int, folder: str, iteration: int | None, checkpoint: str | None):
+        super().__init__(seed, folder, iteration, checkpoint)
+        self.seed, self.folder, self.iteration, self.checkpoint = (
+            seed,
+            folder,
+            iteration,
+            checkpoint,
+        )
+
+    def __str__(self) -> str:
+        where = f"after iteration {self.iteration}" if self.iteration is not None else "at start"
+        resume = f"resumes from {self.checkpoint}" if self.checkpoint else "starts over"
+        return f"seed {self.seed} ({self.folder}) stopped {where}; it {resume}"
+
+
+class RunNotStarted(Exception):
+    """A run that was not started because a stop had been requested."""
+
+    def __init__(self, seed: int, folder: str):
+        super().__init__(seed, folder)
+        self.seed, self.folder = seed, folder
+
+    def __str__(self) -> str:
+        return f"seed {self.seed} ({self.folder}) was not started"
+
+
+class SeedRunsInterrupted(KeyboardInterrupt):
+    """Seed runs stopped by SIGINT or SIGTERM: what finished, what stopped, what did not start.
+
+    A ``KeyboardInterrupt`` (a caller that catches interrupts catches it); ``exit_status`` is
+    the shell's ``128 + signal`` (130 for SIGINT, 143 for SIGTERM), and the message says how
+    to resume.
+    """
+
+    def __init__(
+        self,
+        signum: int,
+        finished: Sequence[Path],
+        stopped: Sequence[RunStopped],
+        not_started: Sequence[RunNotStarted],
+        failed: Sequence[BaseException] = (),
+    ):
+        self.signum = signum
+        self.finished, self.stopped = list(finished), list(stopped)
+        self.not_started, self.failed = list(not_started), list(failed)
+        super().__init__(self._message())
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + int(self.signum)
+
+    def _message(self) -> str:
+        name = signal.Signals(self.signum).name
+        parts = [f"interrupted by {name}"]
+        parts.append("finished: " + (", ".join(str(p.parent) for p in self.finished) or "none"))
+        if self.stopped:
+            parts.append("stopped: " + "; ".join(str(r) for r in self.stopped))
+        if self.not_started:
+            seeds = ", ".join(f"seed {r.seed} ({r.folder})" for r in self.not_started)
+            parts.append(f"not started: {seeds}")
+        if self.failed:
+            parts.append("failed: " + "; ".join(" ".join(str(e).split()) for e in self.failed))
+        parts.append(
+            "run the same command again to go on: finished runs are skipped, stopped ones "
+            "resume from their checkpoint"
+        )
+        return ". ".join(parts)
+
+
+class _StopRequest:
+    """Whether this process was asked to stop: by its own signal handler (``local``) or, in a
+    worker, by the parent through a shared event."""
+
+    def __init__(self) -> None:
+        self.local = False
+        self.signum: int | None = None
+        self.event: Any = None
+
+    def __bool__(self) -> bool:
+        return self.local or (self.event is not None and self.event.is_set())
+
+    def request(self, signum: int) -> None:
+        self.signum = self.signum or signum
+        self.local = True
+        if self.event is not None:
+            self.event.set()
+
+    def clear(self) -> None:
+        self.local, self.signum, self.event = False, None, None
+
+
+_STOP = _StopRequest()
+
+
+class _StopNow(BaseException):
+    # A BaseException: detectron2's TrainerBase.train logs every Exception as a crash.
+    pass
+
+
+class _StopWhenAsked(HookBase):
+    """Stops training between iterations once a stop is requested: after the periodic
+    checkpointer, a checkpoint of the iteration just done (unless it was one already, or the
+    weights are not finite), then :class:`_StopNow`. The last iteration just finishes."""
+
+    def __init__(self) -> None:
+        self.stopped_after: int | None = None  # the last iteration done when it stopped
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        if _STOP and trainer.start_iter < trainer.max_iter:
+            self.stopped_after = trainer.start_iter - 1 if trainer.start_iter else None
+            raise _StopNow
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        if not _STOP or trainer.iter >= trainer.max_iter - 1:
+            return
+        period = trainer.cfg.SOLVER.CHECKPOINT_PERIOD
+        finite = all(p.isfinite().all() for p in trainer.model.parameters())
+        if finite and not is_checkpoint_iter(trainer.iter, period, trainer.max_iter):
+            trainer.checkpointer.save(f"model_{trainer.iter:07d}", iteration=trainer.iter)
+        self.stopped_after = trainer.iter
+        raise _StopNow
 
 
 def seed_run_dir(output_dir: str | os.PathLike, seed: int) -> Path:
@@ -114,9 +282,15 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
 
     Raises:
         OutputDirInUseError: another live process trains this seed.
+        RunNotStarted: a stop had been requested before it started (see the module docstring).
+        RunStopped: a stop was requested while it trained; it stopped after an iteration,
+            with a checkpoint of it.
     """
     run = seed_run_config(cfg, seed)
+    if _STOP:
+        raise RunNotStarted(seed, run.OUTPUT_DIR)
     lock = lock_output_dir(run.OUTPUT_DIR)
+    stopped: RunStopped | None = None
     try:
         with _run_log(run.OUTPUT_DIR):
             logger.info(f"Seed run {seed}: {run.OUTPUT_DIR}")
@@ -126,11 +300,21 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
                 make_deterministic()
             register_from_config(run)
             trainer = Trainer(run)
+            stop_hook = _StopWhenAsked()
+            trainer.register_hooks([stop_hook])
             trainer.resume_or_load(resume=True)
-            trainer.train()
+            try:
+                trainer.train()
+            except _StopNow:
+                ckpt = trainer.checkpointer
+                last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
+                stopped = RunStopped(seed, run.OUTPUT_DIR, stop_hook.stopped_after, last or None)
+                logger.warning(f"Seed run {seed}: {stopped}")
     finally:
         if lock is not None:
             lock.release()
+    if stopped is not None:
+        raise stopped
     return Path(run.OUTPUT_DIR) / "model_final.pth"
 
 
@@ -146,9 +330,54 @@ def _carried_datasets(cfg: CfgNode) -> dict[str, tuple[list[dict], dict]]:
     }
 
 
-def _worker_init(datasets: dict[str, tuple[list[dict], dict]]) -> None:
-    # A worker is a process of the pool's own: its entry point sets its process up. Side-by-side
-    # runs share the cores: one thread each (more only oversubscribes them).
+def _die_with_parent(parent_pid: int) -> None:
+    """Have this process killed (SIGKILL) when ``parent_pid`` dies, however it dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG)`` (fires when the thread that started this process ends,
+    which for the pool is the thread blocked in :func:`train_runs` until the pool is done).
+    Elsewhere: a daemon thread that polls the parent's pid. A parent that died before this
+    ran is seen at once (this process was re-parented).
+    """
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            logger.warning(f"prctl(PR_SET_PDEATHSIG) failed ({os.strerror(err)}); watching")
+            _watch_parent(parent_pid)
+    else:
+        _watch_parent(parent_pid)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _worker_signal(signum: int, frame: Any) -> None:
+    _STOP.request(signum)
+
+
+def _worker_init(
+    datasets: dict[str, tuple[list[dict], dict]], stop_event: Any = None, parent_pid: int = 0
+) -> None:
+    # A worker is a process of the pool's own: its entry point sets its process up (signal
+    # handlers included: SIGINT/SIGTERM ask its run to stop after an iteration, as in the
+    # parent). It started with both signals blocked (train_runs spawns it so), so that none
+    # arrives before the handlers are in place. Side-by-side runs share the cores: one thread
+    # each (more only oversubscribes them).
+    if parent_pid:
+        _die_with_parent(parent_pid)
+    _STOP.event = stop_event
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, _worker_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     os.environ["OMP_NUM_THREADS"] = "1"
     configure_process(num_threads=1)
     for name, (records, metadata) in datasets.items():
@@ -211,6 +440,10 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
 
     Returns:
         each run's ``model_final.pth``, in the order of ``runs``.
+
+    Raises:
+        SeedRunsInterrupted: SIGINT or SIGTERM arrived (or a worker was sent one) before every
+            run finished; see the module docstring.
     """
     runs = list(runs)
     for cfg, seed in runs:
@@ -220,21 +453,179 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
         raise ConfigError(f"two runs would share one folder: {[str(f) for f in folders]}")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive integer; got {parallel!r}")
-    if parallel == 1:
-        return [_noted(train_seed_run, cfg, seed) for cfg, seed in runs]
+    _STOP.clear()
+    try:
+        if parallel == 1:
+            return _train_here(runs)
+        return _train_in_pool(runs, parallel)
+    finally:
+        _STOP.clear()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM request a stop (:data:`_STOP`) and call ``on_first`` while the block
+    runs; a second one calls ``on_second`` and raises ``KeyboardInterrupt``. Only in the main
+    thread, never for a signal the caller ignores; the previous handlers are put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _STOP.signum is None:
+            _STOP.request(signum)
+            logger.warning(
+                f"{signal.Signals(signum).name}: stopping the seed runs; no run starts from "
+                "now, running ones stop after their current iteration with a checkpoint "
+                "(send it again to kill them now)"
+            )
+            on_first()
+            return
+        on_second()
+        raise KeyboardInterrupt
+
+    previous = {}
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _interrupted(
+    finished: list[Path], stopped: list, not_started: list, failed: list
+) -> SeedRunsInterrupted:
+    return SeedRunsInterrupted(
+        _STOP.signum or signal.SIGTERM, finished, stopped, not_started, failed
+    )
+
+
+def _train_here(runs: list[tuple[CfgNode, int]]) -> list[Path]:
+    finished: list[Path] = []
+    stopped: list[RunStopped] = []
+    not_started: list[RunNotStarted] = []
+    with _stop_on_signals(lambda: None, lambda: None):
+        for k, (cfg, seed) in enumerate(runs):
+            try:
+                finished.append(_noted(train_seed_run, cfg, seed))
+            except RunStopped as exc:
+                stopped.append(exc)
+            except RunNotStarted as exc:
+                not_started.append(exc)
+            except KeyboardInterrupt:
+                if _STOP.signum is None:
+                    raise  # not ours: the caller's own handling
+                folder = os.fspath(seed_run_dir(cfg.OUTPUT_DIR, seed))
+                stopped.append(RunStopped(seed, folder, None, _last_checkpoint(folder)))
+                not_started += [
+                    RunNotStarted(s, os.fspath(seed_run_dir(c.OUTPUT_DIR, s)))
+                    for c, s in runs[k + 1 :]
+                ]
+                break
+    if stopped or not_started:
+        raise _interrupted(finished, stopped, not_started, [])
+    return finished
+
+
+def _last_checkpoint(folder: str) -> str | None:
+    try:
+        name = Path(folder, "last_checkpoint").read_text().strip()
+    except OSError:
+        return None
+    return os.path.join(folder, name) if name else None
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """SIGINT/SIGTERM held back (not lost) in this thread while the block runs: processes
+    started in it inherit the blocked mask (until their initializer unblocks it), so that no
+    worker takes a KeyboardInterrupt while it imports."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _train_in_pool(runs: list[tuple[CfgNode, int]], parallel: int) -> list[Path]:
     carried: dict[str, tuple[list[dict], dict]] = {}
     for cfg, _ in runs:
         carried.update(_carried_datasets(cfg))
-    with ProcessPoolExecutor(
+    ctx = multiprocessing.get_context("spawn")
+    stop_event = ctx.Event()
+    _STOP.event = stop_event
+    pool = ProcessPoolExecutor(
         max_workers=min(parallel, len(runs)),
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=ctx,
         initializer=_worker_init,
-        initargs=(carried,),
-    ) as pool:
-        futures = [
-            pool.submit(_noted, _train_in_worker, _one_thread(cfg), seed) for cfg, seed in runs
-        ]
-        return [f.result() for f in futures]
+        initargs=(carried, stop_event, os.getpid()),
+    )
+    futures: list[Future] = []
+
+    def cancel_queued() -> None:  # a queued run never starts (workers refuse those already sent)
+        for f in futures:
+            f.cancel()
+
+    def kill_workers() -> None:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+
+    try:
+        with _stop_on_signals(cancel_queued, kill_workers):
+            with _stop_signals_blocked():  # the workers are spawned in submit
+                futures += [
+                    pool.submit(_noted, _train_in_worker, _one_thread(cfg), seed)
+                    for cfg, seed in runs
+                ]
+            if _STOP:  # a signal while the workers were being started
+                cancel_queued()
+            concurrent.futures.wait(futures)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if _STOP.signum is None:
+            raise
+        finished, stopped, not_started = [], [], []
+        for (cfg, seed), f in zip(runs, futures):
+            folder = os.fspath(seed_run_dir(cfg.OUTPUT_DIR, seed))
+            if f.done() and not f.cancelled() and f.exception() is None:
+                finished.append(Path(f.result()))
+            elif f.running() or (f.done() and not f.cancelled()):
+                stopped.append(RunStopped(seed, folder, None, _last_checkpoint(folder)))
+            else:
+                not_started.append(RunNotStarted(seed, folder))
+        raise _interrupted(finished, stopped, not_started, []) from None
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    finished: list[Path] = []
+    stopped: list[RunStopped] = []
+    not_started: list[RunNotStarted] = []
+    failed: list[BaseException] = []
+    for (cfg, seed), f in zip(runs, futures):
+        exc = None if f.cancelled() else f.exception()
+        if f.cancelled():
+            not_started.append(RunNotStarted(seed, os.fspath(seed_run_dir(cfg.OUTPUT_DIR, seed))))
+        elif exc is None:
+            finished.append(f.result())
+        elif isinstance(exc, RunStopped):
+            stopped.append(exc)
+        elif isinstance(exc, RunNotStarted):
+            not_started.append(exc)
+        else:
+            failed.append(exc)
+    if stopped or not_started or _STOP.signum is not None:
+        raise _interrupted(finished, stopped, not_started, failed)
+    if failed:
+        raise failed[0]
+    return finished
 
 
 def _noted(run, cfg: CfgNode, seed: int) -> Path:
