@@ -765,3 +765,31 @@ def test_imagenet_weights_load_into_deformable_stages_leaving_offsets_at_zero(tm
     offsets = [k for k in report.missing if "bottom_up" in k]
     assert offsets and all(".conv2_offset." in k for k in offsets)
     assert not any(bottom_up.state_dict()[k[len("backbone.bottom_up.") :]].any() for k in offsets)
+
+
+LAZY_TWINS = [
+    "keypoint_rcnn_X_101_32x8d_FPN_3x",
+    "keypoint_rcnn_R_101_FPN_3x",
+    "mask_rcnn_X_101_32x8d_FPN_3x_dconv_c3-c5",
+    "mask_rcnn_R_101_FPN_3x_dconv_c3-c5",
+]
+
+
+@pytest.mark.parametrize("name", LAZY_TWINS)
+def test_lazy_config_builds_its_yacs_twins_model(name):
+    """configs/lazy/NAME.py (on detectron2's own lazy bases) is the model of configs/NAME.yaml:
+    every key and shape, the same weights name, pixel std, stride placement and schedule."""
+    from detectron2.config import instantiate
+
+    from resnext_det import model_zoo
+
+    lazy = model_zoo.get_config(f"lazy/{name}.py")
+    yacs = load_config(CONFIGS / f"{name}.yaml", ["MODEL.DEVICE", "meta"])
+    with torch.device("meta"):
+        a = {k: tuple(v.shape) for k, v in instantiate(lazy.model).state_dict().items()}
+        b = {k: tuple(v.shape) for k, v in build_model(yacs).state_dict().items()}
+    assert a == b
+    assert lazy.train.init_checkpoint == yacs.MODEL.WEIGHTS
+    assert list(lazy.model.pixel_std) == list(yacs.MODEL.PIXEL_STD)
+    assert lazy.model.backbone.bottom_up.spec.stride_in_1x1 == yacs.MODEL.RESNETS.STRIDE_IN_1X1
+    assert lazy.train.max_iter == yacs.SOLVER.MAX_ITER
