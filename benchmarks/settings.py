@@ -8,6 +8,8 @@ import torch
 
 from resnext_det.spec import VARIANTS
 
+from .measure import one_thread_onednn_1x1
+
 __all__ = [
     "BENCH_MODELS",
     "TORCHVISION_MODELS",
@@ -68,12 +70,14 @@ class Setting:
     # The project's CPU training defaults (cfg.CPU_TRAINING, speed.cpu_training_settings)
     # as the trainer applies them; resolved per config by resolve().
     cpu_training_defaults: bool = False
-    # What the project's tools also do to their process on the CPU (speed.keep_freed_memory:
-    # the trainer, apply_inference_config): not the variant's to apply, a process shares one
-    # allocator; run_benchmark(memory="as-shipped") runs such variants in a process that does.
+    # What the project's commands also do to their process on the CPU
+    # (runtime.keep_freed_memory: training, inference): not the variant's to apply, a process
+    # shares one allocator; run_benchmark(memory="as-shipped") runs such variants in a process
+    # started with that setting.
     keeps_freed_memory: bool = False
-    # speed.onednn_1x1_convolutions (the trainer's CPU_TRAINING.ONEDNN_1X1; optimize_for_inference
-    # applies it itself). Acts on one thread only.
+    # speed.onednn_1x1_convolutions: what the commands apply in a one-thread process (the
+    # trainer's CPU_TRAINING.ONEDNN_1X1 with NUM_THREADS 1; inference with one thread). Set by
+    # resolve() from the benchmark's thread count.
     onednn_1x1: bool = False
 
     def applies_to(self, task: str) -> bool:
@@ -92,11 +96,16 @@ class Setting:
     def resolve(self, cfg) -> Setting | None:
         """The concrete setting for ``cfg`` (``cpu_training_defaults``: what the trainer would
         apply to ``cfg``; None where that is nothing, e.g. on CUDA; freed memory is kept on the
-        CPU only)."""
+        CPU only). The thread count is ``cfg.CPU_TRAINING.NUM_THREADS``
+        (:func:`benchmarks.variants.bench_config` puts the benchmark's there; 0: this
+        process's): on one CPU thread the folded inference and the trainer's defaults send the
+        1x1 convolutions to oneDNN, as the commands do."""
         if not self.cpu_training_defaults:
             if torch.device(cfg.MODEL.DEVICE).type != "cpu":
-                return replace(self, keeps_freed_memory=False)
-            return self
+                return replace(self, keeps_freed_memory=False, onednn_1x1=False)
+            threads = cfg.get("CPU_TRAINING", {}).get("NUM_THREADS", 0) or None
+            onednn = self.optimize and one_thread_onednn_1x1(cfg.MODEL.DEVICE, threads)
+            return replace(self, onednn_1x1=onednn)
         from resnext_det.speed import cpu_training_settings
 
         s = cpu_training_settings(cfg)

@@ -32,6 +32,7 @@ _REPO = Path(__file__).resolve().parents[1]
 __all__ = [
     "TrainSetting",
     "TRAIN_SETTINGS",
+    "configure_training_process",
     "demo_train_config",
     "time_training_settings",
     "time_parallel_runs",
@@ -50,7 +51,7 @@ class TrainSetting:
     amp_dtype: str = ""  # "" (fp32) or "bfloat16"
     threads: int = 0  # 0: torch's default (one per core)
     num_workers: int = 0
-    onednn_1x1: bool = False  # CPU_TRAINING.ONEDNN_1X1 (acts on one thread only)
+    onednn_1x1: bool = False  # CPU_TRAINING.ONEDNN_1X1 (applied with NUM_THREADS 1 only)
 
     def apply(self, cfg: CfgNode) -> CfgNode:
         """A copy of ``cfg`` that trains with this setting (``CPU_TRAINING`` keys)."""
@@ -111,8 +112,23 @@ def demo_train_config(
     return cfg
 
 
+def configure_training_process(cfg: CfgNode) -> None:
+    """The process part of ``cfg.CPU_TRAINING`` (threads, freed memory kept), set as the
+    project's training command sets it before it builds its trainer (the trainer itself changes
+    only its model); nothing off the CPU or with ``CPU_TRAINING.ENABLED`` False."""
+    from resnext_det.runtime import configure_process
+    from resnext_det.speed import cpu_training_settings
+
+    s = cpu_training_settings(cfg)
+    if s is not None:
+        configure_process(num_threads=s.num_threads, keep_freed_memory=s.keep_freed_memory)
+
+
 class _SteppedTrainer:
-    """A :class:`~resnext_det.training.Trainer` advanced a chunk of iterations at a time."""
+    """A :class:`~resnext_det.training.Trainer` advanced a chunk of iterations at a time, in a
+    process set up as the training command sets its own (:func:`configure_training_process`);
+    its thread count is set again before every chunk (the trainers of one run share the
+    process)."""
 
     def __init__(self, cfg: CfgNode):
         from detectron2.utils.events import EventStorage
@@ -121,8 +137,9 @@ class _SteppedTrainer:
 
         self.cfg = cfg
         cfg.freeze()
-        self.trainer = Trainer(cfg)  # applies cfg.CPU_TRAINING (threads included)
+        configure_training_process(cfg)
         self.threads = torch.get_num_threads()
+        self.trainer = Trainer(cfg)  # applies the model part of cfg.CPU_TRAINING
         self.trainer.resume_or_load(resume=False)
         self.trainer.iter = self.trainer.start_iter = 0
         self.storage = EventStorage(0)
@@ -419,6 +436,7 @@ def train_and_evaluate(
     cfg.DATASETS.TEST = ("synthetic_val",)
     cfg.freeze()
     start, start_cpu = time.perf_counter(), time.process_time()
+    configure_training_process(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

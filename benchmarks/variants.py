@@ -52,8 +52,10 @@ def realistic_norms(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def bench_config(model_name: str, device: torch.device, task: str):
-    """detectron2's own Base-RCNN-FPN config for ``model_name``, with the ResNeXt conventions."""
+def bench_config(model_name: str, device: torch.device, task: str, threads: int | None = None):
+    """detectron2's own Base-RCNN-FPN config for ``model_name``, with the ResNeXt conventions;
+    ``CPU_TRAINING.NUM_THREADS`` is ``threads`` (default: this process's thread count), the
+    count a trainer of the benchmark's process would be configured with."""
     from detectron2 import model_zoo
 
     from resnext_det.config import load_config
@@ -71,6 +73,7 @@ def bench_config(model_name: str, device: torch.device, task: str):
     cfg.MODEL.DEVICE = str(device)
     if task in ("forward", "backward"):
         cfg.MODEL.BACKBONE.FREEZE_AT = 0  # backward through the whole backbone
+    cfg.CPU_TRAINING.NUM_THREADS = torch.get_num_threads() if threads is None else threads
     return cfg
 
 
@@ -131,7 +134,7 @@ def backbone_variant(
     if task == "forward":
         model.eval()
         if setting.optimize:
-            optimize_for_inference(model)
+            optimize_for_inference(model, onednn_1x1=setting.onednn_1x1)
     else:
         model.train()
     if setting.compile:
@@ -209,7 +212,7 @@ def detector_variant(
     if task == "inference":
         model.eval()
         if setting.optimize:
-            optimize_for_inference(model)
+            optimize_for_inference(model, onednn_1x1=setting.onednn_1x1)
     if setting.compile:
         compile_module(model.backbone, **setting.compile_kwargs())
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.measure import load_average, quiet_verdict  # noqa: E402
+from benchmarks.measure import load_average, one_thread_onednn_1x1, quiet_verdict  # noqa: E402
 from resnext_det.env import machine_info  # noqa: E402
 from resnext_det.io import write_json_atomic  # noqa: E402
-from resnext_det.speed import onednn_1x1_dilation  # noqa: E402
+from resnext_det.speed import ONEDNN_1X1_DILATION  # noqa: E402
 
 MACS = 2048**3  # = 1024 * 1024 * 64 * 64 * 2: the same work both ways
 
@@ -42,6 +42,13 @@ def _gmacs(fn, *args, repeats: int) -> float:
         fn(*args)
         times.append(time.perf_counter() - start)
     return MACS / statistics.median(times) / 1e9
+
+
+def _onednn_dilation(threads: int) -> tuple[int, int]:
+    """The dilation that sends a 1x1 convolution to oneDNN on ``threads`` threads, as the
+    project's commands do: ONEDNN_1X1_DILATION on one thread, where PyTorch's own rule would
+    not use oneDNN; (1, 1) on more, where it does anyway."""
+    return ONEDNN_1X1_DILATION if one_thread_onednn_1x1(torch.device("cpu"), threads) else (1, 1)
 
 
 def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
                 # dilation (2, 2) on one thread: oneDNN, which PyTorch's rule replaces by MKL's
                 # sgemm there (resnext_det.speed.onednn_1x1_convolutions); the same otherwise.
                 "conv1x1_nhwc_onednn_gmacs_per_s": _gmacs(
-                    functools.partial(F.conv2d, dilation=onednn_1x1_dilation()),
+                    functools.partial(F.conv2d, dilation=_onednn_dilation(threads)),
                     x_nhwc,
                     w_nhwc,
                     repeats=a.repeats,
