@@ -7,17 +7,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnext_det.speed import onednn_1x1_dilation
+from resnext_det.speed import ONEDNN_1X1_DILATION
 
 __all__ = [
     "sync",
+    "one_thread_onednn_1x1",
+    "profiler_lines_hidden",
     "peak_memory",
     "quantile",
     "load_average",
@@ -37,9 +42,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[float | None, str]:
+def one_thread_onednn_1x1(device: torch.device, threads: int | None = None) -> bool:
+    """Whether the project's commands would send stride-1 1x1 convolutions to oneDNN here
+    (:func:`resnext_det.speed.onednn_1x1_convolutions`): on the CPU, in a process of one thread
+    (``threads``, default this process's), where PyTorch's own rule picks a 2x slower kernel."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return torch.device(device).type == "cpu" and threads == 1
+
+
+# A line of Kineto, torch.profiler's C++ side, which writes to fd 2 itself, even when only CPU
+# activities are profiled: "USDT:2026-12-04 14:59:18 5203:5203 SyncActivityProfilerHandler.cpp:39]
+# profiler_start" and, on a machine without CUDA, "ERROR:... DeviceProperties.cpp:56]
+# gpuGetDeviceCount failed with code 35".
+_PROFILER_LINE = re.compile(rb"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ [\w.]+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def profiler_lines_hidden(hidden: bool = True) -> Iterator[None]:
+    """Inside the block, keep the profiler's own lines (:data:`_PROFILER_LINE`) off fd 2; every
+    other line written to fd 2 meanwhile is passed on when the block ends. A no-op unless
+    ``hidden`` (the benchmark's ``verbose`` shows them)."""
+    if not hidden:
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines = tmp.read().splitlines(keepends=True)
+            rest = [ln for ln in lines if not _PROFILER_LINE.match(ln)]
+            if rest:
+                os.write(2, b"".join(rest))
+
+
+def peak_memory(
+    device: torch.device, fn: Callable[[], object], verbose: bool = False
+) -> tuple[float | None, str]:
     """Peak memory of one call of ``fn`` in MiB above what was allocated before, and how it was
-    measured."""
+    measured. On the CPU the profiler's own console lines are shown only if ``verbose``."""
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -52,10 +103,12 @@ def peak_memory(device: torch.device, fn: Callable[[], object]) -> tuple[float |
     # profiler's allocation and free events in time order and take the running total's maximum.
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    with profiler_lines_hidden(not verbose):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = prof.events()
     total = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+    for event in sorted(events, key=lambda e: e.time_range.start):
         total += event.self_cpu_memory_usage  # "[memory]" events are frees outside any op
         peak = max(peak, total)
     return peak / 2**20, "cpu_profiler_allocations"
@@ -181,8 +234,8 @@ class PeakProbe:
         weight = torch.randn(n // 2, n // 2, 1, 1, generator=g)
         cl = torch.channels_last
         # oneDNN's kernel on one CPU thread too, where PyTorch's own rule would pick MKL's sgemm
-        # (as the project's models do: speed.onednn_1x1_convolutions).
-        dilation = onednn_1x1_dilation() if device.type == "cpu" else (1, 1)
+        # (as the project's models do there: speed.onednn_1x1_convolutions).
+        dilation = ONEDNN_1X1_DILATION if one_thread_onednn_1x1(device) else (1, 1)
         self.calls: dict[str, dict[str, tuple]] = {}
         for d in dtypes:
             dt = getattr(torch, d)

@@ -67,16 +67,18 @@ def _memory_line(report: dict) -> str:
     if mode == "as-shipped":
         line = "Freed memory **as shipped** (`--memory as-shipped`): each path's process does " + (
             f"what its tools do, so {', '.join(f'`{s}`' for s in dict.fromkeys(kept))} ran in a "
-            "child process that keeps freed memory (the project's CPU trainer and inference) and "
-            "the rest, detectron2 included, with the allocator's default (see the memory column)."
+            "process that keeps freed memory (the project's CPU trainer and inference; a process "
+            "started with `resnext_det.runtime.KEEP_FREED_MEMORY_ENV`) and the rest, detectron2 "
+            "included, in one with the allocator's default (see the memory column, measured in "
+            "each process)."
             if kept else
             "what its tools do, and no setting here keeps freed memory (the project keeps it on "
             "the CPU only, where glibc allows): every variant had the allocator's default."
         )  # fmt: skip
     elif c.get("freed_memory_kept"):
         line = (
-            "Freed memory **kept** in the process (`--memory kept`, what the project's CPU "
-            "trainer and inference do), for every setting, the baseline included."
+            "Freed memory **kept** (`--memory kept`, what the project's CPU trainer and "
+            "inference do), for every setting, the baseline included."
         )
     else:
         line = (

@@ -4,16 +4,21 @@ machine's peak measured in the same rounds and the load recorded around them."""
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 
 import torch
 
 from resnext_det.env import machine_info
-from resnext_det.speed import keep_freed_memory as keep_process_freed_memory
 from resnext_det.speed import max_relative_error
 
 from .measure import PeakProbe, load_average, quantile, quiet_verdict
-from .process import BenchmarkWorkerError, KeptMemoryProcess, LocalRunner
+from .process import (
+    AllocatorProcess,
+    BenchmarkWorkerError,
+    LocalRunner,
+    started_keeping_freed_memory,
+)
 from .settings import (
     BASELINE,
     DEFAULT_SETTINGS,
@@ -23,7 +28,7 @@ from .settings import (
 )
 from .variants import bench_config, build_variants
 
-__all__ = ["run_benchmark", "MIN_ROUNDS", "MEMORY_MODES"]
+__all__ = ["run_benchmark", "MIN_ROUNDS", "MEMORY_MODES", "wants_freed_memory_kept"]
 
 # Fewer interleaved rounds than this and the report calls its figures indicative only.
 MIN_ROUNDS = 5
@@ -68,6 +73,7 @@ def run_benchmark(
     peak: bool = True,
     memory: str = "returned",
     progress: bool = True,
+    verbose: bool = False,
 ) -> dict:
     """Time ``settings`` of each model on each task, interleaved, against detectron2's ResNet.
 
@@ -97,17 +103,26 @@ def run_benchmark(
             process's CPU time, ``time.process_time``). Both are recorded.
         peak: time the machine's peak in every round.
         memory: what the allocator does with freed memory (a process setting,
-            :func:`resnext_det.speed.keep_freed_memory`; each record counts its minor page faults
-            per call and says which it had): ``"returned"`` (glibc's default, for every variant),
-            ``"kept"`` (this process keeps it, for every variant, the baseline included) or
+            :func:`resnext_det.runtime.keep_freed_memory`; each record counts its minor page
+            faults per call and says which its process had): ``"returned"`` (glibc's default, for
+            every variant), ``"kept"`` (for every variant, the baseline included) or
             ``"as-shipped"`` (each path as its tools run it: the variants whose setting
-            ``keeps_freed_memory``, the project's CPU training defaults and folded inference, run
-            in a child process that keeps it, the rest here with the default; on CPU only).
+            ``keeps_freed_memory``, the project's CPU training defaults and folded inference,
+            with freed memory kept, the rest, detectron2 included, with the default; on CPU
+            only). The benchmark never changes this process's allocator: this process is taken
+            to have the setting it was started with
+            (:func:`~benchmarks.process.started_keeping_freed_memory`), and the variants that
+            need the other one run in a child process started with it
+            (:class:`~benchmarks.process.AllocatorProcess`, which measures what its allocator
+            does: :func:`~benchmarks.process.freed_memory_probe`); the rounds stay interleaved.
         progress: tqdm bars.
+        verbose: let the profiler's own console lines through (the CPU memory measure).
 
     Returns:
-        a json-ready dict: ``machine``, ``config``, ``load_average_*``, ``quiet``, ``peak`` and
-        ``results`` (one record per variant).
+        a json-ready dict: ``machine``, ``config``, ``load_average_*``, ``quiet``, ``peak``,
+        ``allocator`` (each process that ran variants: this one, with the setting it was
+        started with, and each child, with what it measured) and ``results`` (one record per
+        variant).
 
     Raises:
         BenchmarkInputError: an argument is not allowed (``.field`` names it).
@@ -115,29 +130,40 @@ def run_benchmark(
     dev = _check_arguments(tasks, settings, repeats, batch, size, clock, device)
     if memory not in MEMORY_MODES:
         raise BenchmarkInputError("memory", f"must be one of {MEMORY_MODES}; got {memory!r}")
-    memory_kept = keep_process_freed_memory() if memory == "kept" else False
     names = [BASELINE] + [s for s in settings if s != BASELINE]
     size = (int(size[0]), int(size[1]))
     records = []
     loads = [load_average()]
     peaks = {}
-    freed_here = "kept" if memory_kept else "returned"
+    kept_here = started_keeping_freed_memory()
+    here = {"process": "this", "pid": os.getpid(), "freed_memory": "kept" if kept_here else
+            "returned", "measure": "environment at start"}  # fmt: skip
+    allocators = [here]
     for model_name in models:
         for task in tasks:
             case = dict(model_name=model_name, task=task, device=str(dev), size=size, batch=batch,
                         seed=seed)  # fmt: skip
             with contextlib.ExitStack() as stack:
                 runners, children, gmacs = _runners(
-                    case, names, memory, freed_here, peak, clock, stack
+                    case, names, memory, here["freed_memory"], peak, clock, verbose, stack
                 )
+                allocators += [
+                    {"process": "child", "pid": c.pid, "case": f"{model_name} {task}",
+                     "started_with_keep_freed_memory_env": c.keep_freed_memory, **c.probe,
+                     "measure": "freed_memory_probe"}
+                    for c in children
+                ]  # fmt: skip
                 label = f"{model_name} {task}"
                 peaks[label], timings = _time_rounds(
-                    label, runners, children, repeats, warmup, peak, clock, loads, progress
-                )
+                    label, dev, here["freed_memory"], runners, children, repeats, warmup, peak,
+                    clock, loads, progress,
+                )  # fmt: skip
                 records += _records(case, runners, timings, gmacs, peaks[label], clock)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     loads.append(load_average())
+    # "kept" asked for and had by every variant (off glibc no process can keep it).
+    memory_kept = memory == "kept" and all(r["freed_memory"] == "kept" for r in records)
     return {
         "machine": machine_info(dev),
         "config": {
@@ -153,6 +179,7 @@ def run_benchmark(
             "clock": clock,
             "memory": memory,
             "freed_memory_kept": memory_kept,
+            "freed_memory_here": here["freed_memory"],
         },
         "load_average_before": loads[0],
         "load_average_after": loads[-1],
@@ -160,26 +187,44 @@ def run_benchmark(
         "quiet": quiet_verdict(loads, own_threads=torch.get_num_threads()),
         "enough_rounds": repeats >= MIN_ROUNDS,
         "peak": peaks,
+        "allocator": allocators,
         "results": records,
     }
 
 
-def _runners(case, names, memory, freed_here, peak, clock, stack):
+def wants_freed_memory_kept(memory: str, setting, device: torch.device) -> bool:
+    """Whether ``setting`` is to run with freed memory kept under ``memory`` (a mode of
+    :data:`MEMORY_MODES`); as-shipped: what the project's commands do, on the CPU only."""
+    if memory == "as-shipped":
+        return torch.device(device).type == "cpu" and setting.keeps_freed_memory
+    return memory == "kept"
+
+
+def _runners(case, names, memory, freed_here, peak, clock, verbose, stack):
     """The runner of every setting that applies, in ``names``' order (baseline first), the
-    child processes they need (entered on ``stack``), and the case's multiply-adds."""
+    child process they need (entered on ``stack``; one at most: the variants whose allocator
+    setting this process has not, started with it), and the case's multiply-adds."""
     dev = torch.device(case["device"])
     cfg = bench_config(case["model_name"], dev, case["task"])
     settings = [SETTINGS[n].resolve(cfg) for n in names if SETTINGS[n].applies_to(case["task"])]
     settings = [s for s in settings if s is not None]
-    split = memory == "as-shipped" and dev.type == "cpu"
-    away = [s for s in settings if split and s.keeps_freed_memory]
+    kept_here = freed_here == "kept"
+    away = [s for s in settings if wants_freed_memory_kept(memory, s, dev) != kept_here]
     here = [s for s in settings if s not in away]
     local, checksum, gmacs = build_variants(**case, settings=here, count_macs=True)
-    by_name = {v.setting.name: LocalRunner(v, dev, freed_here) for v in local}
+    by_name = {v.setting.name: LocalRunner(v, dev, freed_here, verbose) for v in local}
     children = []
     if away:
         child = stack.enter_context(
-            KeptMemoryProcess(case, away, torch.get_num_threads(), peak, clock)
+            AllocatorProcess(
+                case,
+                away,
+                keep_freed_memory=not kept_here,
+                threads=torch.get_num_threads(),
+                peak=peak,
+                clock=clock,
+                verbose=verbose,
+            )
         )
         if child.checksum != checksum:
             raise BenchmarkWorkerError(
@@ -191,13 +236,14 @@ def _runners(case, names, memory, freed_here, peak, clock, stack):
     return [by_name[s.name] for s in settings], children, gmacs
 
 
-def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, progress):
+def _time_rounds(
+    label, dev, freed_here, runners, children, repeats, warmup, peak, clock, loads, progress
+):
     """Warm up, check and measure the memory of each runner, then time ``repeats`` interleaved
     rounds (with the peak probe of this process and of each child); returns the merged peak
     and per setting its outputs' error, memory and per-call wall/CPU times and faults."""
     from tqdm import tqdm
 
-    here = runners[0]  # the baseline, always in this process
     expected = None
     timings = {}
     for r in tqdm(runners, desc=f"{label}: warm-up", disable=not progress):
@@ -211,7 +257,7 @@ def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, 
             "calls": [],
         }
     del expected
-    probe = PeakProbe(here.device, clock=clock) if peak else None
+    probe = PeakProbe(dev, clock=clock) if peak else None
     if probe:
         probe.warmup()
     for _ in tqdm(range(repeats), desc=f"{label}: rounds", disable=not progress):
@@ -222,8 +268,8 @@ def _time_rounds(label, runners, children, repeats, warmup, peak, clock, loads, 
         for r in runners:
             timings[r.setting.name]["calls"].append(r.timed())
         loads.append(load_average())
-    summaries = [(here.freed_memory, probe.summary())] if probe else []
-    summaries += [("kept" if c.kept else "returned", c.probe_summary()) for c in children]
+    summaries = [(freed_here, probe.summary())] if probe else []
+    summaries += [(c.freed_memory, c.probe_summary()) for c in children]
     return _merge_peaks(summaries), timings
 
 
@@ -291,6 +337,7 @@ def _records(case, runners, timings, gmacs_and_note, group_peak, clock) -> list[
                 "peak_dtype": peak_dtype,
                 "fraction_of_peak": achieved / ref_peak["gmacs_per_s"] if ref_peak else None,
                 "max_rel_err_vs_baseline": measured["error"],
+                "onednn_1x1": s.onednn_1x1,
                 "minor_faults_per_call": statistics.median(faults) if faults else None,
                 "freed_memory": r.freed_memory,
                 # The project's tools would keep freed memory; this variant's process did not.

@@ -31,8 +31,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import (  # noqa: E402
@@ -45,6 +43,7 @@ from benchmarks import (  # noqa: E402
     run_benchmark,
     write_benchmark,
 )
+from resnext_det.runtime import configure_process  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory",
         choices=MEMORY_MODES,
         default="as-shipped",
-        help="what the allocator does with freed memory (resnext_det.speed.keep_freed_memory, a "
-        "process setting): as-shipped (default: the project's CPU training defaults and folded "
-        "inference in a child process that keeps it, as the project's tools do; the rest, "
-        "detectron2 included, with the default), returned (the default for every variant) or "
-        "kept (for every variant, the baseline included)",
+        help="what the allocator does with freed memory (resnext_det.runtime.keep_freed_memory, "
+        "a process setting): as-shipped (default: the project's CPU training defaults and folded "
+        "inference in a child process started with resnext_det.runtime.KEEP_FREED_MEMORY_ENV, "
+        "as the project's tools run; the rest, detectron2 included, here with the default), "
+        "returned (the default for every variant) or kept (for every variant, the baseline "
+        "included; in a child process started with that setting)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show what the libraries print to the console (the profiler's own lines, "
+        "third-party notices); without it, progress and results only",
     )
     return p
 
@@ -99,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: must be a positive integer; got {args.threads}")
+    # This command's process: its threads and notices. Its allocator stays as it was started:
+    # the variants that need freed memory kept run in a child started with that setting.
+    configure_process(num_threads=args.threads or 0, quiet=not args.verbose)
     try:
         report = run_benchmark(
             models=args.models,
@@ -115,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
             clock=args.clock,
             peak=not args.no_peak,
             memory=args.memory,
+            verbose=args.verbose,
         )
     except BenchmarkInputError as exc:
         parser.error(f"--{exc.field}: {exc.detail}")
