@@ -45,16 +45,18 @@ run() {
     forward1) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
         --settings detectron2 channels_last optimized optimized+bf16 --repeats 5 --threads 1 \
         --clock cpu --memory returned --output "$OUT/cpu_forward_800x1216_1thread" ;;
-    # train and forward again with freed memory kept in the process (what the project's trainer
-    # and CPU inference do), for every setting, the baseline included.
+    # train and forward again with freed memory kept (what the project's trainer and CPU
+    # inference do), for every setting, the baseline included: in a child process started with
+    # resnext_det.runtime.KEEP_FREED_MEMORY_ENV.
     trainkeep) $PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
         --settings detectron2 channels_last channels_last+amp cpu_train_defaults --repeats 5 \
         --memory kept --output "$OUT/cpu_train_512x640_keep" ;;
     forwardkeep) $PY tools/benchmark.py --models X-50-32x4d X-101-32x8d --tasks forward \
         --settings detectron2 torchvision channels_last optimized optimized+bf16 --repeats 5 \
         --memory kept --output "$OUT/cpu_forward_800x1216_keep" ;;
-    # The targets as shipped: the project's paths in a process that keeps freed memory (what its
-    # trainer and CPU inference do), detectron2 with the allocator's default, interleaved.
+    # The targets as shipped: the project's paths in a child process started with its allocator
+    # setting (KEEP_FREED_MEMORY_ENV: what its trainer and CPU inference run with), detectron2
+    # with the allocator's default, interleaved.
     trainship) $PY tools/benchmark.py --models X-50-32x4d --tasks train --size 512 640 --batch 2 \
         --settings detectron2 cpu_train_defaults --repeats 5 --memory as-shipped \
         --output "$OUT/cpu_train_512x640_shipped" ;;
