@@ -61,7 +61,7 @@ def check_model_names(names: Any) -> None:
 
 # Characters markdown (CommonMark + GitHub's tables, strikethrough and math) gives a meaning
 # anywhere in a line. ("_" only where it can open or close emphasis: see markdown_text.)
-_MD_PUNCTUATION = frozenset("\\`*{}[]()#!|~$")
+_MD_PUNCTUATION = frozenset("\\`*[]|~$#")  # ( ) ! { } mean nothing once [ ] are escaped
 _MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
