@@ -32,6 +32,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ EVALUATION_DIR = "evaluation"  # in each cell: compare_models' files of that one
 # are the same for every variant), as the paper counts it (conv parameters, multiply-adds), at
 # the paper's 224x224 input.
 COMPLEXITY_INPUT = (224, 224)
+# How often a sweep training in a pool looks for finished cells to evaluate.
+_POLL_SECONDS = 5.0
 # The metrics the curve is drawn for (keys of compare_results' report).
 METRICS = {"AP": "AP", "AP50": "AP@0.5"}
 
@@ -948,19 +951,20 @@ def render_png(report: dict[str, Any], path: str | os.PathLike) -> None:
     ax = axes[1][1]
     pos = list(range(len(variants)))
     for j, (key, unit, color) in enumerate(
-        (("params", "parameters (M)", "tab:gray"), ("gflops", "GFLOPs", "tab:olive"))
+        (("params", "parameters", "tab:gray"), ("gflops", "GFLOPs", "tab:olive"))
     ):
         rel = [1.0 + v[f"{key}_vs_baseline"] for v in variants]
         bars = ax.bar([p + (j - 0.5) * 0.38 for p in pos], rel, 0.38, color=color, label=unit)
         for bar, v in zip(bars, variants):
-            value = v[key] / 1e6 if key == "params" else v[key]
             ax.annotate(
-                f"{value:.3g}\n{100 * v[f'{key}_vs_baseline']:+.1f}%",
+                f"{100 * v[f'{key}_vs_baseline']:+.0f}%",
                 (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center", va="bottom", fontsize=8,
             )  # fmt: skip
+    ticks_x = [f"{v['label']}\n{v['params'] / 1e6:.3g}M, {v['gflops']:.3g} GF" for v in variants]
     ax.axhline(1.0, color="black", lw=1)
-    ax.set_xticks(pos, [v["label"] for v in variants], rotation=15, ha="right", fontsize=9)
+    tilt = 15 if len(variants) > 4 else 0
+    ax.set_xticks(pos, ticks_x, rotation=tilt, ha="right" if tilt else "center", fontsize=8)
     ax.set_ylabel("relative to C = 1")
     ax.set_ylim(0, max(1.0 + v["params_vs_baseline"] for v in variants) * 1.3 + 0.1)
     ax.set_title(
@@ -972,10 +976,13 @@ def render_png(report: dict[str, Any], path: str | os.PathLike) -> None:
     runs = sorted({len(v["runs"]) for v in variants})
     fig.suptitle(
         f"Cardinality sweep, depth {report['template']['depth']}: {report['test_set']} "
-        f"({report['num_images']} images), {'/'.join(map(str, runs))} training runs per variant"
-        + (f", {len(report['missing'])} cells missing" if report["missing"] else ""),
+        f"({report['num_images']} images), {'/'.join(map(str, runs))} training "
+        f"run{'s' * (runs != [1])} per variant"
+        + (f", {len(report['missing'])} cells missing" if report["missing"] else "")
+        + ("" if report["run_to_run_measured"] else "\n(run-to-run variation unmeasured: "
+           "intervals over the test images only)"),
         fontsize=13,
-    )
+    )  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
@@ -1006,7 +1013,8 @@ def run_sweep(
     Args:
         plan: from :func:`plan_sweep`; its folder is claimed first (:func:`claim_out_dir`).
         parallel: runs at once, one thread each, in one pool (default: the machine's cores);
-            1: one after another in this process (whose threads are the caller's).
+            1: one after another in this process (whose threads are the caller's). With a
+            pool, this process evaluates finished cells while the last runs train.
         bootstrap, confidence: the comparison's resamples and family-wise confidence.
 
     Returns:
@@ -1016,12 +1024,28 @@ def run_sweep(
     claim_out_dir(plan)
     cells = plan.cells()
     workers = parallel or max(1, min(os.cpu_count() or 1, len(cells)))
-    trained = train_cells(plan, cells, parallel=workers)
-    evaluated = []
-    for v, k in cells:
-        if cell_state(plan, v, k) != "evaluated":
-            evaluate_cell(plan, v, k, progress=progress)
-            evaluated.append((v.name, k))
+    evaluated: list[tuple[str, int]] = []
+
+    def evaluate_trained() -> None:
+        for v, k in cells:
+            if cell_state(plan, v, k) == "trained":
+                evaluate_cell(plan, v, k, progress=progress)
+                evaluated.append((v.name, k))
+
+    if workers == 1:
+        trained = train_cells(plan, cells, parallel=1)
+    else:
+        # The pool's workers train; this process waits for them, and evaluates the cells they
+        # finished once fewer runs are left than workers (a core is idle: the sweep's tail).
+        todo = [(v, k) for v, k in cells if cell_state(plan, v, k) == "todo"]
+        with ThreadPoolExecutor(1) as waiter:
+            training = waiter.submit(train_cells, plan, cells, parallel=workers)
+            while not training.done():
+                if sum(cell_state(plan, v, k) == "todo" for v, k in todo) < workers:
+                    evaluate_trained()
+                wait([training], timeout=_POLL_SECONDS)
+            trained = training.result()
+    evaluate_trained()
     report = write_report(plan, bootstrap=bootstrap, confidence=confidence, progress=progress)
     return SweepResult(report, [(v.name, k) for v, k in trained], evaluated)
 

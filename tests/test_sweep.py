@@ -314,6 +314,16 @@ def test_a_killed_sweep_continues_where_it_stopped(synthetic, tmp_path):
     assert _report(out)["complete"]
 
 
+@pytest.mark.slow  # two spawned workers: ~20 s of imports
+def test_a_sweep_in_a_pool_evaluates_every_cell(synthetic, tmp_path):
+    """Two runs at once in worker processes; this process evaluates the cells they finish."""
+    plan = _plan(synthetic, tmp_path / "pool", cardinalities=(1, 2), runs=1)
+    result = run_sweep(plan, parallel=2, bootstrap=200, progress=False)
+    assert sorted(result.trained) == sorted(result.evaluated) == [("R-26", 0), ("X-26-2x2d", 0)]
+    report = _report(tmp_path / "pool")
+    assert report["complete"] and not report["run_to_run_measured"]
+
+
 def test_bonferroni_confidence():
     assert bonferroni_confidence(0.95, 4) == pytest.approx(0.9875)
     assert bonferroni_confidence(0.95, 1) == pytest.approx(0.95)

@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         flag = FLAGS.get(exc.argument, exc.argument)
         raise ConfigError(f"{flag}: {exc.message}") from None
-    print("\n" + "\n".join(f"- {s}" for s in report["summary"]["shows"]))
+    print("\nWhat the curve shows:\n" + "\n".join(f"- {s}" for s in report["summary"]["shows"]))
+    not_shown = report["summary"]["does_not_show"]
+    print("What it does not show:\n" + "\n".join(f"- {s}" for s in not_shown))
     if report["missing"]:
         print(f"missing cells: {len(report['missing'])} (listed in sweep.md)")
     print("report: " + ", ".join(report["outputs"][:3]))
