@@ -31,8 +31,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1014,7 +1014,7 @@ def run_sweep(
         plan: from :func:`plan_sweep`; its folder is claimed first (:func:`claim_out_dir`).
         parallel: runs at once, one thread each, in one pool (default: the machine's cores);
             1: one after another in this process (whose threads are the caller's). With a
-            pool, this process evaluates finished cells while the last runs train.
+            pool, a thread of this process evaluates finished cells while the last runs train.
         bootstrap, confidence: the comparison's resamples and family-wise confidence.
 
     Returns:
@@ -1026,8 +1026,10 @@ def run_sweep(
     workers = parallel or max(1, min(os.cpu_count() or 1, len(cells)))
     evaluated: list[tuple[str, int]] = []
 
-    def evaluate_trained() -> None:
+    def evaluate_trained(stop: threading.Event | None = None) -> None:
         for v, k in cells:
+            if stop is not None and stop.is_set():
+                return
             if cell_state(plan, v, k) == "trained":
                 evaluate_cell(plan, v, k, progress=progress)
                 evaluated.append((v.name, k))
@@ -1035,19 +1037,44 @@ def run_sweep(
     if workers == 1:
         trained = train_cells(plan, cells, parallel=1)
     else:
-        # The pool's workers train; this process waits for them, and evaluates the cells they
-        # finished once fewer runs are left than workers (a core is idle: the sweep's tail).
-        todo = [(v, k) for v, k in cells if cell_state(plan, v, k) == "todo"]
-        with ThreadPoolExecutor(1) as waiter:
-            training = waiter.submit(train_cells, plan, cells, parallel=workers)
-            while not training.done():
-                if sum(cell_state(plan, v, k) == "todo" for v, k in todo) < workers:
-                    evaluate_trained()
-                wait([training], timeout=_POLL_SECONDS)
-            trained = training.result()
+        trained = _train_evaluating_the_tail(plan, cells, workers, evaluate_trained)
     evaluate_trained()
     report = write_report(plan, bootstrap=bootstrap, confidence=confidence, progress=progress)
     return SweepResult(report, [(v.name, k) for v, k in trained], evaluated)
+
+
+def _train_evaluating_the_tail(
+    plan: SweepPlan,
+    cells: list[tuple[SweepVariant, int]],
+    workers: int,
+    evaluate_trained: Callable[[threading.Event], None],
+) -> list[tuple[SweepVariant, int]]:
+    """:func:`train_cells` in a pool of ``workers``, in this thread (where ``train_runs`` handles
+    SIGINT/SIGTERM), while a second thread evaluates the finished cells once fewer runs are left
+    than workers: a core is idle then (the sweep's tail), and the evaluations need not wait for
+    the last run."""
+    todo = [(v, k) for v, k in cells if cell_state(plan, v, k) == "todo"]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def evaluator() -> None:
+        try:
+            while not stop.wait(_POLL_SECONDS):
+                if sum(cell_state(plan, v, k) == "todo" for v, k in todo) < workers:
+                    evaluate_trained(stop)
+        except Exception as exc:  # raised in the caller's thread once training is over
+            failures.append(exc)
+
+    thread = threading.Thread(target=evaluator, name="sweep-evaluation", daemon=True)
+    thread.start()
+    try:
+        trained = train_cells(plan, cells, parallel=workers)
+    finally:
+        stop.set()
+        thread.join()
+    if failures:
+        raise failures[0]
+    return trained
 
 
 def run_cell(plan: SweepPlan, variant: SweepVariant, seed: int, *, progress: bool = True) -> Path:

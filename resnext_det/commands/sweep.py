@@ -23,6 +23,7 @@ docs/sweep.md says what the curve can and cannot show.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from detectron2.utils.logger import setup_logger
@@ -31,10 +32,12 @@ from ..complexity import PAPER_CARDINALITIES
 from ..demo import RUNS
 from ..errors import ConfigError
 from ..evaluation.bootstrap import MIN_RESAMPLES
+from ..training.seeds import SeedRunsInterrupted
 from .common import (
     command,
     configure_inference_process,
     configure_training_process,
+    error_line,
     set_console_verbosity,
 )
 
@@ -246,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         flag = FLAGS.get(exc.argument, exc.argument)
         raise ConfigError(f"{flag}: {exc.message}") from None
+    except SeedRunsInterrupted as exc:  # what finished, what stopped, how to go on
+        print(f"resnext-det sweep: {error_line(exc)}", file=sys.stderr)
+        return exc.exit_status  # 130 (SIGINT) or 143 (SIGTERM)
     print("\nWhat the curve shows:\n" + "\n".join(f"- {s}" for s in report["summary"]["shows"]))
     not_shown = report["summary"]["does_not_show"]
     print("What it does not show:\n" + "\n".join(f"- {s}" for s in not_shown))
