@@ -21,10 +21,13 @@ def test_everything_imports_and_model_zoo_configs_are_installed():
     import pycocotools  # noqa: F401
     import torchvision  # noqa: F401
 
-    import resnext_det  # noqa: F401
+    import resnext_det
 
+    # detectron2's model-zoo configs are installed with it, and resnext-det reads them.
     path = model_zoo.get_config_file("COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml")
-    assert path.endswith("faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+    cfg = resnext_det.load_config(path)
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NUM_GROUPS) == (101, 32)
+    assert cfg.MODEL.RESNETS.WIDTH_PER_GROUP == 8 and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False
 
 
 def test_missing_detectron2_gives_a_clear_message():
@@ -39,16 +42,23 @@ def test_env_report():
     out = subprocess.run(
         [sys.executable, "-m", "resnext_det.env"], capture_output=True, text=True, check=True
     ).stdout
-    for key in (
-        "Python",
-        "torch",
-        "torchvision",
-        "detectron2",
-        "CUDA available",
-        "detectron2 compiled ops",
-    ):
-        assert key in out
-    assert torch.__version__ in out
+    import importlib.metadata
+    import os
+
+    import detectron2
+    import torchvision
+
+    # "KEY<spaces>VALUE" rows; each value must be the one this Python has, not just a label.
+    rows = {line[:25].strip(): line[25:].strip() for line in out.splitlines() if line.strip()}
+    assert rows["torch"] == torch.__version__
+    assert rows["torchvision"] == torchvision.__version__
+    version = importlib.metadata.version("detectron2")  # 0.6+pb1nocsrc4: the build, not 0.6
+    assert rows["detectron2"].startswith(f"{version} from {os.path.dirname(detectron2.__file__)}")
+    assert rows["CUDA available"] == str(torch.cuda.is_available())
+    assert rows["CPU threads"] == str(torch.get_num_threads())
+    ops = dict(op.split(": ") for op in rows["detectron2 compiled ops"].split(", "))
+    assert "deform_conv_forward" in ops
+    assert (ops["deform_conv_forward"] == "no") == _is_stand_in(), ops
 
 
 def test_machine_info_and_environment_report():

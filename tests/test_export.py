@@ -533,7 +533,16 @@ def test_sidecar_fields(tiny_ckpt):
     out = ckpt.parent / "bb.onnx"
     result = export_backbone(cfg, ckpt, "onnx", out, fpn=True, fold_bn=True)
     meta = json.loads((ckpt.parent / "bb.onnx.json").read_text())
-    assert meta == json.loads(json.dumps(result.metadata))
+    # The sidecar describes the file written (its sha256), so the project's reader takes it; a
+    # sidecar left beside another file is ignored.
+    from resnext_det.weights.io import read_sidecar
+
+    assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert read_sidecar(out) == meta and result.path == out
+    other = ckpt.parent / "other.onnx"
+    other.write_bytes(out.read_bytes() + b"\0")
+    (ckpt.parent / "other.onnx.json").write_text(json.dumps(meta))
+    assert read_sidecar(other) == {}
     arch = meta["architecture"]
     assert (arch["depth"], arch["cardinality"], arch["width_per_group"]) == (26, 2, 4)
     assert arch["block_form"] == "grouped" and arch["source_block_form"] == "grouped"
