@@ -39,6 +39,11 @@ from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
+from detectron2.modeling.backbone.fpn import (
+    build_resnet_fpn_backbone,
+    build_retinanet_resnet_fpn_backbone,
+)
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .backbone import (
     build_resnext_backbone,
@@ -48,6 +53,7 @@ from .backbone import (
 from .complexity import backbone_complexity
 from .errors import ConfigError
 from .io import staged_files, write_json_atomic
+from .reading import read_json_file
 from .spec import ARCHITECTURES, ResNeXtSpec, block_params
 
 __all__ = [
@@ -72,13 +78,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The builders whose network is MODEL.RESNETS' ResNet/ResNeXt: this project's and detectron2's.
-RESNET_BACKBONES = (
-    build_resnext_backbone.__name__,
-    build_resnext_fpn_backbone.__name__,
-    build_resnext_retinanet_fpn_backbone.__name__,
-    "build_resnet_backbone",
-    "build_resnet_fpn_backbone",
-    "build_retinanet_resnet_fpn_backbone",
+RESNET_BACKBONES = tuple(
+    builder.__name__
+    for builder in (
+        build_resnext_backbone,
+        build_resnext_fpn_backbone,
+        build_resnext_retinanet_fpn_backbone,
+        build_resnet_backbone,
+        build_resnet_fpn_backbone,
+        build_retinanet_resnet_fpn_backbone,
+    )
 )
 # What each variant is. "cardinality": the equal-complexity curve (Table 3); the others are
 # Table 4's three ways to twice the complexity of the ResNet: more blocks, a wider bottleneck,
@@ -104,7 +113,7 @@ METRICS = {"AP": "AP", "AP50": "AP@0.5"}
 
 class SweepError(ConfigError):
     """A sweep's argument is not allowed; ``argument`` names it (``cardinalities``, ``runs``,
-    ``out_dir``, ``cell``, ...), so that a command can name its own flag."""
+    ``out_dir``, ``seed``, ...), so that a command can name its own flag."""
 
     def __init__(self, argument: str, message: str):
         super().__init__(f"{argument}: {message}")
@@ -159,16 +168,6 @@ class SweepPlan:
     def baseline(self) -> SweepVariant:
         """The ResNet (C = 1): every variant is compared with it."""
         return self.variants[0]
-
-    def variant(self, name: str) -> SweepVariant:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise SweepError("cell", f"{name!r} is not a variant of this sweep; it has {self.names}")
-
-    @property
-    def names(self) -> list[str]:
-        return [v.name for v in self.variants]
 
     def variant_config(self, variant: SweepVariant) -> CfgNode:
         """The training config of ``variant``: the base config with its depth, C and d, into
@@ -235,15 +234,15 @@ def _check_cardinalities(cardinalities: Sequence[int]) -> tuple[int, ...]:
 
 
 def _template(base: ResNeXtSpec, cardinality: int) -> ResNeXtSpec:
-    """The template's network of ``cardinality`` at ``base``'s depth and widths, refused where its
-    width rounds to 0 (a block of d = 1 already further from the ResNet's than no block)."""
+    """The template's network of ``cardinality`` at the depth and widths of ``base`` (the
+    template's ResNet), refused where its width rounds to 0 (a block of d = 1 already further
+    from the ResNet's than no block at all)."""
     try:
         spec = base.replace(cardinality=cardinality, width_per_group=0)
     except ValueError as exc:  # e.g. GroupNorm(32) needs C*d divisible by 32
         raise SweepError("cardinalities", f"C = {cardinality}: {exc}") from None
     channels = spec.res2_out_channels
-    resnet_width = base.replace(cardinality=1, width_per_group=0).width_per_group
-    target = block_params(1, resnet_width, channels)
+    target = block_params(1, base.width_per_group, channels)
     got = block_params(cardinality, spec.width_per_group, channels)
     if abs(got - target) >= target:
         largest = math.ceil(2 * target / block_params(1, 1, channels)) - 1
@@ -393,12 +392,16 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+def _shown(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "(unset)"
+
+
 def _differences(there: dict[str, Any], here: dict[str, Any]) -> list[str]:
     # Through JSON both ways: a tuple here is a list there.
     a, b = (_flat(json.loads(json.dumps(s))) for s in (there, here))
     a.pop("variants", None), b.pop("variants", None)  # follow from the rest
     return [
-        f"{k.removeprefix('config.')} {a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} here"
+        f"{k.removeprefix('config.')} {_shown(a, k)} there, {_shown(b, k)} here"
         for k in sorted(a.keys() | b.keys())
         if a.get(k) != b.get(k)
     ]
@@ -409,7 +412,7 @@ def load_settings(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(out_dir) / SETTINGS_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_file(path, "sweep settings file")
 
 
 def claim_out_dir(plan: SweepPlan, *, create: bool = True) -> None:
@@ -512,7 +515,7 @@ def evaluate_cell(
 
 def _cell_figures(plan: SweepPlan, variant: SweepVariant, seed: int) -> dict[str, Any]:
     out = plan.run_dir(variant, seed) / EVALUATION_DIR
-    report = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    report = read_json_file(out / "comparison.json", "cell evaluation")
     m = report["models"][variant.name]
     return {
         "seed": seed,

@@ -23,6 +23,7 @@ docs/sweep.md says what the curve can and cannot show.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -52,7 +53,6 @@ FLAGS = {
     "also_deeper": "--also-deeper",
     "also_wider": "--also-wider",
     "seed": "--seed",
-    "cell": "--variant",
     "bootstrap": "--bootstrap",
 }
 
@@ -148,7 +148,7 @@ def argument_parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     """The sweep of the command line; with --report-only and no --config-file, DIR's own."""
     from ..config import load_config
-    from ..sweep import load_settings, plan_sweep
+    from ..sweep import SETTINGS_FILE, load_settings, plan_sweep
 
     if args.config_file is None:
         if not args.report_only:
@@ -174,7 +174,7 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
         args.runs,
         also_deeper=args.also_deeper,
         also_wider=args.also_wider,
-        config_file=args.config_file,
+        config_file=args.config_file or os.path.join(args.out, SETTINGS_FILE),
     )
 
 
