@@ -12,7 +12,9 @@
 4. export the ResNeXt backbone of its first run (detectron2 safetensors for ``MODEL.WEIGHTS``,
    and ONNX).
 
-``make demo`` runs it; ``schedule="smoke"`` is the same pipeline with a few iterations, for tests.
+``make demo`` runs it; ``schedule="short"`` is the same pipeline on a smaller set and schedule
+that still learns (about a minute, for tests and a first look), ``"smoke"`` every step with a few
+iterations (seconds, nothing learned).
 """
 
 from __future__ import annotations
@@ -40,8 +42,14 @@ DEMO_MODELS = {
     "R-26 (1x16d)": CONFIGS / "faster_rcnn_R_demo.yaml",
     "X-26 (4x6d)": CONFIGS / "faster_rcnn_X_demo.yaml",
 }
-# The smoke schedule: every step of the pipeline, in seconds rather than minutes.
-SMOKE = {"num_train": 8, "num_val": 4, "max_iter": 3, "ims_per_batch": 2, "bootstrap": 200}
+# Shorter schedules than the configs' ("full"): the data set's size, the schedule, the bootstrap.
+# "short": long enough that every run learns (tests/test_demo.py asserts it); "smoke": every step
+# of the pipeline in seconds.
+SCHEDULES: dict[str, dict[str, int]] = {
+    "short": {"num_train": 128, "num_val": 32, "max_iter": 250, "ims_per_batch": 8},
+    "smoke": {"num_train": 8, "num_val": 4, "max_iter": 3, "ims_per_batch": 2},
+}
+SHORT_BOOTSTRAP = 200
 # Training runs per model: 3 is the fewest whose between-run spread means something (the
 # comparison's run term has n-1 degrees of freedom per model); docs/statistics.md.
 RUNS = 3
@@ -56,19 +64,21 @@ class DemoResult:
     runs: dict[str, list[Path]]  # model name -> each run's model_final.pth
 
 
-def demo_config(config_file: Path, out_dir: Path, *, smoke: bool = False) -> CfgNode:
-    """The demo config of one model, writing to ``out_dir``; ``smoke`` shortens the schedule."""
+def demo_config(config_file: Path, out_dir: Path, *, schedule: str = "full") -> CfgNode:
+    """The demo config of one model, writing to ``out_dir``, with a schedule of
+    :data:`SCHEDULES` (``full``: the config's own)."""
     cfg = load_config(config_file)
     cfg.OUTPUT_DIR = str(out_dir)
     # The comparison evaluates both models on the val split (with intervals); an evaluation at
     # the end of training would only repeat it.
     cfg.DATASETS.TEST = ()
-    if smoke:
-        cfg.SOLVER.MAX_ITER = SMOKE["max_iter"]
-        cfg.SOLVER.STEPS = (SMOKE["max_iter"] - 1,)
-        cfg.SOLVER.WARMUP_ITERS = 1
-        cfg.SOLVER.IMS_PER_BATCH = SMOKE["ims_per_batch"]
-        cfg.SOLVER.CHECKPOINT_PERIOD = SMOKE["max_iter"]
+    if schedule != "full":
+        s = SCHEDULES[schedule]
+        cfg.SOLVER.MAX_ITER = s["max_iter"]
+        cfg.SOLVER.STEPS = tuple(sorted({s["max_iter"] * 3 // 4, s["max_iter"] * 9 // 10}))
+        cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, s["max_iter"] // 3)
+        cfg.SOLVER.IMS_PER_BATCH = s["ims_per_batch"]
+        cfg.SOLVER.CHECKPOINT_PERIOD = s["max_iter"]
     cfg.freeze()
     return cfg
 
@@ -86,13 +96,14 @@ def run_demo(
     Args:
         out_dir: data, per-model training output (``model_<i>/seed_<k>/``), ``comparison/`` and
             ``export/``. Run again, finished runs are skipped and killed ones resumed.
-        schedule: ``full`` (the configs' schedules, minutes per run on a CPU) or ``smoke``.
+        schedule: ``full`` (the configs' schedules, minutes per run on a CPU), ``short`` or
+            ``smoke`` (:data:`SCHEDULES`).
         seed: the data set's seed.
         runs: training runs per model (seeds ``0..runs-1``).
         parallel: runs trained at once, one thread each; default: the machine's cores.
     """
-    if schedule not in ("full", "smoke"):
-        raise ValueError(f"schedule must be 'full' or 'smoke'; got {schedule!r}")
+    if schedule != "full" and schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {['full', *SCHEDULES]}; got {schedule!r}")
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer; got {runs!r}")
     from .data import make_synthetic_coco
@@ -100,16 +111,16 @@ def run_demo(
     from .export import export_backbone
     from .training import seed_run_config, train_runs
 
-    smoke = schedule == "smoke"
     out = Path(out_dir)
 
-    sizes = {"num_train": SMOKE["num_train"], "num_val": SMOKE["num_val"]} if smoke else {}
+    short = SCHEDULES.get(schedule, {})
+    sizes = {k: short[k] for k in ("num_train", "num_val") if k in short}
     data = make_synthetic_coco(out / "data", seed=seed, **sizes)
     data.register("synthetic")
     logger.info(f"demo data set: {data.train_json}, {data.val_json}")
 
     configs = {
-        name: demo_config(config_file, out / f"model_{i}", smoke=smoke)
+        name: demo_config(config_file, out / f"model_{i}", schedule=schedule)
         for i, (name, config_file) in enumerate(DEMO_MODELS.items(), 1)
     }
     jobs = [(cfg, k) for k in range(runs) for cfg in configs.values()]  # R and X alternate
@@ -126,7 +137,7 @@ def run_demo(
         models,
         "synthetic_val",
         out / "comparison",
-        bootstrap=SMOKE["bootstrap"] if smoke else 1000,
+        bootstrap=SHORT_BOOTSTRAP if short else 1000,
     )
 
     cfg_x, weights_x = models[list(models)[-1]][0]

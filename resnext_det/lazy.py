@@ -301,7 +301,7 @@ class LazyTrainer(Trainer):
             )
         view = lazy_training_view(cfg)
         model = instantiate(cfg.model).to(view.MODEL.DEVICE)
-        logger.info(f"Model:\n{model}")
+        logger.debug(f"Model:\n{model}")  # hundreds of lines: the log file's (and --verbose)
 
         def build_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
             cfg.optimizer.params.model = model

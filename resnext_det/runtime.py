@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import platform
 import sys
 import warnings
@@ -26,9 +27,11 @@ import torch
 
 __all__ = [
     "KEEP_FREED_MEMORY_ENV",
+    "VERBOSE_ENV",
     "configure_process",
     "keep_freed_memory",
     "quiet_third_party_notices",
+    "set_console_verbosity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +104,27 @@ def quiet_third_party_notices() -> None:
     cpp = logging.getLogger("torch.utils.cpp_extension")
     if not any(isinstance(f, _NoCudaRuntimeLine) for f in cpp.filters):
         cpp.addFilter(_NoCudaRuntimeLine())
+
+
+#: "1": the console shows DEBUG records too (``--verbose``); inherited by worker processes.
+VERBOSE_ENV = "RESNEXT_DET_VERBOSE"
+_CONSOLE_LOGGERS = ("detectron2", "fvcore", "resnext_det")
+
+
+def set_console_verbosity(verbose: bool | None = None) -> None:
+    """The console handlers of detectron2's, fvcore's and this project's loggers show INFO and
+    above; with ``verbose`` (default: :data:`VERBOSE_ENV`) DEBUG too: parameter-loading tables,
+    model printouts. Log files keep everything. Call after the handlers are set up
+    (detectron2's ``setup_logger``); ``verbose=True`` also sets :data:`VERBOSE_ENV` for the
+    process's workers."""
+    if verbose is None:
+        verbose = os.environ.get(VERBOSE_ENV) == "1"
+    elif verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    for name in _CONSOLE_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler:  # not a FileHandler (a subclass)
+                handler.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def configure_process(

@@ -66,7 +66,10 @@ def faults_of_a_pass():
         torch.empty(16 << 20).fill_(1.0)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
 faults_of_a_pass()
-print(json.dumps({"faults": faults_of_a_pass()}))
+faults_of_a_pass()
+# The fewest of three passes: glibc may still fault a block in once more early on (seen with
+# both mallopt and the environment), while the default faults every block in on every pass.
+print(json.dumps({"faults": min(faults_of_a_pass() for _ in range(3))}))
 """
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -37,7 +36,6 @@ __all__ = [
     "configure_inference_process",
     "configure_training_process",
     "error_line",
-    "set_console_verbosity",
 ]
 
 # What a user's input or environment can cause; anything else is a bug and keeps its traceback.
@@ -86,30 +84,6 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
     return wrap
 
 
-# Loggers whose INFO lines are tables for the log file, not the console: detectron2's and
-# fvcore's parameter-loading reports (hundreds of rows per model).
-_TABLE_LOGGERS = ("detectron2.checkpoint.c2_model_loading", "fvcore.common.checkpoint")
-
-
-class _ConsoleOnlyAbove(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith(_TABLE_LOGGERS)
-
-
-def set_console_verbosity(verbose: bool) -> None:
-    """Without ``verbose``, the console handlers of detectron2's and this project's loggers drop
-    the parameter-loading tables (they still reach the log file). Call after ``setup_logger``."""
-    if verbose:
-        return
-    for name in ("detectron2", "fvcore", "resnext_det"):
-        for handler in logging.getLogger(name).handlers:
-            console = isinstance(handler, logging.StreamHandler) and not isinstance(
-                handler, logging.FileHandler
-            )
-            if console and not any(isinstance(f, _ConsoleOnlyAbove) for f in handler.filters):
-                handler.addFilter(_ConsoleOnlyAbove())
-
-
 def configure_training_process(cfg: Any) -> None:
     """The process part of ``cfg.CPU_TRAINING`` (threads, freed memory kept), for a command's
     process that trains on the CPU; nothing off the CPU or with ``CPU_TRAINING.ENABLED`` False."""
@@ -146,6 +120,12 @@ def add_data_and_weights_arguments(parser: argparse.ArgumentParser) -> None:
         help="register a COCO-format dataset under NAME before building (repeatable), checked "
         "when registered; for yacs configs the same as adding [NAME, JSON, IMAGE_ROOT] to "
         "DATASETS.COCO_REGISTER",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show DEBUG lines on the console too (parameter-loading tables, the model); the "
+        "log file in OUTPUT_DIR has them either way",
     )
     parser.add_argument(
         "--allow-partial-weights",

@@ -14,18 +14,22 @@ from .common import command
 
 @command("demo")
 def main(argv: list[str] | None = None) -> int:
-    from ..demo import RUNS, run_demo
+    from ..demo import RUNS, SCHEDULES, run_demo
     from ..evaluation.report import format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="output/demo", help="output directory")
     parser.add_argument(
         "--schedule",
-        choices=("full", "smoke"),
+        choices=("full", *SCHEDULES),
         default="full",
-        help="smoke: every step with a few iterations (seconds)",
+        help="short: a smaller set and schedule that still learns (about a minute); smoke: every "
+        "step with a few iterations (seconds)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data set")
+    parser.add_argument(
+        "--verbose", action="store_true", help="DEBUG lines on the console too (model, tables)"
+    )
     parser.add_argument("--runs", type=int, default=RUNS, help="training runs per model")
     parser.add_argument(
         "--parallel", type=int, default=None, help="runs at once (default: the machine's cores)"
@@ -33,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from detectron2.utils.logger import setup_logger
 
-    from ..runtime import configure_process
+    from ..runtime import configure_process, set_console_verbosity
 
     setup_logger(name="detectron2")
     setup_logger(name="resnext_det")
+    set_console_verbosity(args.verbose)
     # Runs trained in this process (--parallel 1) and the comparison keep freed memory, as
     # CPU_TRAINING.KEEP_FREED_MEMORY and MODEL.RESNEXT.KEEP_FREED_MEMORY ask by default.
     configure_process(keep_freed_memory=True)

@@ -17,6 +17,7 @@ from typing import Any
 from detectron2.engine import default_argument_parser
 
 from ..lazy import evaluate_lazy_weights, lazy_training_view, setup, train_lazy
+from ..runtime import set_console_verbosity
 from .common import (
     add_data_and_weights_arguments,
     command,
@@ -42,6 +43,7 @@ def argument_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Mapping[str, Any] | None:
     """What each process runs: set up, its process settings, then train or ``--eval-only``."""
     cfg = setup(args)
+    set_console_verbosity(getattr(args, "verbose", False))
     view = lazy_training_view(cfg)
     if args.eval_only:
         return evaluate_lazy_weights(

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from ..predict import expand_inputs, parse_model_spec, prediction_config, run_predictions
+from ..runtime import set_console_verbosity
 from .common import command, configure_inference_process
 
 __all__ = ["argument_parser", "main"]
@@ -46,6 +47,9 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--verbose", action="store_true", help="DEBUG lines on the console too (loading tables)"
+    )
+    parser.add_argument(
         "--opts",
         default=[],
         nargs=argparse.REMAINDER,
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="resnext_det")
+    set_console_verbosity(args.verbose)
     inputs = expand_inputs(args.input)
     threshold = args.confidence_threshold
     if args.compare:

@@ -11,6 +11,7 @@ from typing import Any
 from detectron2.engine import default_argument_parser
 
 from ..errors import ConfigError
+from ..runtime import set_console_verbosity
 from ..training import build_config, evaluate, setup, torchrun_env, train, train_seed_runs
 from ..training.seeds import SeedRunsInterrupted
 from .common import (
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> Any:
     """What each process runs (detectron2's launcher calls it with the parsed arguments): its
     process set-up from the config, then training or ``--eval-only``."""
     cfg = setup(args)
+    set_console_verbosity(getattr(args, "verbose", False))
     if args.eval_only:
         return evaluate(
             cfg,

@@ -59,7 +59,7 @@ from detectron2.utils.logger import setup_logger
 from ..data import register_from_config
 from ..errors import ConfigError
 from ..io import write_text_atomic
-from ..runtime import configure_process
+from ..runtime import configure_process, set_console_verbosity
 from ..speed import cpu_training_settings
 from .hooks import is_checkpoint_iter
 from .lock import lock_output_dir
@@ -380,6 +380,9 @@ def _worker_init(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     os.environ["OMP_NUM_THREADS"] = "1"
     configure_process(num_threads=1)
+    for name in _LOGGERS:  # the console handlers each run's log reuses, at the parent's verbosity
+        setup_logger(name=name)
+    set_console_verbosity()
     for name, (records, metadata) in datasets.items():
         DatasetCatalog.register(name, lambda records=records: records)
         metadata = {k: v for k, v in metadata.items() if k != "name"}

@@ -264,7 +264,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         model = build_model(cfg)
-        logger.info(f"Model:\n{model}")
+        logger.debug(f"Model:\n{model}")  # hundreds of lines: the log file's (and --verbose)
         return model
 
     @classmethod

@@ -101,7 +101,8 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> dict[str, Any]:
         weights = read_weights(filename)
         state, report = plan_load(self.model, weights)
-        self.logger.info("%s", report.table())
+        self.logger.info("%s", report.summary())
+        self.logger.debug("%s", report.table())
         if self._completeness is not None:
             from .complete import check_load_report
 

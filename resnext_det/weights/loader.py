@@ -62,6 +62,24 @@ class LoadReport:
     )
     dropped: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: the file, its layout and conventions, and how many tensors were loaded,
+        missing, unexpected, mismatched (the console's; :meth:`table` is the log file's)."""
+        counts = [f"{len(self.matched)} tensors loaded"]
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.shape_mismatched),
+            ("dropped", self.dropped),
+        ):
+            if keys:
+                counts.append(f"{len(keys)} {label}")
+        return (
+            f"Loaded '{self.path}' ({self.layout} layout, "
+            f"{self.architecture.name if self.architecture else 'no ResNet'}; "
+            f"{self.conventions.source or 'conventions unknown'}): {', '.join(counts)}"
+        )
+
     def table(self) -> str:
         """The matched weights grouped by module, as detectron2's ``align_and_update_state_dicts``
         logs them, followed by what was not loaded."""
@@ -306,5 +324,6 @@ def load_pretrained(
     leftover = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
     if leftover:  # cannot happen: plan_load only passes keys the model has
         raise RuntimeError(f"load_state_dict did not use {leftover[:5]}")
-    logger.info("%s", report.table())
+    logger.info("%s", report.summary())
+    logger.debug("%s", report.table())
     return report
