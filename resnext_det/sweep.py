@@ -476,10 +476,16 @@ def train_cells(
 
 
 def evaluate_cell(
-    plan: SweepPlan, variant: SweepVariant, seed: int, *, progress: bool = True
+    plan: SweepPlan,
+    variant: SweepVariant,
+    seed: int,
+    *,
+    inference: Any = None,
+    progress: bool = True,
 ) -> Path:
     """Evaluate the trained cell on the test set, once, into ``<run>/evaluation/``
-    (:func:`~resnext_det.evaluation.compare_models` of this one run: its results json, AP, ...).
+    (:func:`~resnext_det.evaluation.compare_models` of this one run, with the
+    :class:`~resnext_det.speed.InferenceSettings` ``inference``: its results json, AP, ...).
 
     Returns:
         the evaluation's ``comparison.json``.
@@ -503,6 +509,7 @@ def evaluate_cell(
         bootstrap=0,
         gallery=0,
         device=cfg.MODEL.DEVICE,
+        inference=inference,
         progress=progress,
     )
     return out / "comparison.json"
@@ -1009,6 +1016,7 @@ def run_sweep(
     parallel: int | None = None,
     bootstrap: int = 1000,
     confidence: float = 0.95,
+    inference: Any = None,
     progress: bool = True,
 ) -> SweepResult:
     """Train what is not trained, evaluate what is not evaluated, write the report.
@@ -1019,6 +1027,7 @@ def run_sweep(
             1: one after another in this process (whose threads are the caller's). With a
             pool, a thread of this process evaluates finished cells while the last runs train.
         bootstrap, confidence: the comparison's resamples and family-wise confidence.
+        inference: how the runs are evaluated (:func:`evaluate_cell`).
 
     Returns:
         the report and the cells trained and evaluated by this call (a re-run of a finished
@@ -1034,7 +1043,7 @@ def run_sweep(
             if stop is not None and stop.is_set():
                 return
             if cell_state(plan, v, k) == "trained":
-                evaluate_cell(plan, v, k, progress=progress)
+                evaluate_cell(plan, v, k, inference=inference, progress=progress)
                 evaluated.append((v.name, k))
 
     if workers == 1:
@@ -1080,7 +1089,14 @@ def _train_evaluating_the_tail(
     return trained
 
 
-def run_cell(plan: SweepPlan, variant: SweepVariant, seed: int, *, progress: bool = True) -> Path:
+def run_cell(
+    plan: SweepPlan,
+    variant: SweepVariant,
+    seed: int,
+    *,
+    inference: Any = None,
+    progress: bool = True,
+) -> Path:
     """Train (or resume, or skip) and evaluate one cell in this process: one job of a cluster
     array into the sweep's folder; ``write_report`` later gathers whatever cells are done.
 
@@ -1093,4 +1109,4 @@ def run_cell(plan: SweepPlan, variant: SweepVariant, seed: int, *, progress: boo
         )
     claim_out_dir(plan)
     train_cells(plan, [(variant, seed)], parallel=1)
-    return evaluate_cell(plan, variant, seed, progress=progress)
+    return evaluate_cell(plan, variant, seed, inference=inference, progress=progress)
