@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -396,10 +397,13 @@ def staged_files(
     temps: list[Path] = []
     names = ", ".join(map(os.fspath, paths))
     try:
+        modes: list[int] = []
         for dest in dests:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = _temp_path(dest)
-            os.close(_create(tmp))
+            fd = _create(tmp)
+            modes.append(stat.S_IMODE(os.fstat(fd).st_mode))  # 0o666 less the umask
+            os.close(fd)
             temps.append(tmp)
         try:
             yield list(temps)
@@ -408,7 +412,11 @@ def staged_files(
             if behind is exc:
                 raise
             raise behind from exc
-        for tmp in temps:
+        for tmp, mode in zip(temps, modes):
+            # A writer that replaces the path it is given (safetensors' save_file writes its own
+            # 0600 file) would make the output private: give it the umask's mode back.
+            if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+                os.chmod(tmp, mode)
             fd = os.open(tmp, os.O_RDWR)
             try:
                 os.fsync(fd)

@@ -54,6 +54,16 @@ def test_writes_and_permissions_follow_the_umask(tmp_path, umask_027):
     assert sorted(os.listdir(tmp_path)) == ["b.bin", "s1", "s2", "sub", "t.md"]
 
 
+def test_a_writer_that_replaces_its_temporary_file_still_gets_the_umask_mode(tmp_path, umask_027):
+    # safetensors' save_file writes a new 0600 file over the path it is given (issue 27).
+    from safetensors.torch import save_file
+
+    out = tmp_path / "w.safetensors"
+    with staged_files([out]) as (tmp,):
+        save_file({"x": torch.zeros(2)}, str(tmp))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+
+
 @pytest.mark.parametrize("where", ["write", "fsync", "replace"])
 def test_failed_write_keeps_the_old_file_and_names_the_path(tmp_path, monkeypatch, where):
     out = tmp_path / "a.bin"
