@@ -31,6 +31,16 @@ SCHEDULE = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_here():
+    """Runs trained in this process use its thread count, which is the caller's to set (as
+    ``resnext-det train`` does from CPU_TRAINING.NUM_THREADS); workers set their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     from resnext_det.data import make_synthetic_coco
