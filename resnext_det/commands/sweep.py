@@ -33,13 +33,13 @@ from ..complexity import PAPER_CARDINALITIES
 from ..demo import RUNS
 from ..errors import ConfigError
 from ..evaluation.bootstrap import MIN_RESAMPLES
+from ..runtime import set_console_verbosity
 from ..training.seeds import SeedRunsInterrupted
 from .common import (
     command,
     configure_inference_process,
     configure_training_process,
     error_line,
-    set_console_verbosity,
 )
 
 __all__ = ["argument_parser", "main"]
@@ -139,7 +139,10 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
-        "--verbose", action="store_true", help="the parameter-loading tables on the console too"
+        "--verbose",
+        action="store_true",
+        help="DEBUG lines on the console too (parameter-loading tables); the runs' log.txt have "
+        "them either way",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
@@ -226,19 +229,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif variant is not None:
             configure_training_process(plan.config)  # this process trains the cell
-            configure_inference_process(plan.config)
-            path = run_cell(plan, variant, args.seed, progress=progress)
+            inference = configure_inference_process(plan.config)
+            path = run_cell(plan, variant, args.seed, inference=inference, progress=progress)
             print(f"cell {variant.name}/seed_{args.seed}: {path}")
             return 0
         else:
             if args.parallel == 1:
                 configure_training_process(plan.config)  # the runs train in this process
-            configure_inference_process(plan.config)
             result = run_sweep(
                 plan,
                 parallel=args.parallel,
                 bootstrap=args.bootstrap,
                 confidence=args.confidence,
+                inference=configure_inference_process(plan.config),
                 progress=progress,
             )
             report = result.report
