@@ -52,6 +52,7 @@ from .backbone import (
 )
 from .complexity import backbone_complexity
 from .errors import ConfigError
+from .evaluation.report import FINDING, IMAGES_ONLY
 from .io import staged_files, write_json_atomic
 from .reading import read_json_file
 from .spec import ARCHITECTURES, ResNeXtSpec, block_params
@@ -749,7 +750,12 @@ def _summary(report: dict[str, Any]) -> dict[str, list[str]]:
             if group:
                 shows.append(
                     f"{label}: {word} than the ResNet for "
-                    + ", ".join(f"{v['label']} ({_delta_text(v['delta'][key])})" for v in group)
+                    + ", ".join(
+                        f"{v['label']} ({_delta_text(v['delta'][key])}"
+                        + ("" if v["run_to_run_measured"] else "; test images only: no finding")
+                        + ")"
+                        for v in group
+                    )
                     + "."
                 )
         means = [v[key] for v in curve]
@@ -810,6 +816,14 @@ def _summary(report: dict[str, Any]) -> dict[str, list[str]]:
     return {"shows": shows, "does_not_show": not_shown}
 
 
+def _mark(delta: dict, variant: dict) -> str:
+    """The comparison's marks (:mod:`resnext_det.evaluation.report`): a finding, or an
+    images-only interval that excludes 0."""
+    if not delta["excludes_0"]:
+        return ""
+    return f" {FINDING if variant['run_to_run_measured'] else IMAGES_ONLY}"
+
+
 def render_markdown_sweep(report: dict[str, Any]) -> str:
     """``sweep.md``: the settings, one row per variant, and the summary in words."""
     fw = report["familywise"]
@@ -848,13 +862,15 @@ def render_markdown_sweep(report: dict[str, Any]) -> str:
             cells.append(f"{_f(v[k])} [{_f(iv[0])}, {_f(iv[1])}]" if v[k] is not None else "-")
         for k in METRICS:
             d = (v["delta"] or {}).get(k)
-            cells.append(_delta_text(d) + (" *" if d["excludes_0"] else "") if d else "")
+            cells.append(_delta_text(d) + _mark(d, v) if d else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "AP and AP@0.5 on COCO's 0-100 scale, means over runs with their intervals; Δ: the "
-        "difference from the ResNet (C = 1); `*`: its interval excludes 0. Every run's weights "
-        "and figures are in sweep.json; per-category AP in comparison.md.",
+        f"difference from the ResNet (C = 1); `{FINDING}`: its interval excludes 0; "
+        f"`{IMAGES_ONLY}`: it excludes 0 but covers the test images only (one run on a side), "
+        "which is no finding. Every run's weights and figures are in sweep.json; per-category AP "
+        "in comparison.md.",
         "",
         "## What the curve shows",
         "",
