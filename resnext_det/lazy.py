@@ -102,17 +102,22 @@ def load_lazy_config(path: str | os.PathLike, overrides: list[str] | tuple[str, 
             the file raises while it runs, no ``model``/``train``, a malformed override or one
             that names no key (all naming the file).
     """
-    path = os.fspath(path)
+    from .config import resolve_config_file
+
+    path = resolve_config_file(path)
     if not path.endswith(".py"):
         raise ConfigError(
             f"LazyConfig file {path}: must be a .py file (a Python config; detectron2 loads .yaml "
             "LazyConfigs with yaml.unsafe_load, which this project does not); for a yacs .yaml "
-            "config use tools/train_net.py"
+            "config use resnext-det train"
         )
     if os.path.isdir(path):
         raise ConfigError(f"LazyConfig file {path} is a folder; give the .py file")
     if not os.path.isfile(path):
-        raise ConfigError(f"LazyConfig file {path} does not exist")
+        raise ConfigError(
+            f"LazyConfig file {path} does not exist, nor is it a packaged config name "
+            "(resnext_det.model_zoo)"
+        )
     try:
         cfg = LazyConfig.load(path)
     except SyntaxError as exc:
@@ -267,6 +272,9 @@ def lazy_training_view(cfg: DictConfig) -> CfgNode:
     view.SEED = int(_train_value(cfg, "seed", -1))
     view.OUTPUT_DIR = str(_train_value(cfg, "output_dir", "./output"))
     view.TEST.EXPECTED_RESULTS = []
+    names = _select(cfg, "dataloader.train.dataset.names")  # the class names checkpoints keep
+    if names:
+        view.DATASETS.TRAIN = [names] if isinstance(names, str) else [str(n) for n in names]
     for key, value in dict(_train_value(cfg, "cpu_training", {})).items():
         if key not in view.CPU_TRAINING:
             raise ConfigError(

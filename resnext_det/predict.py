@@ -171,10 +171,33 @@ class _Model:
 
 
 def _metadata(cfg: Any) -> Any:
+    """The class names to label with: those the weights record (saved by the trainer from its
+    training data set), else the registered ``DATASETS.TEST``/``TRAIN`` data set's. The weights'
+    come first because this process rarely registered the data set the model was trained on."""
     from detectron2.data import MetadataCatalog
+    from detectron2.data.catalog import Metadata
+
+    from .weights.reader import recorded_classes
 
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
-    return MetadataCatalog.get(names[0] if names else "__unused")
+    registered = MetadataCatalog.get(names[0] if names else "__unused")
+    recorded = recorded_classes(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else {}
+    if not recorded:
+        return registered
+    # An unregistered Metadata: the process's catalog is left as it was.
+    meta = Metadata(name=f"classes of {cfg.MODEL.WEIGHTS}")
+    meta.thing_classes = recorded["thing_classes"]
+    if "thing_dataset_ids" in recorded:
+        meta.thing_dataset_id_to_contiguous_id = {
+            d: i for i, d in enumerate(recorded["thing_dataset_ids"])
+        }
+    theirs = registered.as_dict().get("thing_classes")
+    if theirs and list(theirs) != meta.thing_classes:
+        logger.warning(
+            f"{cfg.MODEL.WEIGHTS} was trained on classes {meta.thing_classes[:5]}, but data set "
+            f"{registered.name!r} has {list(theirs)[:5]}: labelling with the weights' classes"
+        )
+    return meta
 
 
 def _category_id(metadata: Any, contiguous: int) -> int:

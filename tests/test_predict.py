@@ -73,6 +73,49 @@ def test_predict_on_a_folder_writes_pictures_and_coco_results(tmp_path, syntheti
     assert {coco.imgs[i]["file_name"] for i in coco.getImgIds()} == {str(p) for p in inputs}
 
 
+def test_class_names_travel_with_the_trained_weights(tmp_path, synthetic, monkeypatch):
+    # Issue 27: a checkpoint trained on a registered data set labels its pictures and
+    # images.json with the data set's classes in a process that never registered it.
+    from detectron2.data import MetadataCatalog
+
+    from resnext_det.predict import _metadata
+    from resnext_det.weights.checkpointer import ResNeXtCheckpointer, dataset_classes
+
+    MetadataCatalog.get("issue27_train").set(thing_classes=["raccoon", "cat", "dog", "owl"])
+    torch.manual_seed(0)
+    model = build_model(load_config(TINY))
+    saver = ResNeXtCheckpointer(model, save_dir=str(tmp_path / "run"))
+    saver.classes = dataset_classes(["issue27_train"])
+    saver.save("model_final")
+    weights = tmp_path / "run" / "model_final.pth"
+    record = torch.load(weights, map_location="cpu", weights_only=True)["resnext_det"]
+    assert record["thing_classes"] == ["raccoon", "cat", "dog", "owl"]
+
+    drawn = []
+    import resnext_det.predict as predict_module
+
+    real_draw = predict_module._draw
+    monkeypatch.setattr(
+        predict_module,
+        "_draw",
+        lambda rgb, inst, meta, title: (
+            drawn.append(meta.thing_classes) or real_draw(rgb, inst, meta, title)
+        ),
+    )
+    out = tmp_path / "out"
+    code = predict(
+        "--config-file", TINY, "--input", synthetic.val_image_root, "--output", out,
+        "--opts", "MODEL.WEIGHTS", weights, "DATASETS.TEST", "('not_registered',)",
+        "DATASETS.TRAIN", "('not_registered',)",
+    )  # fmt: skip
+    assert code == 0
+    categories = json.loads((out / "images.json").read_text())["categories"]
+    assert [c["name"] for c in categories] == ["raccoon", "cat", "dog", "owl"]
+    assert drawn and all(c == ["raccoon", "cat", "dog", "owl"] for c in drawn)
+    cfg = load_config(TINY, ["MODEL.WEIGHTS", str(weights)])
+    assert _metadata(cfg).thing_classes == ["raccoon", "cat", "dog", "owl"]
+
+
 def test_threshold_and_glob_and_compare(tmp_path, synthetic, checkpoints):
     pattern = str(synthetic.val_image_root / "*.png")
     w = checkpoints / "whole.pth"

@@ -205,6 +205,8 @@ def test_train_resume_and_eval_only(tmp_path, synthetic):
     assert metrics[-1]["iteration"] == 3 and "loss_cls" in metrics[-1]
     ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 3
+    # The training data set's class names travel with the weights (issue 27).
+    assert ckpt["resnext_det"]["thing_classes"] == list(synthetic.classes)
     # The optimizer (SGD momentum buffers) and the data-order state are in the checkpoint.
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"], "no optimizer state saved"
     state = ckpt["trainer"]["hooks"]["TrainingStateHook"]

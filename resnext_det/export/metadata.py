@@ -17,6 +17,7 @@ from ..weights.conventions import Conventions
 from ..weights.detectron2 import map_prefix
 from ..weights.io import sha256_of
 from ..weights.loader import Weights
+from ..weights.reader import classes_in
 from .formats import TRACED_FORMATS
 from .source import describe_source
 
@@ -106,6 +107,9 @@ def export_metadata(
         "not_included": _not_included(format, source, fpn),
         "load": _how_to_load(format, spec),
     }
+    # The class names the source checkpoint was trained on (a backbone export keeps them too:
+    # they say what the detector it came from predicted).
+    meta.update(classes_in(source.meta))
     return meta
 
 

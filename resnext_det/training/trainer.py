@@ -50,6 +50,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import CheckedDatasetMapper
 from ..speed import apply_cpu_training, cpu_training_settings
+from ..weights.checkpointer import dataset_classes
 from .checkpoint import TrainingCheckpointer
 from .hooks import ReplicaCheckHook, TrainingStateHook
 from .sampler import build_train_sampler
@@ -128,6 +129,7 @@ class Trainer(DefaultTrainer):
         )
         self.scheduler = build_lr_scheduler(optimizer)
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer.classes = dataset_classes(cfg.DATASETS.TRAIN)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -10,7 +10,7 @@ through :meth:`ResNeXtCheckpointer._load_file`, so ``resume_or_load``, ``--resum
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import torch
@@ -21,7 +21,30 @@ from ..io import AtomicWriteError, atomic_write
 from .hub import resolve_weights_path
 from .loader import plan_load, read_weights
 
-__all__ = ["ResNeXtCheckpointer", "model_metadata"]
+__all__ = ["ResNeXtCheckpointer", "dataset_classes", "model_metadata"]
+
+
+def dataset_classes(dataset_names: Sequence[str]) -> dict[str, Any]:
+    """The class names a model trained on ``dataset_names`` predicts, from detectron2's
+    ``MetadataCatalog``: ``{"thing_classes": [...]}``, with ``"thing_dataset_ids"`` (the data
+    set's category id of each contiguous class) where the catalog maps them; ``{}`` when no data
+    set has class names. Saved in the checkpoint's ``resnext_det`` record, so that a process
+    that never registered the data set (``resnext-det predict``) still labels "raccoon", not "0".
+    """
+    from detectron2.data import MetadataCatalog
+
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name).as_dict()
+        classes = meta.get("thing_classes")
+        if not classes:
+            continue
+        record: dict[str, Any] = {"thing_classes": [str(c) for c in classes]}
+        id_map = meta.get("thing_dataset_id_to_contiguous_id")
+        if id_map:
+            by_index = {v: k for k, v in id_map.items()}
+            record["thing_dataset_ids"] = [int(by_index[i]) for i in range(len(classes))]
+        return record
+    return {}
 
 
 def model_metadata(model: nn.Module) -> dict[str, Any]:
@@ -63,6 +86,9 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
 
     #: The :class:`~resnext_det.io.AtomicWriteError` a failed save raises.
     write_error: type[AtomicWriteError] = AtomicWriteError
+    #: What the model predicts (:func:`dataset_classes`), saved with every checkpoint; the
+    #: trainer sets it from ``DATASETS.TRAIN``.
+    classes: dict[str, Any] = {}
     # (allow_partial, what) while load_complete runs; the problems it found.
     _completeness: tuple[bool, str] | None = None
     _problems: list[str] = []
@@ -124,7 +150,7 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
         data: dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        metadata = model_metadata(self.model)
+        metadata = {**model_metadata(self.model), **self.classes}
         if metadata:
             data["resnext_det"] = metadata
         data.update(kwargs)

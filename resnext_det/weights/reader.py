@@ -30,7 +30,15 @@ from .records import (
 )
 from .torchvision import is_torchvision_layout, torchvision_to_detectron2
 
-__all__ = ["FORMATS", "LAYOUTS", "Layout", "Weights", "read_weights"]
+__all__ = [
+    "FORMATS",
+    "LAYOUTS",
+    "Layout",
+    "Weights",
+    "classes_in",
+    "read_weights",
+    "recorded_classes",
+]
 
 # Top-level entries that describe weights rather than being training state.
 _METADATA = ("matching_heuristics", "resnext_det", "conventions")
@@ -139,6 +147,33 @@ def _recorded_conventions(path: str, meta: Mapping[str, Any]) -> Conventions | N
         if found and (conventions := conventions_from_metadata(found, source)) is not None:
             return conventions
     return None
+
+
+def recorded_classes(path: str | os.PathLike) -> dict[str, Any]:
+    """The class names weights ``path`` (a file or a name) were trained to predict:
+    ``{"thing_classes": [...], "thing_dataset_ids": [...]}`` as the trainer records them
+    (:func:`~resnext_det.weights.checkpointer.dataset_classes`), from the export sidecar or the
+    file's ``resnext_det`` record; ``{}`` when the file records none."""
+    local = hub.resolve_weights_path(path)
+    obj, _ = read_checkpoint(local)
+    if not isinstance(obj, Mapping):
+        return {}
+    _, meta, _ = _unwrap(obj)
+    meta = _decode_metadata(meta.pop("__metadata__", {})) | meta
+    return classes_in(read_sidecar(local)) or classes_in(meta)
+
+
+def classes_in(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The class record (see :func:`recorded_classes`) in a file's metadata or sidecar, or {}."""
+    record = meta.get("resnext_det") if isinstance(meta.get("resnext_det"), Mapping) else meta
+    classes = record.get("thing_classes")
+    if not isinstance(classes, list) or not classes:
+        return {}
+    out: dict[str, Any] = {"thing_classes": [str(c) for c in classes]}
+    ids = record.get("thing_dataset_ids")
+    if isinstance(ids, list) and len(ids) == len(classes):
+        out["thing_dataset_ids"] = [int(i) for i in ids]
+    return out
 
 
 def _agree(a: Conventions, b: Conventions) -> bool:
