@@ -7,6 +7,7 @@ detectron2 model-zoo ResNeXt config works by changing only ``MODEL.BACKBONE.NAME
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from detectron2.config import get_cfg
 
 from .errors import ConfigError
 from .reading import read_text_file
+
+logger = logging.getLogger(__name__)
 
 BASE_KEY = "_BASE_"
 # The image formats detectron2's detection_utils.read_image / convert_PIL_to_numpy produce.
@@ -120,6 +123,43 @@ def _is_trusted(path: Path) -> bool:
     return any(path.is_relative_to(root) for root in trusted_config_roots())
 
 
+def config_root() -> Path:
+    """The folder of the packaged config names (:mod:`resnext_det.model_zoo`): the installed
+    package data, else the checkout's ``configs/``."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "configs", here.parent / "configs"):
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(
+        f"resnext_det's configs are missing: neither {here / 'configs'} (installed package data) "
+        f"nor {here.parent / 'configs'} (a checkout) exists; reinstall resnext-det"
+    )
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def resolve_config_file(config_file: str | os.PathLike) -> str:
+    """``config_file`` if such a file (or folder) exists, else the packaged config of that name
+    (:func:`resnext_det.model_zoo.get_config_file`: ``raccoon/faster_rcnn_X_26_scratch_raccoon
+    .yaml`` works after ``pip install``, without a clone), said once on the log; else
+    ``config_file`` unchanged, for the caller's "does not exist". A real file always wins."""
+    text = os.fspath(config_file)
+    if os.path.exists(text) or os.path.isabs(text):
+        return text
+    try:
+        root = config_root()
+    except FileNotFoundError:
+        return text
+    if ".." in Path(text).parts or not (root / text).is_file():
+        return text
+    packaged = str(root / text)
+    if text not in _ANNOUNCED:
+        _ANNOUNCED.add(text)
+        logger.warning(f"config {text}: no such file here; using resnext_det's packaged {packaged}")
+    return packaged
+
+
 def load_yaml_tree(config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = False) -> dict:
     """A yaml config with its ``_BASE_`` chain merged, as fvcore's ``load_yaml_with_base`` does.
 
@@ -129,7 +169,7 @@ def load_yaml_tree(config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = 
     naming the file for a missing file, bad UTF-8, a yaml syntax error, an unsafe tag, a
     ``_BASE_`` loop, or a file that is not a mapping.
     """
-    return _load_tree(Path(config_file), allow_unsafe_yaml, ())
+    return _load_tree(Path(resolve_config_file(config_file)), allow_unsafe_yaml, ())
 
 
 def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
@@ -139,7 +179,8 @@ def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
         raise ConfigError(f"config file {path}: its {BASE_KEY} chain loops: {loop}")
     if not real.exists():
         where = f" (the {BASE_KEY} of {chain[-1]})" if chain else ""
-        raise ConfigError(f"config file {path}{where} does not exist")
+        also = "" if chain else ", nor is it a packaged config name (resnext_det.model_zoo)"
+        raise ConfigError(f"config file {path}{where} does not exist{also}")
     text = read_text_file(path, "config file", error=ConfigError)
     try:
         tree = yaml.safe_load(text)

@@ -19,21 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .config import config_root
+
 __all__ = ["config_root", "get", "get_config", "get_config_file", "list_configs"]
 
 _SUFFIXES = (".yaml", ".py")
-
-
-def config_root() -> Path:
-    """The folder the names are relative to: the installed package data, else the checkout's."""
-    here = Path(__file__).resolve().parent
-    for root in (here / "configs", here.parent / "configs"):
-        if root.is_dir():
-            return root
-    raise FileNotFoundError(
-        f"resnext_det's configs are missing: neither {here / 'configs'} (installed package data) "
-        f"nor {here.parent / 'configs'} (a checkout) exists; reinstall resnext-det"
-    )
 
 
 def list_configs() -> list[str]:

@@ -142,3 +142,26 @@ def test_every_entry_point_refuses_python_tags(tmp_path, entry):
     if isinstance(info.value, subprocess.CalledProcessError):
         assert "python/object/apply:os.system" in info.value.stderr
     assert not marker.exists()
+
+
+def test_a_packaged_config_name_works_where_no_such_file_exists(tmp_path, monkeypatch, caplog):
+    # Issue 27: after `pip install`, `--config-file raccoon/...yaml` names a packaged config.
+    from resnext_det import model_zoo
+    from resnext_det.commands.complexity import main as complexity
+    from resnext_det.lazy import load_lazy_config
+
+    monkeypatch.chdir(tmp_path)
+    name = "tests/faster_rcnn_tiny.yaml"
+    with caplog.at_level("WARNING", logger="resnext_det.config"):
+        cfg = load_config(name)
+    packaged = load_config(model_zoo.get_config_file(name))
+    assert cfg.MODEL.RESNETS.DEPTH == packaged.MODEL.RESNETS.DEPTH
+    assert model_zoo.get_config_file(name) in caplog.text  # says which file was used
+    assert load_lazy_config("lazy/faster_rcnn_X_50_32x4d_FPN_1x.py").model is not None
+    assert complexity(["--config-file", "demo/faster_rcnn_X_demo.yaml"]) == 0
+    # A real file of that name in the current folder wins.
+    (tmp_path / "tests").mkdir()
+    (tmp_path / name).write_text("MODEL:\n  RESNETS:\n    DEPTH: 101\n")
+    assert load_config(name).MODEL.RESNETS.DEPTH == 101
+    with pytest.raises(ConfigError, match="nor is it a packaged config name"):
+        load_config("no/such.yaml")

@@ -292,7 +292,9 @@ def test_offline_an_uncached_name_says_url_cache_path_and_convert_command(torch_
     message = str(info.value)
     assert f"cannot download {url}" in message
     assert str(cache(torch_home) / "resnext50_32x4d-7cdf4587.pth") in message
-    assert "python tools/convert_weights.py resnext50_32x4d-7cdf4587.pth" in message
+    # What a pip install has (issue 27), and advice for both config systems.
+    assert "resnext-det convert resnext50_32x4d-7cdf4587.pth" in message
+    assert "tools/" not in message and "train.init_checkpoint" in message
     assert MIRROR_ENV in message
     assert listing(cache(torch_home)) == []
 

@@ -2,19 +2,19 @@
 
 From models (each is run on the same images, timed, and its results json saved):
 
-    tools/compare_backbones.py --model R50=configs/r50.yaml:out_r50/model_final.pth \\
+    resnext-det compare --model R50=configs/r50.yaml:out_r50/model_final.pth \\
         --model X50=configs/x50.yaml:out_x50/model_final.pth \\
         --coco-json val.json --image-root images/ --out output/compare
 
 From results files (no model needed; --config adds backbone params/GFLOPs):
 
-    tools/compare_backbones.py --gt val.json --results R50=r50.json --results X50=x50.json \\
+    resnext-det compare --gt val.json --results R50=r50.json --results X50=x50.json \\
         --out output/compare
 
 Several training runs per model: repeat the name, once per run (models may have different
 numbers of runs). The intervals then cover both the test images and the training runs:
 
-    tools/compare_backbones.py --gt val.json \\
+    resnext-det compare --gt val.json \\
         --results R50=r_s0.json --results R50=r_s1.json --results R50=r_s2.json \\
         --results X50=x_s0.json --results X50=x_s1.json --results X50=x_s2.json --out cmp/
 

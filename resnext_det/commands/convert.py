@@ -1,8 +1,8 @@
 """Convert ImageNet/detector weights of any supported layout into a detectron2-ready file.
 
-    .venv/bin/python tools/convert_weights.py resnext50_32x4d-1a0047aa.pth X-50-32x4d.pth
-    .venv/bin/python tools/convert_weights.py torchvision://resnext50_32x4d.IMAGENET1K_V1 X-50.pkl
-    .venv/bin/python tools/convert_weights.py R-50.pkl R-50-d2.pkl --preset msra
+    resnext-det convert resnext50_32x4d-1a0047aa.pth X-50-32x4d.pth
+    resnext-det convert torchvision://resnext50_32x4d.IMAGENET1K_V1 X-50.pkl
+    resnext-det convert R-50.pkl R-50-d2.pkl --preset msra
 
 Reads torchvision, timm, Caffe2 (Detectron ``.pkl``) and detectron2 files (torch, safetensors or
 pickle containers; the layout is read from the keys), or a name (``torchvision://NAME[.TAG]``,

@@ -2,14 +2,14 @@
 TorchScript or ONNX, with a metadata sidecar ``<out>.json``.
 
 Examples:
-    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+    resnext-det export --config-file configs/X50.yaml --weights output/model_final.pth \\
         --format torchvision --out x50_torchvision.pth
-    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+    resnext-det export --config-file configs/X50.yaml --weights output/model_final.pth \\
         --format timm --container safetensors --out x50_timm.safetensors
-    tools/export_backbone.py --config-file configs/X50.yaml --weights output/model_final.pth \\
+    resnext-det export --config-file configs/X50.yaml --weights output/model_final.pth \\
         --format onnx --fpn --fold-bn --out x50_fpn.onnx
     # config overrides go last, as in detectron2's tools:
-    tools/export_backbone.py ... --format detectron2 --out bb.pth MODEL.RESNETS.NUM_GROUPS 32
+    resnext-det export ... --format detectron2 --out bb.pth MODEL.RESNETS.NUM_GROUPS 32
 """
 
 from __future__ import annotations

@@ -278,8 +278,8 @@ def _unavailable(source: WeightsSource, dest: Path, why: str) -> WeightsUnavaila
         f"cannot download {source.url} ({source.description}): {why}; {mirror_note}. Without "
         f"network access here, fetch that URL on another machine and put the file at "
         f"{dest} (or into the {MIRROR_ENV} folder), or convert it once and use the result: "
-        f"python tools/convert_weights.py {source.file_name} {stem}-d2.pkl, then MODEL.WEIGHTS "
-        f"{stem}-d2.pkl"
+        f"resnext-det convert {source.file_name} {stem}-d2.pkl, then give {stem}-d2.pkl as the "
+        f"weights (MODEL.WEIGHTS in a yacs config, train.init_checkpoint in a LazyConfig)"
     )
 
 
