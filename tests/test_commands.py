@@ -139,3 +139,21 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys, monkeypa
     monkeypatch.setenv("RESNEXT_DET_TRACEBACK", "1")
     with pytest.raises(ConfigError):
         refuses([])
+
+
+@pytest.mark.slow
+def test_train_names_a_weights_folder_and_writes_nothing_for_a_missing_dataset(tmp_path):
+    """A folder as MODEL.WEIGHTS is called a folder; --register with a missing json is refused
+    before OUTPUT_DIR gets a config.yaml."""
+    tiny = str(REPO / "configs" / "tests" / "faster_rcnn_tiny.yaml")
+    out = tmp_path / "out"
+    proc = _run(
+        ["train", "--config-file", tiny, "MODEL.WEIGHTS", str(tmp_path), "OUTPUT_DIR", str(out)]
+    )
+    assert proc.returncode == 2 and "is a folder, not a weights file" in proc.stderr, proc.stderr
+    proc = _run([
+        "train", "--config-file", tiny, "--register", "mine", str(tmp_path / "gone.json"),
+        str(tmp_path), "OUTPUT_DIR", str(out),
+    ])  # fmt: skip
+    assert proc.returncode == 2 and "gone.json" in proc.stderr, proc.stderr
+    assert not (out / "config.yaml").exists()

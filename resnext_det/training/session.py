@@ -69,6 +69,11 @@ def configure_input_for_weights(
     named = weights.startswith(WEIGHTS_SCHEMES)  # torchvision://, timm://, http(s)://: fetched
     if not weights or (resume and _has_last_checkpoint(cfg)) or ("://" in weights and not named):
         return
+    if not named and os.path.isdir(weights):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS {weights!r} is a folder, not a weights file; name the checkpoint "
+            "in it (e.g. model_final.pth)"
+        )
     if not named and not os.path.isfile(weights):
         raise FileNotFoundError(
             f"MODEL.WEIGHTS {weights!r} does not exist (relative paths are from {os.getcwd()}). "
@@ -145,14 +150,15 @@ def build_config(args: argparse.Namespace) -> CfgNode:
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
-    """:func:`build_config`; then the OUTPUT_DIR lock (:func:`hold_output_dir`), detectron2's
-    ``default_setup`` (logging, seeding, config.yaml), determinism and datasets."""
+    """:func:`build_config`; then the OUTPUT_DIR lock (:func:`hold_output_dir`), the datasets
+    (checked before anything is written), detectron2's ``default_setup`` (logging, seeding,
+    config.yaml) and determinism."""
     cfg = build_config(args)
     hold_output_dir(cfg)
+    register_from_config(cfg)  # in each process: spawned workers do not inherit the catalog
     default_setup(cfg, args)
     if cfg.DETERMINISTIC:
         make_deterministic()
-    register_from_config(cfg)  # in each process: spawned workers do not inherit the catalog
     return cfg
 
 
