@@ -578,3 +578,29 @@ def test_models_mode_runs_and_partial_weights(tmp_path):
     bad = ["--model", f"X={x0[0]}:{backbone}", *common, "--bootstrap", "0"]
     assert _tool().main(bad) == 2
     assert _tool().main([*bad, "--allow-partial-weights"]) == 0
+
+
+def test_the_same_run_given_twice_is_refused_by_content(runs, tmp_path):
+    # Issue 27: a copy of a results file (another name, same content) is not a second run.
+    _, f = runs
+    copy = tmp_path / "copy_of_R_s0.json"
+    copy.write_bytes(f["R"][0].read_bytes())
+    args = ["--gt", str(f["gt"]), "--results", f"R={f['R'][0]}", "--results", f"R={copy}"]
+    args += ["--results", f"X={f['X'][0]}", "--results", f"X={f['X'][1]}"]
+    out = tmp_path / "out"
+    assert _tool().main([*args, "--bootstrap", "0", "--out", str(out), "--no-progress"]) == 2
+    assert not out.exists()
+    # The same detections in another order are the same results.
+    shuffled = json.loads(f["R"][1].read_text())[::-1]
+    with pytest.raises(ValueError, match=r"model 'R': runs 0 and 1 are identical results"):
+        compare_results(f["gt"], {"R": [f["R"][1], shuffled], "X": f["X"][:2]}, bootstrap=0)
+
+
+def test_the_same_weights_given_twice_are_refused_before_inference(tmp_path):
+    json_file, image_root = _write_dataset(tmp_path)
+    config, weights = _tiny_model(tmp_path, "r", 1, 8, 0)
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(weights.read_bytes())
+    models = {"R": [(config, weights), (config, copy)], "X": _tiny_model(tmp_path, "x", 2, 4, 1)}
+    with pytest.raises(ValueError, match=r"model 'R': runs 0 and 1 are the same weights"):
+        compare_models(models, (json_file, image_root), None, bootstrap=20, progress=False)

@@ -34,7 +34,14 @@ from .matching import match_detections
 from .metrics import per_category_ap, pr_curve, summarize
 from .report import check_model_names, check_out_dir, output_names, write_outputs
 
-__all__ = ["PARTIAL_RUN_FRACTION", "as_runs", "check_partial_runs", "compare_results"]
+__all__ = [
+    "PARTIAL_RUN_FRACTION",
+    "as_runs",
+    "check_distinct_runs",
+    "check_partial_runs",
+    "compare_results",
+    "results_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,39 @@ def as_runs(name: str, value: Any) -> list:
             )
         return runs
     return [value]
+
+
+def results_digest(d: Detections) -> str:
+    """sha256 of a run's detections (images, categories, boxes, scores, in a fixed order): the
+    same results read from two files, or under two names, have the same digest."""
+    import hashlib
+
+    bbox = np.asarray(d.bbox, dtype=np.float64).reshape(-1, 4)
+    order = np.lexsort((*bbox.T[::-1], d.score, d.category, d.image))
+    h = hashlib.sha256()
+    for array, dtype in ((d.image, np.int64), (d.category, np.int64), (bbox, np.float64),
+                         (d.score, np.float64)):  # fmt: skip
+        h.update(np.ascontiguousarray(np.asarray(array)[order], dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def check_distinct_runs(runs: dict[str, Sequence[Any]], digest: Any, what: str) -> None:
+    """Refuse a model whose runs include the same content twice (``digest(run)`` equal): it
+    would count as two training runs with no difference between them (between-run SD 0).
+
+    Raises:
+        ValueError: naming the model, both runs and the digest.
+    """
+    for name, values in runs.items():
+        seen: dict[str, int] = {}
+        for i, value in enumerate(values):
+            key = digest(value)
+            if key in seen:
+                raise ValueError(
+                    f"model {name!r}: runs {seen[key]} and {i} are {what} (sha256 {key[:16]}...): "
+                    "the same run given twice would count as two training runs; give each run once"
+                )
+            seen[key] = i
 
 
 def check_partial_runs(
@@ -238,6 +278,7 @@ def compare_results(
             )
             for i, r in enumerate(runs)
         ]
+    check_distinct_runs(dets, results_digest, "identical results")
     if not allow_missing_images:
         check_partial_runs(dets, gt)
     tables, models = {}, {}

@@ -24,7 +24,9 @@ import torch
 from tqdm import tqdm
 
 from ..weights.complete import check_load_report
-from .compare import compare_results
+from ..weights.hub import resolve_weights_path
+from ..weights.io import sha256_of
+from .compare import check_distinct_runs, compare_results
 
 __all__ = [
     "build_detector",
@@ -318,6 +320,13 @@ def compare_models(
     specs = {name: _as_specs(name, spec) for name, spec in models.items()}
     check_model_names(list(specs))
     file_names = _file_names(specs)
+    # The same weights twice (a copy, another name) is one training run, not two: refused by
+    # content before any inference.
+    check_distinct_runs(
+        {n: [w for _, w in runs if w] for n, runs in specs.items()},
+        lambda w: sha256_of(resolve_weights_path(w)),
+        "the same weights",
+    )
     results: dict[str, list] = {}
     info: dict[str, dict[str, Any]] = {}
     extra: dict[str, Any] = {}
