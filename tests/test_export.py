@@ -336,6 +336,16 @@ def test_traced_matches_detectron2_on_two_sizes(tiny_models, tmp_path, format, f
     if format == "torchscript":
         graph = str(torch.jit.load(str(out)).inlined_graph)
         assert ("batch_norm" in graph) is not fold_bn
+    if format == "onnx":
+        # Each output's own size names (res2 is H/4, res5 H/32), not the input's height/width.
+        import onnx
+
+        graph = onnx.load(str(out)).graph
+        dims = {o.name: [d.dim_param for d in o.type.tensor_type.shape.dim] for o in graph.output}
+        assert dims == {n: ["batch", "", f"{n}_height", f"{n}_width"] for n in names}
+        assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == [
+            "batch", "", "height", "width"
+        ]  # fmt: skip
 
 
 class _Off(nn.Module):

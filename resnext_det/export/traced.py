@@ -104,7 +104,12 @@ def traced_writer(
                 opset_version=ONNX_OPSET,
                 input_names=["images"],
                 output_names=names,
-                dynamic_axes={"images": dims, **{n: dims for n in names}},
+                # Each output its own size names: res2 is H/4 and res5 H/32 of the input's
+                # height, not the same "height" (which would tell a runtime they are equal).
+                dynamic_axes={
+                    "images": dims,
+                    **{n: {0: "batch", 2: f"{n}_height", 3: f"{n}_width"} for n in names},
+                },
             )
         try:
             import onnxruntime as ort
