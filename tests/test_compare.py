@@ -604,3 +604,24 @@ def test_the_same_weights_given_twice_are_refused_before_inference(tmp_path):
     models = {"R": [(config, weights), (config, copy)], "X": _tiny_model(tmp_path, "x", 2, 4, 1)}
     with pytest.raises(ValueError, match=r"model 'R': runs 0 and 1 are the same weights"):
         compare_models(models, (json_file, image_root), None, bootstrap=20, progress=False)
+
+
+def test_an_empty_metric_says_n_a_in_the_figure(runs, tmp_path, monkeypatch):
+    # Issue 27: APs of a set with no small objects was a blank place in comparison.png.
+    import matplotlib.axes
+
+    from resnext_det.evaluation.report import render_png
+
+    _, f = runs
+    report = compare_results(f["gt"], {"R": f["R"][:1], "X": f["X"][:1]}, bootstrap=0)
+    for m in report["models"].values():
+        m["APs"] = None
+    said = []
+    real = matplotlib.axes.Axes.text
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "text",
+        lambda ax, x, y, s, *a, **k: said.append(s) or real(ax, x, y, s, *a, **k),
+    )
+    render_png(report, tmp_path / "c.png")
+    assert said.count("n/a") == 2  # one per model

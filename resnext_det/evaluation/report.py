@@ -457,6 +457,8 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
         runs = m.get("runs", 1)
         label = f"{_mpl_text(name)} ({runs} run{'s' * (runs != 1)})"
         ax.bar(pos, np.nan_to_num(vals), width, label=label)
+        for j in np.flatnonzero(np.isnan(vals)):  # e.g. APs with no small objects in the set
+            ax.text(pos[j], 1, "n/a", ha="center", va="bottom", fontsize=8, rotation=90)
         # Each training run's value as a point beside the bar: the spread shows at a glance.
         for j, k in enumerate(keys):
             pts = [r.get(k) for r in m.get("per_run", [])]
@@ -474,7 +476,7 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
     ax.set_ylabel("COCO metric (0-100)")
     conf = report["bootstrap"]["confidence"] if report["bootstrap"] else None
     title = "Box AP per model (bars: run mean; dots: each run)"
-    ax.set_title(title + (f", {int(conf * 100)}% CI" if conf else ""), fontsize=10)
+    ax.set_title(title + (f", {int(conf * 100)}% CI" if conf else ""), fontsize=11)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     for name in names:
@@ -490,7 +492,7 @@ def render_png(report: dict, path: str | os.PathLike) -> None:
     ax_pr.set_ylim(0, 1.02)
     ax_pr.set_xlabel("recall")
     ax_pr.set_ylabel("interpolated precision")
-    ax_pr.set_title("Precision-recall at IoU 0.5 (mean over categories)")
+    ax_pr.set_title("Precision-recall at IoU 0.5 (mean over categories)", fontsize=11)
     ax_pr.legend(fontsize=8)
     ax_pr.grid(alpha=0.3)
     fig.tight_layout()
