@@ -269,6 +269,7 @@ def lazy_training_view(cfg: DictConfig) -> CfgNode:
     view.SOLVER.AMP.ENABLED = bool(_select(cfg, "train.amp.enabled"))
     view.SOLVER.IMS_PER_BATCH = int(cfg.dataloader.train.total_batch_size)
     view.SOLVER.MAX_ITER = int(cfg.train.max_iter)
+    view.SOLVER.CHECKPOINT_PERIOD = int(_select(cfg, "train.checkpointer.period") or 5000)
     view.SEED = int(_train_value(cfg, "seed", -1))
     view.OUTPUT_DIR = str(_train_value(cfg, "output_dir", "./output"))
     view.TEST.EXPECTED_RESULTS = []
