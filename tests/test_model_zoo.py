@@ -50,6 +50,62 @@ def test_unknown_and_escaping_names_are_refused():
         model_zoo.get_config_file(str(REPO / "configs" / "faster_rcnn_R_50_FPN_1x.yaml"))
 
 
+def test_get_falls_back_to_the_cpu_without_cuda(monkeypatch):
+    # Issue 27: the configs say MODEL.DEVICE cuda; detectron2's zoo builds on the CPU without it.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = model_zoo.get("demo/faster_rcnn_X_demo.yaml")
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_trained_names_detectron2s_checkpoint_with_its_conventions():
+    from detectron2 import model_zoo as d2_zoo
+
+    url, conventions = model_zoo.trained_weights("faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+    assert url == d2_zoo.get_checkpoint_url("COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+    assert url.endswith("/139173657/model_final_68b088.pkl")
+    # Caffe2-style X-101: BGR, its own PIXEL_STD, the stride in the 3x3 (not the config's RGB).
+    assert conventions == {
+        "INPUT.FORMAT": "BGR",
+        "MODEL.PIXEL_MEAN": [103.53, 116.28, 123.675],
+        "MODEL.PIXEL_STD": [57.375, 57.12, 58.395],
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    }
+    assert model_zoo.trained_weights("faster_rcnn_R_50_FPN_1x.yaml")[1][
+        "MODEL.RESNETS.STRIDE_IN_1X1"
+    ]  # MSRA R-50: the stride in the 1x1
+    with pytest.raises(ValueError, match="no trained checkpoint for config 'faster_rcnn_X_50"):
+        model_zoo.get("faster_rcnn_X_50_32x4d_FPN_1x.yaml", trained=True)
+
+
+def test_trained_model_is_loaded_from_the_mirror_without_downloading(tmp_path, monkeypatch):
+    import pickle
+
+    import torch
+
+    from resnext_det.weights.hub import MIRROR_ENV
+
+    name = "faster_rcnn_R_50_FPN_1x.yaml"
+    torch.manual_seed(3)
+    reference = model_zoo.get(name, device="cpu")
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    url, _ = model_zoo.trained_weights(name)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with open(mirror / url.rsplit("/", 1)[1], "wb") as f:  # a detectron2 zoo file's shape
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(
+        "resnext_det.weights.hub.urlopen", lambda *a, **k: pytest.fail("downloaded")
+    )
+    model = model_zoo.get(name, trained=True, device="cpu")
+    assert model.input_format == "BGR" and model.pixel_std.flatten().tolist() == [1.0, 1.0, 1.0]
+    got = model.state_dict()
+    assert all(torch.equal(got[k], torch.as_tensor(v)) for k, v in state.items())
+
+
 def test_pyproject_lists_every_package_folder():
     """The wheel's packages are listed by hand (configs/ is mapped in): a new subpackage that is
     not listed would be missing from pip installs."""
