@@ -5,13 +5,17 @@ The counterpart of detectron2's ``demo/demo.py`` (same flags: ``--config-file``,
 layout the project reads). ``resnext-det predict`` (``tools/predict.py``) is its command line:
 :mod:`resnext_det.commands.predict`.
 
-Outputs in ``--output``: one PNG per input image (``<stem>.png``; a repeated stem gets ``_2``,
-``_3``...), ``images.json`` (a COCO file of the images and categories, no annotations) and
-``coco_instances_results.json`` (COCO results, image ids from ``images.json``), so that
-``COCO("images.json").loadRes("coco_instances_results.json")`` reads them. With
-``--compare A=CFG:W B=CFG:W`` each PNG shows the two models side by side, and each model's results
-go to ``<name>/coco_instances_results.json`` (the name as :func:`resnext_det.io.file_name_for`
+Outputs in an ``--output`` folder: one picture per input image, in the input's format
+(``<stem><suffix>``; a repeated name gets ``_2``, ``_3``...), ``images.json`` (a COCO file of
+the images and categories, no annotations) and ``coco_instances_results.json`` (COCO results,
+image ids from ``images.json``), so that ``COCO("images.json").loadRes(
+"coco_instances_results.json")`` reads them. With ``--compare A=CFG:W B=CFG:W`` each picture
+shows the two models side by side, and each model's results go to ``<name>/coco_instances_results.json`` (the name as :func:`resnext_det.io.file_name_for`
 makes it a file name: ``a/b`` -> ``a%2Fb``, never a path that leaves ``--output``).
+
+As detectron2's ``demo.py``, ``--output pic.jpg`` with one input writes that one picture (its
+suffix decides the format; no json files), and without ``--output`` nothing is written: the
+detections are printed (detectron2's demo opens a window instead; this runs without a display).
 
 ``--output`` may not be, contain, or lie inside an input (:func:`resnext_det.io.
 check_output_location`): a picture never replaces an image. Images declaring more than
@@ -157,7 +161,11 @@ class Predictor:
         self.cfg = cfg
 
     def __call__(self, bgr: np.ndarray) -> Any:
-        with autocast(self.cfg.MODEL.DEVICE, self.inference.amp_dtype):
+        import torch
+
+        # inference_mode rather than DefaultPredictor's no_grad alone: no version counters or
+        # view tracking on the activations; the same numbers.
+        with torch.inference_mode(), autocast(self.cfg.MODEL.DEVICE, self.inference.amp_dtype):
             out = self._predictor(bgr)
         return out["instances"].to("cpu")
 
@@ -263,18 +271,63 @@ def _draw(rgb: np.ndarray, instances: Any, metadata: Any, title: str | None) -> 
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
-    """``<stem>.png`` per input, ``<stem>_2.png``... for a repeated stem, never a name taken
-    (inputs ``x.jpg``, ``x.png`` and ``x_2.png`` get ``x.png``, ``x_2.png``, ``x_2_2.png``)."""
+    """The input's name (its format kept: a JPEG stays a JPEG, as detectron2's demo writes it)
+    per input, ``<stem>_2<suffix>``... for a repeated name, never a name taken (inputs
+    ``a/x.jpg``, ``b/x.jpg`` and ``x_2.jpg`` get ``x.jpg``, ``x_2.jpg``, ``x_2_2.jpg``)."""
     used: set[str] = set()
     names = []
     for p in paths:
-        name, n = f"{p.stem}.png", 1
+        suffix = p.suffix.lower()
+        name, n = f"{p.stem}{suffix}", 1
         while name in used:
             n += 1
-            name = f"{p.stem}_{n}.png"
+            name = f"{p.stem}_{n}{suffix}"
         used.add(name)
         names.append(name)
     return names
+
+
+def _output_file(output: Path, inputs: Sequence[Path]) -> bool:
+    """Whether ``output`` names one picture (detectron2's demo: a file for one input, its suffix
+    deciding the format) rather than a folder.
+
+    Raises:
+        ValueError: a picture file name for several inputs, or an existing file that is not one.
+    """
+    if output.is_dir():
+        return False
+    picture = output.suffix.lower() in IMAGE_SUFFIXES
+    if picture and len(inputs) == 1:
+        return True
+    if picture:
+        raise ValueError(
+            f"--output {output}: a picture file for {len(inputs)} inputs; give a folder (one "
+            "picture per input), or one input"
+        )
+    if output.exists():
+        raise NotADirectoryError(f"--output {str(output)!r} is an existing file, not a folder")
+    return False
+
+
+def _encode(picture_rgb: np.ndarray, suffix: str, path: Path) -> bytes:
+    import cv2
+
+    ok, encoded = cv2.imencode(suffix, picture_rgb[:, :, ::-1])
+    if not ok:  # pragma: no cover - cv2 fails only on impossible shapes
+        raise RuntimeError(f"could not encode the picture of {path} as {suffix}")
+    return encoded.tobytes()
+
+
+def _describe(path: Path, instances: Any, metadata: Any, name: str | None) -> str:
+    """Detections as lines a person reads: ``image: class score [x0 y0 x1 y1]``."""
+    classes = list(getattr(metadata, "thing_classes", None) or [])
+    who = f"{name}: " if name else ""
+    lines = [f"{path}: {who}{len(instances)} detection{'s' * (len(instances) != 1)}"]
+    boxes = instances.pred_boxes.tensor.tolist()
+    for box, score, cls in zip(boxes, instances.scores.tolist(), instances.pred_classes.tolist()):
+        label = classes[cls] if cls < len(classes) else f"class {cls}"
+        lines.append(f"  {label} {score:.2f} [{' '.join(f'{v:.0f}' for v in box)}]")
+    return "\n".join(lines)
 
 
 def _read(path: Path, max_pixels: int | None) -> np.ndarray:
@@ -289,7 +342,7 @@ def _read(path: Path, max_pixels: int | None) -> np.ndarray:
 def run_predictions(
     models: Sequence[tuple[str, Any]],
     inputs: Sequence[Path],
-    output: str | os.PathLike,
+    output: str | os.PathLike | None,
     *,
     progress: bool = True,
     allow_partial_weights: bool = False,
@@ -299,24 +352,30 @@ def run_predictions(
 ) -> dict[str, Any]:
     """Run each ``(name, cfg)`` model on ``inputs``; write the pictures and the json files.
 
+    As detectron2's ``demo.py``: ``output`` is a file for one input (the picture only, in the
+    format its suffix names), a folder otherwise (pictures in each input's format, and the json
+    files); None writes nothing and returns the detections as text (``"text"``): detectron2's
+    demo would open a window, and this runs where there is no display.
+
     Args:
         models: ``(name, cfg)`` per model; a name becomes a sub-folder's name through
             :func:`~resnext_det.io.file_name_for` (with two or more models).
         inputs: the image files.
-        output: the folder to write; it may not be, contain or lie inside an input file or one
-            of ``input_folders`` (checked before any model is built).
+        output: the picture file (one input) or folder to write, or None; it may not be,
+            contain or lie inside an input file or one of ``input_folders`` (checked before any
+            model is built).
         inference: the settings of every model (default: each config's ``MODEL.RESNEXT``).
         input_folders: the folders the inputs were listed from.
         max_pixels: images declaring more pixels are refused before they are decoded.
 
     Returns:
-        ``{"images": [...png paths], "results": {name: results json path}, "images_json": path}``.
+        ``{"images": [picture paths], "results": {name: results json path}, "images_json":
+        path or None, "text": [one block of lines per image]}``.
 
     Raises:
         OutputLocationError: ``output`` overlaps an input.
         BadImageError: an image that cannot be read or is too large (named).
     """
-    import cv2
     from tqdm import tqdm
 
     from .io import (
@@ -327,13 +386,14 @@ def run_predictions(
         write_json_atomic,
     )
 
-    check_output_location(output, [*inputs, *input_folders], what="--output")
     if len({file_name_for(name) for name, _ in models}) != len(models):
         raise ValueError(f"models need different names; got {[name for name, _ in models]}")
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--output {str(out)!r} is an existing file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(output) if output is not None else None
+    one_file = False
+    if out is not None:
+        check_output_location(out, [*inputs, *input_folders], what="--output")
+        one_file = _output_file(out, inputs)
+        (out.parent if one_file else out).mkdir(parents=True, exist_ok=True)
     loaded = [
         _Model(
             name,
@@ -345,6 +405,7 @@ def run_predictions(
     ]
     images: list[dict] = []
     written: list[Path] = []
+    text: list[str] = []
     names = _unique_names(inputs)
     for image_id, (path, png_name) in enumerate(
         tqdm(list(zip(inputs, names)), desc="predict", unit="image", disable=not progress), 1
@@ -358,15 +419,20 @@ def run_predictions(
             instances = m.predictor(bgr)
             m.results.extend(_coco_results(instances, image_id, m.metadata))
             title = m.name if len(loaded) > 1 else None
+            if out is None:
+                text.append(_describe(path, instances, m.metadata, title))
+                continue
             panels.append(_draw(bgr[:, :, ::-1], instances, m.metadata, title))
+        if out is None:
+            continue
         picture = np.concatenate(panels, axis=1)
-        ok, encoded = cv2.imencode(".png", picture[:, :, ::-1])
-        if not ok:  # pragma: no cover - cv2 fails only on impossible shapes
-            raise RuntimeError(f"could not encode the picture of {path}")
+        target = out if one_file else path_inside(out, png_name)
         written.append(
-            write_bytes_atomic(path_inside(out, png_name), encoded.tobytes(), durable=False)
+            write_bytes_atomic(target, _encode(picture, target.suffix.lower(), path), durable=False)
         )
 
+    if out is None or one_file:
+        return {"images": written, "results": {}, "images_json": None, "text": text}
     first = loaded[0]
     coco = {
         "images": images,
@@ -382,7 +448,7 @@ def run_predictions(
             else path_inside(out, Path(file_name_for(m.name), "coco_instances_results.json"))
         )
         results[m.name] = write_json_atomic(target, m.results)
-    return {"images": written, "results": results, "images_json": images_json}
+    return {"images": written, "results": results, "images_json": images_json, "text": text}
 
 
 def prediction_config(config_file: str, opts: list[str], threshold: float) -> Any:

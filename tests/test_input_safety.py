@@ -108,11 +108,16 @@ def test_item1_predict_beside_the_inputs_writes_and_never_reuses_a_picture_name(
     images.mkdir()
     for name in ("x.png", "x.jpg", "x_2.png"):  # x_2.png used to be written twice
         (images / name).write_bytes(src.read_bytes())
-    assert _unique_names(sorted(images.iterdir())) == ["x.png", "x_2.png", "x_2_2.png"]
+    # Each picture keeps its input's format (issue 27): x.jpg's picture is x.jpg.
+    assert _unique_names(sorted(images.iterdir())) == ["x.jpg", "x.png", "x_2.png"]
+    assert _unique_names([images / "x.png", images / "a" / "x.png", images / "x_2.png"]) == [
+        "x.png", "x_2.png", "x_2_2.png"
+    ]  # fmt: skip
     out = tmp_path / "out"
     assert predict("--config-file", TINY, "--input", images, "--output", out,
                    "--opts", "MODEL.WEIGHTS", weights) == 0  # fmt: skip
-    assert sorted(p.name for p in out.glob("*.png")) == ["x.png", "x_2.png", "x_2_2.png"]
+    pictures = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".jpg"))
+    assert pictures == ["x.jpg", "x.png", "x_2.png"]
     assert {img["file_name"] for img in json.loads((out / "images.json").read_text())["images"]} \
         == {str((images / n).resolve()) for n in ("x.png", "x.jpg", "x_2.png")}  # fmt: skip
 

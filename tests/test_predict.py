@@ -116,6 +116,36 @@ def test_class_names_travel_with_the_trained_weights(tmp_path, synthetic, monkey
     assert _metadata(cfg).thing_classes == ["raccoon", "cat", "dog", "owl"]
 
 
+def test_output_is_a_file_a_folder_or_nothing_as_detectron2s_demo(
+    tmp_path, synthetic, checkpoints, capsys, monkeypatch
+):
+    # Issue 27: `--output pic.jpg` made a folder called pic.jpg; outputs were always PNG;
+    # --output was required.
+    w = checkpoints / "whole.pth"
+    src = sorted(synthetic.val_image_root.glob("*.png"))[0]
+    jpg = tmp_path / "in" / "photo.jpg"
+    jpg.parent.mkdir()
+    cv2.imwrite(str(jpg), cv2.imread(str(src)))
+    common = ["--config-file", TINY, "--confidence-threshold", 0.0]
+    pic = tmp_path / "pic.jpg"
+    assert predict(*common, "--input", src, "--output", pic, "--opts", "MODEL.WEIGHTS", w) == 0
+    assert pic.is_file() and pic.read_bytes()[:2] == b"\xff\xd8"  # a JPEG, from its suffix
+    out = tmp_path / "folder"
+    assert predict(*common, "--input", jpg, src, "--output", out, "--opts", "MODEL.WEIGHTS", w) == 0
+    assert (out / "photo.jpg").read_bytes()[:2] == b"\xff\xd8"  # the input's format kept
+    assert (out / src.name).read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert predict(*common, "--input", jpg, src, "--output", tmp_path / "x.png", "--opts",
+                   "MODEL.WEIGHTS", w) == 2  # fmt: skip
+    assert "a picture file for 2 inputs" in capsys.readouterr().err
+    # No --output: the detections are printed, nothing is written.
+    monkeypatch.chdir(tmp_path / "in")
+    assert predict(*common, "--input", jpg, "--opts", "MODEL.WEIGHTS", w) == 0
+    said = capsys.readouterr().out
+    assert f"{jpg.resolve()}: " in said and "nothing written" in said
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["photo.jpg"]
+
+
 def test_threshold_and_glob_and_compare(tmp_path, synthetic, checkpoints):
     pattern = str(synthetic.val_image_root / "*.png")
     w = checkpoints / "whole.pth"

@@ -27,9 +27,11 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--output",
-        required=True,
-        help="folder for the pictures and json files; not an input's folder, nor one that holds "
-        "or lies inside an input (refused: a picture would replace its image)",
+        help="a picture file for one input (its suffix decides the format), else a folder for "
+        "the pictures (each in its input's format) and json files; not an input, nor a folder "
+        "that holds or lies inside an input (refused: a picture would replace its image). "
+        "Without --output nothing is written and the detections are printed (detectron2's demo "
+        "opens a window instead)",
     )
     parser.add_argument(
         "--confidence-threshold",
@@ -97,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         inference=configure_inference_process(models[0][1]),
         input_folders=[p for p in args.input if os.path.isdir(p)],
     )
-    print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")
-    print(", ".join(str(p) for p in done["results"].values()))
+    if args.output is None:
+        print("\n".join(done["text"]))
+        print("(no --output: nothing written)")
+    elif not done["results"]:
+        print(f"picture: {done['images'][0]}")
+    else:
+        print(f"{len(done['images'])} pictures in {args.output}; results: ", end="")
+        print(", ".join(str(p) for p in done["results"].values()))
     return 0
