@@ -10,8 +10,9 @@ Outputs in an ``--output`` folder: one picture per input image, in the input's f
 the images and categories, no annotations) and ``coco_instances_results.json`` (COCO results,
 image ids from ``images.json``), so that ``COCO("images.json").loadRes(
 "coco_instances_results.json")`` reads them. With ``--compare A=CFG:W B=CFG:W`` each picture
-shows the two models side by side, and each model's results go to ``<name>/coco_instances_results.json`` (the name as :func:`resnext_det.io.file_name_for`
-makes it a file name: ``a/b`` -> ``a%2Fb``, never a path that leaves ``--output``).
+shows the two models side by side, and each model's results go to
+``<name>/coco_instances_results.json`` (the name as :func:`resnext_det.io.file_name_for` makes
+it a file name: ``a/b`` -> ``a%2Fb``, never a path that leaves ``--output``).
 
 As detectron2's ``demo.py``, ``--output pic.jpg`` with one input writes that one picture (its
 suffix decides the format; no json files), and without ``--output`` nothing is written: the
