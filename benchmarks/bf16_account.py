@@ -39,19 +39,20 @@ __all__ = ["op_category", "conv_kind", "account", "account_markdown"]
 _CATEGORIES = (
     ("convolution", ("conv", "mkldnn_convolution")),
     ("matrix product (fc)", ("addmm", "linear", "::mm", "matmul", "bmm")),
-    ("cast / layout conversion", ("aten::to", "_to_copy", "copy_", "contiguous", "clone")),
+    ("cast / layout conversion", ("aten::to$", "_to_copy", "copy_", "contiguous", "clone")),
     ("roi_align", ("roi_align",)),
     ("nms", ("nms",)),
     ("element-wise / memory-bound", ("add", "relu", "mul", "sub", "div", "max_pool", "upsample",
                                      "cat", "sigmoid", "exp", "softmax", "clamp", "where",
-                                     "index", "sort", "topk", "fill", "zero", "empty")),
+                                     "index", "sort", "topk", "fill_", "zero_")),
 )  # fmt: skip
 
 
 def op_category(name: str) -> str:
-    """The account's category of a profiler operator name (the first that matches)."""
+    """The account's category of a profiler operator name: the first with a key in the name
+    (a key ending in ``$``: the whole name)."""
     for category, keys in _CATEGORIES:
-        if any(k in name for k in keys):
+        if any(name == k[:-1] if k.endswith("$") else k in name for k in keys):
             return category
     return "other"
 
