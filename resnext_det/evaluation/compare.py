@@ -83,6 +83,8 @@ def results_digest(d: Detections) -> str:
 def check_distinct_runs(runs: dict[str, Sequence[Any]], digest: Any, what: str) -> None:
     """Refuse a model whose runs include the same content twice (``digest(run)`` equal): it
     would count as two training runs with no difference between them (between-run SD 0).
+    ``digest`` returns None for a run that cannot tell (empty results: untrained runs all
+    detect nothing).
 
     Raises:
         ValueError: naming the model, both runs and the digest.
@@ -91,6 +93,8 @@ def check_distinct_runs(runs: dict[str, Sequence[Any]], digest: Any, what: str) 
         seen: dict[str, int] = {}
         for i, value in enumerate(values):
             key = digest(value)
+            if key is None:
+                continue
             if key in seen:
                 raise ValueError(
                     f"model {name!r}: runs {seen[key]} and {i} are {what} (sha256 {key[:16]}...): "
@@ -278,7 +282,7 @@ def compare_results(
             )
             for i, r in enumerate(runs)
         ]
-    check_distinct_runs(dets, results_digest, "identical results")
+    check_distinct_runs(dets, lambda d: results_digest(d) if len(d) else None, "identical results")
     if not allow_missing_images:
         check_partial_runs(dets, gt)
     tables, models = {}, {}

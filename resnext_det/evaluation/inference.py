@@ -158,6 +158,7 @@ def run_inference(
     warmup = min(warmup, max(len(dicts) - 1, 0))
     cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
     results, times = [], []
+    load_before = _load_average()
     with torch.inference_mode():
         for i, inputs in enumerate(
             tqdm(loader, total=len(dicts), desc=desc, disable=not progress, leave=False)
@@ -180,8 +181,28 @@ def run_inference(
         "median_seconds_per_image": statistics.median(times) if times else math.nan,
         "timed_images": len(times),
         "device": str(cfg.MODEL.DEVICE),
+        # What the time depends on besides the model: ms/img changes many times over with the
+        # machine's other work and the thread count (report.timing_note says so).
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
     }
     return results, timing
+
+
+def _weights_digest(weights: str | os.PathLike) -> str | None:
+    """sha256 of a weights file; None for one that is missing (build_detector names it)."""
+    local = resolve_weights_path(weights)
+    return sha256_of(local) if os.path.isfile(local) else None
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average, or None where the system has none (Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
 
 
 def _flops_size(cfg: Any, model: torch.nn.Module, size: tuple[int, int] | None) -> tuple[int, int]:
@@ -324,7 +345,7 @@ def compare_models(
     # content before any inference.
     check_distinct_runs(
         {n: [w for _, w in runs if w] for n, runs in specs.items()},
-        lambda w: sha256_of(resolve_weights_path(w)),
+        _weights_digest,
         "the same weights",
     )
     results: dict[str, list] = {}
