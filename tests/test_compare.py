@@ -308,6 +308,15 @@ def test_models_mode_two_tiny_detectors(tmp_path):
         != report["models"]["X-tiny"]["backbone_params"]
     )
     assert report["baseline"] == "R-tiny"
+    # What ms/img depends on is recorded with it (issue 27): threads and the machine's load.
+    on_disk = json.loads((out / "comparison.json").read_text())["models"]["X-tiny"]
+    assert on_disk["torch_threads"] == torch.get_num_threads()
+    assert on_disk["cpu_count"] == os.cpu_count()
+    assert on_disk["load_average_before"] >= 0 and on_disk["load_average_after"] >= 0
+    assert (
+        f"{torch.get_num_threads()} torch threads, load average"
+        in (out / "comparison.md").read_text()
+    )
 
 
 def test_models_mode_tool_and_bad_weights(tmp_path):
@@ -436,6 +445,26 @@ def test_one_run_per_model_is_labelled_images_only(data, tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| X-50-32x4d"))
     assert "†" in row and "*" not in row  # an images-only exclusion is not marked as a finding
     assert "run-to-run variation unmeasured" in md and "test images only" in md
+    # The console's table explains its † too (issue 27).
+    from resnext_det.evaluation.report import format_table
+
+    console = format_table(json.loads((out / "comparison.json").read_text()))
+    assert "\n† marks a Δ whose interval excludes 0 over test images only" in console
+
+
+def test_a_loaded_machine_is_said_with_the_timing():
+    from resnext_det.evaluation.report import timing_note
+
+    model = {"seconds_per_image": 0.5, "device": "cpu", "torch_threads": 2, "cpu_count": 2}
+    idle = {"m": {**model, "load_average_before": 0.1, "load_average_after": 0.9}}
+    busy = {"m": {**model, "load_average_before": 3.5, "load_average_after": 4.0}}
+    assert timing_note({"models": idle}) == (
+        "ms/img: on cpu, 2 torch threads, load average 0.10-0.90 on 2 CPUs."
+    )
+    assert "The machine was loaded (load average 3.50 before timing, on 2 CPUs)" in timing_note(
+        {"models": busy}
+    )
+    assert timing_note({"models": {"m": {"seconds_per_image": None}}}) == ""
 
 
 def test_repeated_names_in_results_mode_are_runs(runs, tmp_path, capsys):

@@ -185,7 +185,13 @@ def format_table(report: dict, tablefmt: str = "github", *, markdown: bool = Fal
     from tabulate import tabulate
 
     headers, rows = _main_rows(report, markdown_text if markdown else _plain)
-    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    table = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    if markdown:  # the markdown says these in its own paragraphs
+        return table
+    # The console's table explains its marks and its timing too (a † alone says nothing).
+    notes = [f"{mark} {text}" for mark, text in _mark_notes(report).items() if mark in table]
+    timing = timing_note(report)
+    return "\n".join([table, *notes, *([timing] if timing else [])])
 
 
 def render_markdown(report: dict) -> str:
@@ -209,6 +215,8 @@ def render_markdown(report: dict) -> str:
             f"Params and GFLOPs (multiply-adds) are of the backbone (ResNet/ResNeXt + FPN) "
             f"at a {flops_size[0]}x{flops_size[1]} input."
         )
+    if timing_note(report):
+        lines.append(timing_note(report))
     lines += _interval_lines(report)
     lines += ["", format_table(report, markdown=True), ""]
     lines += _runs_section(report)
@@ -291,17 +299,55 @@ def _interval_lines(report: dict) -> list[str]:
             f"{m['delta_covers']}."
         )
     lines.append("")
-    lines.append(
-        f"`{FINDING}` marks a Δ whose interval excludes 0 over both test images and training runs."
-    )
+    lines += [f"`{mark}` {text}" for mark, text in _mark_notes(report).items()]
+    return lines
+
+
+def _mark_notes(report: dict) -> dict[str, str]:
+    """What the table's marks mean (the console's table and the markdown say the same)."""
+    b = report["bootstrap"]
+    if not b:
+        return {}
+    notes = {
+        FINDING: "marks a Δ whose interval excludes 0 over both test images and training runs."
+    }
     if not b.get("calibrated", True):
-        lines.append(
-            f"`{IMAGES_ONLY}` marks a Δ whose interval excludes 0 over test images only: with one "
+        notes[IMAGES_ONLY] = (
+            "marks a Δ whose interval excludes 0 over test images only: with one "
             "run of a model, run-to-run variation is unmeasured, and on small networks it is often "
             "larger than the difference. That is not a finding: train 3 or more runs per model "
             "(seeds 0..N-1) and compare them all."
         )
-    return lines
+    return notes
+
+
+def timing_note(report: dict) -> str:
+    """How ms/img was measured: device, torch's threads, the machine's load average (1 minute)
+    before and after, and a warning when the machine was loaded (ms/img then changes many times
+    over with other work; compare timings of one machine state only). Empty without timings."""
+    timed = [m for m in report["models"].values() if m.get("seconds_per_image")]
+    if not timed:
+        return ""
+    loads = [
+        v for m in timed for v in (m.get("load_average_before"), m.get("load_average_after"))
+        if v is not None
+    ]  # fmt: skip
+    first = timed[0]
+    cpus = first.get("cpu_count") or 0
+    text = f"ms/img: on {first.get('device', '?')}"
+    if first.get("torch_threads"):
+        text += f", {first['torch_threads']} torch threads"
+    if loads:
+        text += f", load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs"
+    text += "."
+    before = [m.get("load_average_before") for m in timed if m.get("load_average_before")]
+    if cpus and before and max(before) > cpus / 2:
+        text += (
+            f" The machine was loaded (load average {max(before):.2f} before timing, on {cpus} "
+            "CPUs): ms/img is slower than on an idle machine and varies with the other work; "
+            "compare it only with timings taken in the same state."
+        )
+    return text
 
 
 def _runs_section(report: dict) -> list[str]:
