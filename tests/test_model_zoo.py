@@ -114,7 +114,13 @@ def test_pyproject_lists_every_package_folder():
         ".".join(p.parent.relative_to(REPO).parts)
         for p in (REPO / "resnext_det").rglob("__init__.py")
     }
-    assert set(setup["packages"]) == folders | {"resnext_det.configs"}
+    configs = {
+        ".".join(("resnext_det", *p.relative_to(REPO).parts))
+        for p in [REPO / "configs", *(REPO / "configs").rglob("*")]
+        if p.is_dir() and p.name != "__pycache__"
+        and all(part.isidentifier() for part in p.relative_to(REPO).parts)
+    }  # fmt: skip
+    assert set(setup["packages"]) == folders | configs
     assert setup["package-dir"] == {"resnext_det.configs": "configs"}
 
 
