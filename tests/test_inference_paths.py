@@ -319,3 +319,47 @@ def test_yacs_eval_only_bf16_within_tolerance(registered, weights, reference, tm
     with pytest.raises(AssertionError):  # bf16 really ran
         assert_equal_detections(got, reference)
     assert matched_fraction(got, reference) >= BF16_MATCHED
+
+
+@pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated (slow) on this CPU")
+def test_bf16_weights_stored_in_bf16_give_autocasts_detections_exactly(synthetic, weights):
+    """prepare_for_inference stores conv and linear weights in bf16 (autocast_weights): the same
+    bits as autocast casting fp32 weights at every call."""
+    from resnext_det.predict import Predictor
+
+    bf16 = Predictor(config(weights), inference=InferenceSettings(amp_dtype="bfloat16"))
+    convs = [m for m in bf16.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in convs
+        if m.weight.dim() == 4
+    )
+    fp32 = Predictor(config(weights))  # fp32 weights, run under autocast by hand
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+    for bgr in images(synthetic).values():
+        got = bf16(bgr)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = fp32._predictor(bgr)["instances"].to("cpu")
+        assert len(got) == len(expected) > 0
+        for field in ("scores", "pred_classes"):
+            assert torch.equal(got.get(field), expected.get(field))
+        assert torch.equal(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+
+
+def test_autocast_weights_leaves_layers_that_compute_otherwise_alone():
+    from detectron2.layers import Conv2d
+
+    from resnext_det.deform import DeformConv2d
+    from resnext_det.speed import autocast_weights
+
+    net = torch.nn.Sequential(
+        Conv2d(4, 8, 3, norm=torch.nn.GroupNorm(2, 8)),  # GroupNorm: not folded, stays fp32
+        DeformConv2d(8, 8, 3, padding=1),  # runs torchvision's kernel in its weights' dtype
+        torch.nn.Linear(8, 2),
+    )
+    assert autocast_weights(net, "bfloat16") == 2
+    assert net[0].weight.dtype == net[0].bias.dtype == net[2].weight.dtype == torch.bfloat16
+    assert net[0].norm.weight.dtype == torch.float32
+    assert net[1].weight.dtype == torch.float32
+    assert autocast_weights(net, "bfloat16") == 0  # idempotent
