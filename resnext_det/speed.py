@@ -319,7 +319,7 @@ def autocast_weights(module: nn.Module, dtype: str | torch.dtype) -> int:
     returns how many layers changed.
 
     Under ``autocast(device, dtype)`` the outputs are the same bits as with fp32 weights (the
-    cast is the same rounding, done once instead of at every call: 44M elements per call for
+    cast is the same rounding, done once instead of at every call: 41M elements per call for
     X-50-32x4d Faster R-CNN). Outside autocast the model no longer runs (fp32 inputs, bf16
     weights): for a model that always runs under it, as :func:`prepare_for_inference`'s does.
     """
