@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "load_lazy_config",
     "setup",
     "train_lazy",
+    "use_datasets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,40 @@ def load_lazy_config(path: str | os.PathLike, overrides: list[str] | tuple[str, 
 
 
 _ABSENT = object()
+
+
+# Where a LazyConfig's detector keeps its class count (R-CNN heads; RetinaNet's head). The mask
+# and keypoint heads of detectron2's LazyConfigs follow roi_heads.num_classes by interpolation.
+_NUM_CLASSES_KEYS = ("model.roi_heads.num_classes", "model.head.num_classes")
+
+
+def use_datasets(
+    cfg: DictConfig, train: str | Sequence[str], test: str | None = None, *, num_classes: int
+) -> DictConfig:
+    """Point a LazyConfig at your own registered data sets: the training and test data set names
+    (the evaluator follows the test set) and the detector's class count; returns ``cfg``.
+
+    Register the sets with ``resnext-det lazy-train --register NAME JSON IMAGE_ROOT`` (or
+    :func:`resnext_det.data.register_coco_dataset`). README "Your own data with a LazyConfig"
+    shows a whole config file.
+
+    Raises:
+        ConfigError: ``num_classes`` below 1, or a config with no class count to set.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"use_datasets: num_classes must be an integer >= 1; got {num_classes!r}")
+    keys = [k for k in _NUM_CLASSES_KEYS if _select(cfg, k) is not None]
+    if not keys:
+        raise ConfigError(
+            f"use_datasets: the config has none of {', '.join(_NUM_CLASSES_KEYS)} to set "
+            f"num_classes in; set your detector's class count yourself"
+        )
+    cfg.dataloader.train.dataset.names = train if isinstance(train, str) else list(train)
+    if test is not None:
+        cfg.dataloader.test.dataset.names = test
+    for key in keys:
+        OmegaConf.update(cfg, key, num_classes, merge=False)
+    return cfg
 
 
 def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
