@@ -192,6 +192,15 @@ def test_wheel_installed_outside_the_checkout(tmp_path):
         model = model_zoo.get("demo/faster_rcnn_X_demo.yaml", device="cpu")
         print("params", sum(p.numel() for p in model.parameters()))
         lazy = model_zoo.get("lazy/tests/faster_rcnn_tiny.py", device="cpu")
+        # Issue 27: no device on a machine without CUDA builds on the CPU (as detectron2's zoo);
+        # trained=True names detectron2's zoo checkpoint (nothing downloaded here).
+        import torch
+        if not torch.cuda.is_available():
+            assert next(model_zoo.get("demo/faster_rcnn_X_demo.yaml").parameters()).device.type \
+                == "cpu"
+        url, conventions = model_zoo.trained_weights("faster_rcnn_X_101_32x8d_FPN_3x.yaml")
+        assert url.endswith("/139173657/model_final_68b088.pkl"), url
+        assert conventions["INPUT.FORMAT"] == "BGR", conventions
         result = run_demo("demo_out", schedule="smoke")
         print("exports", [str(p) for p in result.exports])
         """
@@ -206,3 +215,25 @@ def test_wheel_installed_outside_the_checkout(tmp_path):
             assert (run_dir / "metrics.json").is_file()
     helped = run(venv / "bin" / "resnext-det", "--help", cwd=outside)
     assert helped.returncode == 0 and "lazy-train" in helped.stdout
+    # Issue 27: a packaged config by name on a command's --config-file, from outside the
+    # checkout; the VOC conversion by its console name.
+    named = run(venv / "bin" / "resnext-det", "complexity", "--config-file",
+                "raccoon/faster_rcnn_X_26_scratch_raccoon.yaml", cwd=outside)  # fmt: skip
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert "using resnext_det's packaged" in named.stderr and "raccoon" in named.stdout
+    voc = outside / "voc"
+    (voc / "xml").mkdir(parents=True)
+    (voc / "img").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(voc / "img" / "a.jpg")
+    (voc / "xml" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>40</width><height>30</height>"
+        "<depth>3</depth></size><object><name>raccoon</name><bndbox><xmin>2</xmin><ymin>3</ymin>"
+        "<xmax>20</xmax><ymax>25</ymax></bndbox></object></annotation>"
+    )
+    converted = run(venv / "bin" / "resnext-det", "voc-to-coco", "--xml-dir", voc / "xml",
+                    "--image-dir", voc / "img", "--out", voc / "coco.json",
+                    cwd=outside)  # fmt: skip
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    assert "raccoon" in (voc / "coco.json").read_text()
