@@ -101,6 +101,7 @@ def _by_dtype(predictor, model, bgr, rounds: int, probe: PeakProbe, verbose: boo
     from torch.profiler import ProfilerActivity, profile
 
     from resnext_det.complexity import count_complexity
+    from resnext_det.speed import autocast
 
     from .end_to_end import StageClock
 
@@ -117,7 +118,10 @@ def _by_dtype(predictor, model, bgr, rounds: int, probe: PeakProbe, verbose: boo
         probe.round()
     h.remove()
     size = sizes[-1]
-    gmacs = count_complexity(model.backbone.bottom_up, size).gflops  # fvcore: 1 flop = 1 MAC
+    # fvcore counts 1 flop per multiply-add; traced under the model's autocast (a bf16 model's
+    # weights are stored in bf16: speed.autocast_weights).
+    with autocast("cpu", predictor.inference.amp_dtype):
+        gmacs = count_complexity(model.backbone.bottom_up, size).gflops
     backbone_s = statistics.median(s["backbone"] for s in stages)
 
     convs = _ConvClock(model)
