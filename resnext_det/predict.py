@@ -259,16 +259,13 @@ def _coco_results(instances: Any, image_id: int, metadata: Any) -> list[dict]:
 
 
 def _draw(rgb: np.ndarray, instances: Any, metadata: Any, title: str | None) -> np.ndarray:
-    import cv2
     from detectron2.utils.visualizer import Visualizer
+
+    from .evaluation.gallery import titled
 
     drawn = Visualizer(rgb, metadata, scale=1.0).draw_instance_predictions(instances)
     panel = drawn.get_image()
-    if title:
-        bar = np.full((24, panel.shape[1], 3), 255, dtype=np.uint8)
-        cv2.putText(bar, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        panel = np.concatenate([bar, panel], axis=0)
-    return panel
+    return titled(panel, title) if title else panel
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -379,6 +376,7 @@ def run_predictions(
     """
     from tqdm import tqdm
 
+    from .evaluation.gallery import join_panels
     from .io import (
         check_output_location,
         file_name_for,
@@ -426,7 +424,7 @@ def run_predictions(
             panels.append(_draw(bgr[:, :, ::-1], instances, m.metadata, title))
         if out is None:
             continue
-        picture = np.concatenate(panels, axis=1)
+        picture = panels[0] if len(panels) == 1 else join_panels(panels)
         target = out if one_file else path_inside(out, png_name)
         written.append(
             write_bytes_atomic(target, _encode(picture, target.suffix.lower(), path), durable=False)

@@ -161,7 +161,13 @@ def test_threshold_and_glob_and_compare(tmp_path, synthetic, checkpoints):
     assert code == 0
     one = cv2.imread(str(next(iter(sorted(high.glob("*.png"))))))
     two = cv2.imread(str(sorted(side.glob("*.png"))[0]))
-    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] > one.shape[0]  # + title bars
+    assert two.shape[0] > one.shape[0]  # + title bars
+    # Two bordered panels and a white gap between them (issue 27: boxes at a panel's edge ran
+    # into the next panel).
+    gap = two.shape[1] - 2 * (one.shape[1] + 2)
+    assert gap >= 8
+    middle = two[:, one.shape[1] + 2 : one.shape[1] + 2 + gap]
+    assert (middle == 255).all()
     r = json.loads((side / "R" / "coco_instances_results.json").read_text())
     x = json.loads((side / "X" / "coco_instances_results.json").read_text())
     assert r == x and r  # the same weights on both sides
@@ -332,3 +338,25 @@ def test_compare_tool_draws_the_gallery_in_results_mode(tmp_path, synthetic):
     assert 1 <= len(pictures) <= 2
     md = (out / "comparison.md").read_text()
     assert all(f"](gallery/{p.name})" in md for p in pictures)
+
+
+def test_titles_scale_with_the_panel_and_fit_it():
+    # Issue 27: ~12 px titles on 2700 px panels, and long titles running into the next panel.
+    from resnext_det.evaluation.gallery import join_panels, titled
+
+    def title_height(panel_width: int, title: str = "X-50 32x4d") -> tuple[int, np.ndarray]:
+        out = titled(np.zeros((50, panel_width, 3), np.uint8), title)
+        bar = out[: out.shape[0] - 50]
+        rows = np.flatnonzero((bar < 128).any(axis=(1, 2)))
+        return rows[-1] - rows[0] + 1, bar
+
+    small, _ = title_height(400)
+    large, _ = title_height(2700)
+    assert small >= 10 and large >= 4 * small  # about 1/40 of the width
+    _, bar = title_height(200, "a model with a name far longer than its panel is wide")
+    inked = np.flatnonzero((bar < 128).any(axis=(0, 2)))
+    assert inked[-1] < 200 - 4  # shortened with "...", a margin kept
+    joined = join_panels([np.zeros((10, 300, 3), np.uint8), np.zeros((20, 300, 3), np.uint8)])
+    assert joined.shape == (22, 2 * 302 + 8, 3)
+    assert (joined[:, 302:310] == 255).all()  # the gap
+    assert (joined[0, :302] == 150).all()  # the border

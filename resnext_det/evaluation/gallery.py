@@ -24,7 +24,14 @@ from tqdm import tqdm
 from .accumulate import MatchTable
 from .coco import CocoGroundTruth, Detections
 
-__all__ = ["GALLERY_DIR", "image_paths", "per_image_counts", "render_gallery"]
+__all__ = [
+    "GALLERY_DIR",
+    "image_paths",
+    "join_panels",
+    "per_image_counts",
+    "render_gallery",
+    "titled",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +83,64 @@ def _boxes_xyxy(xywh: np.ndarray) -> np.ndarray:
     return out
 
 
-def _panel(rgb: np.ndarray, boxes: np.ndarray, labels: list[str], title: str, color) -> np.ndarray:
+def _fit(text: str, width: int, scale: float, thickness: int) -> str:
+    """``text``, shortened with "..." until it fits ``width`` pixels (cv2's Hershey font)."""
     import cv2
+
+    def size(t: str) -> int:
+        return cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)[0][0]
+
+    if size(text) <= width:
+        return text
+    while text and size(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """``panel`` (RGB) under a white bar holding ``title``, its letters scaled with the panel's
+    width (about 1/40 of it, at least 14 px: legible when the picture is opened at its size or
+    shown to fit a screen) and shortened with "..." to fit it."""
+    import cv2
+
+    width = panel.shape[1]
+    height = max(14, min(64, width // 40))  # letter height in pixels
+    scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, height, 1)
+    thickness = max(1, height // 14)
+    margin = max(4, height // 3)
+    text = _fit(title, width - 2 * margin, scale, thickness)
+    bar = np.full((height + 2 * margin, width, 3), 255, dtype=np.uint8)
+    cv2.putText(
+        bar, text, (margin, margin + height), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+        thickness, cv2.LINE_AA,
+    )  # fmt: skip
+    return np.concatenate([bar, panel], axis=0)
+
+
+def join_panels(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Panels (RGB) side by side, each in a grey border, with a white gap between them (about
+    1/100 of a panel's width, at least 8 px), so that a box at one panel's edge never runs into
+    the next; shorter panels are padded with white below."""
+    width = max(p.shape[1] for p in panels)
+    gap = max(8, width // 100)
+    line = max(1, width // 800)
+    grey = np.array([150, 150, 150], dtype=np.uint8)
+    framed = []
+    for p in panels:
+        p = np.pad(p, ((line, line), (line, line), (0, 0)))
+        p[:line], p[-line:], p[:, :line], p[:, -line:] = grey, grey, grey, grey
+        framed.append(p)
+    height = max(p.shape[0] for p in framed)
+    white = np.full((height, gap, 3), 255, dtype=np.uint8)
+    out: list[np.ndarray] = []
+    for p in framed:
+        if out:
+            out.append(white)
+        out.append(np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255))
+    return np.concatenate(out, axis=1)
+
+
+def _panel(rgb: np.ndarray, boxes: np.ndarray, labels: list[str], title: str, color) -> np.ndarray:
     from detectron2.utils.visualizer import Visualizer
 
     vis = Visualizer(rgb, None, scale=max(1.0, 256 / max(rgb.shape[:2])))
@@ -86,9 +149,7 @@ def _panel(rgb: np.ndarray, boxes: np.ndarray, labels: list[str], title: str, co
         labels=labels or None,
         assigned_colors=[color] * len(boxes) if len(boxes) else None,
     ).get_image()
-    bar = np.full((24, drawn.shape[1], 3), 255, dtype=np.uint8)
-    cv2.putText(bar, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([bar, drawn], axis=0)
+    return titled(drawn, title)
 
 
 def _mean_counts(runs: Sequence[MatchTable], score_threshold: float) -> tuple[np.ndarray, ...]:
@@ -184,12 +245,7 @@ def render_gallery(
             else:
                 title += f": {first_tp[i]} TP"
             panels.append(_panel(rgb, _boxes_xyxy(d.bbox[sel]), labels, title, palette[name]))
-        height = max(p.shape[0] for p in panels)
-        panels = [
-            np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255)
-            for p in panels
-        ]
-        ok, encoded = cv2.imencode(".png", np.concatenate(panels, axis=1)[:, :, ::-1])
+        ok, encoded = cv2.imencode(".png", join_panels(panels)[:, :, ::-1])
         if not ok:  # pragma: no cover
             raise RuntimeError(f"could not encode the gallery picture of image {image_id}")
         picture = f"{GALLERY_DIR}/{file_prefix}_{rank:02d}_{image_id}.png"
