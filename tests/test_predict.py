@@ -356,6 +356,8 @@ def test_titles_scale_with_the_panel_and_fit_it():
     _, bar = title_height(200, "a model with a name far longer than its panel is wide")
     inked = np.flatnonzero((bar < 128).any(axis=(0, 2)))
     assert inked[-1] < 200 - 4  # shortened with "...", a margin kept
+    two_lines = titled(np.zeros((50, 400, 3), np.uint8), "name\nrun 0: 1 TP")
+    assert two_lines.shape[0] - 50 > title_height(400)[1].shape[0] + small  # a line each
     joined = join_panels([np.zeros((10, 300, 3), np.uint8), np.zeros((20, 300, 3), np.uint8)])
     assert joined.shape == (22, 2 * 302 + 8, 3)
     assert (joined[:, 302:310] == 255).all()  # the gap

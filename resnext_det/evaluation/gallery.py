@@ -98,9 +98,9 @@ def _fit(text: str, width: int, scale: float, thickness: int) -> str:
 
 
 def titled(panel: np.ndarray, title: str) -> np.ndarray:
-    """``panel`` (RGB) under a white bar holding ``title``, its letters scaled with the panel's
-    width (about 1/40 of it, at least 14 px: legible when the picture is opened at its size or
-    shown to fit a screen) and shortened with "..." to fit it."""
+    """``panel`` (RGB) under a white bar holding ``title`` (one line per ``\\n``), its letters
+    scaled with the panel's width (about 1/40 of it, at least 14 px: legible when the picture is
+    opened at its size or shown to fit a screen), each line shortened with "..." to fit it."""
     import cv2
 
     width = panel.shape[1]
@@ -108,12 +108,13 @@ def titled(panel: np.ndarray, title: str) -> np.ndarray:
     scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, height, 1)
     thickness = max(1, height // 14)
     margin = max(4, height // 3)
-    text = _fit(title, width - 2 * margin, scale, thickness)
-    bar = np.full((height + 2 * margin, width, 3), 255, dtype=np.uint8)
-    cv2.putText(
-        bar, text, (margin, margin + height), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-        thickness, cv2.LINE_AA,
-    )  # fmt: skip
+    lines = [_fit(line, width - 2 * margin, scale, thickness) for line in title.split("\n")]
+    bar = np.full((len(lines) * (height + margin) + margin, width, 3), 255, dtype=np.uint8)
+    for k, text in enumerate(lines, 1):
+        cv2.putText(
+            bar, text, (margin, k * (height + margin)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+            (0, 0, 0), thickness, cv2.LINE_AA,
+        )  # fmt: skip
     return np.concatenate([bar, panel], axis=0)
 
 
@@ -231,7 +232,11 @@ def render_gallery(
         in_image = gt.ann_image == i
         gt_labels = [gt.category_names[k] for k in gt.ann_category[in_image]]
         gt_boxes = _boxes_xyxy(gt.ann_bbox[in_image])
-        panels = [_panel(rgb, gt_boxes, gt_labels, "ground truth", palette["gt"])]
+        panels = [
+            _panel(
+                rgb, gt_boxes, gt_labels, f"ground truth\n{len(gt_boxes)} objects", palette["gt"]
+            )
+        ]
         for name, name_runs in ((base, base_runs), (other, other_runs)):
             d = name_runs[0][0]
             sel = (d.image == i) & (d.score >= score_threshold)
@@ -240,10 +245,11 @@ def render_gallery(
             ]
             mean_tp, _, first_tp = means[name]
             title = f"{name}{' (baseline)' if name == base else ''}"
+            # Two lines: the name, then the counts (one line ran into the next panel's title).
             if len(name_runs) > 1:
-                title += f" run 0: {first_tp[i]} TP (mean of {len(name_runs)}: {mean_tp[i]:.1f})"
+                title += f"\nrun 0: {first_tp[i]} TP (mean of {len(name_runs)}: {mean_tp[i]:.1f})"
             else:
-                title += f": {first_tp[i]} TP"
+                title += f"\n{first_tp[i]} TP"
             panels.append(_panel(rgb, _boxes_xyxy(d.bbox[sel]), labels, title, palette[name]))
         ok, encoded = cv2.imencode(".png", join_panels(panels)[:, :, ::-1])
         if not ok:  # pragma: no cover
