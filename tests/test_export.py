@@ -609,3 +609,28 @@ def test_tool(tiny_ckpt):
     assert "Traceback" not in bad.stderr
     assert "res2.0.conv2.weight') has shape (8, 4, 3, 3)" in bad.stderr
     assert not (ckpt.parent / "x.pth").exists()
+
+
+def test_the_class_names_of_the_trained_weights_travel_to_the_export(tmp_path):
+    # Issue 27: the trainer's record of the training set's classes reaches the sidecar (and the
+    # safetensors header), so that whatever loads the export can say "raccoon".
+    from resnext_det.weights.checkpointer import ResNeXtCheckpointer
+    from resnext_det.weights.reader import recorded_classes
+
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    saver = ResNeXtCheckpointer(model, save_dir=str(tmp_path))
+    saver.classes = {"thing_classes": ["raccoon"], "thing_dataset_ids": [1]}
+    saver.save("model_final")
+    out = tmp_path / "bb.safetensors"
+    export_backbone(cfg, tmp_path / "model_final.pth", "detectron2", out)
+    sidecar = json.loads((tmp_path / "bb.safetensors.json").read_text())
+    assert sidecar["thing_classes"] == ["raccoon"] and sidecar["thing_dataset_ids"] == [1]
+    assert recorded_classes(out) == {"thing_classes": ["raccoon"], "thing_dataset_ids": [1]}
+    assert stat_mode(out) == stat_mode(tmp_path / "bb.safetensors.json")  # both 0644 (umask)
+
+
+def stat_mode(path) -> int:
+    import stat
+
+    return stat.S_IMODE(os.stat(path).st_mode)
