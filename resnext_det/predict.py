@@ -261,9 +261,10 @@ def _coco_results(instances: Any, image_id: int, metadata: Any) -> list[dict]:
 def _draw(rgb: np.ndarray, instances: Any, metadata: Any, title: str | None) -> np.ndarray:
     from detectron2.utils.visualizer import Visualizer
 
-    from .evaluation.gallery import titled
+    from .evaluation.gallery import drop_overlapping_labels, titled
 
     drawn = Visualizer(rgb, metadata, scale=1.0).draw_instance_predictions(instances)
+    drop_overlapping_labels(drawn)
     panel = drawn.get_image()
     return titled(panel, title) if title else panel
 

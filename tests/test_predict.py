@@ -362,3 +362,22 @@ def test_titles_scale_with_the_panel_and_fit_it():
     assert joined.shape == (22, 2 * 302 + 8, 3)
     assert (joined[:, 302:310] == 255).all()  # the gap
     assert (joined[0, :302] == 150).all()  # the border
+
+
+def test_labels_that_would_overlap_are_left_out_and_every_box_is_drawn():
+    # Issue 27: neighbouring score labels were printed over each other.
+    from detectron2.utils.visualizer import Visualizer
+
+    from resnext_det.evaluation.gallery import drop_overlapping_labels
+
+    boxes = np.array([[10, 10, 120, 120], [12, 11, 118, 119], [150, 150, 250, 250]], float)
+    vis = Visualizer(np.zeros((256, 256, 3), np.uint8), None).overlay_instances(
+        boxes=boxes, labels=["cat 0.90", "cat 0.89", "dog 0.70"]
+    )
+    assert len(vis.ax.texts) == 3
+    assert drop_overlapping_labels(vis) == 1
+    shown = sorted(t.get_text() for t in vis.ax.texts)
+    assert shown in (["cat 0.90", "dog 0.70"], ["cat 0.89", "dog 0.70"])
+    renderer = vis.fig.canvas.get_renderer()
+    a, b = (t.get_window_extent(renderer) for t in vis.ax.texts)
+    assert not a.overlaps(b)

@@ -27,6 +27,7 @@ from .coco import CocoGroundTruth, Detections
 __all__ = [
     "GALLERY_DIR",
     "image_paths",
+    "drop_overlapping_labels",
     "join_panels",
     "per_image_counts",
     "render_gallery",
@@ -141,6 +142,24 @@ def join_panels(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def drop_overlapping_labels(drawn: Any) -> int:
+    """Remove the labels of a detectron2 ``VisImage`` that overlap a label drawn before them
+    (the Visualizer draws the largest boxes first and places each label at its box's corner
+    without looking at the others, so neighbouring scores printed over each other). Every box
+    stays; returns how many labels were removed."""
+    renderer = drawn.fig.canvas.get_renderer()
+    kept: list[Any] = []
+    removed = 0
+    for text in list(drawn.ax.texts):
+        extent = text.get_window_extent(renderer)
+        if any(extent.overlaps(k) for k in kept):
+            text.remove()
+            removed += 1
+        else:
+            kept.append(extent)
+    return removed
+
+
 def _panel(rgb: np.ndarray, boxes: np.ndarray, labels: list[str], title: str, color) -> np.ndarray:
     from detectron2.utils.visualizer import Visualizer
 
@@ -149,8 +168,9 @@ def _panel(rgb: np.ndarray, boxes: np.ndarray, labels: list[str], title: str, co
         boxes=boxes if len(boxes) else None,
         labels=labels or None,
         assigned_colors=[color] * len(boxes) if len(boxes) else None,
-    ).get_image()
-    return titled(drawn, title)
+    )
+    drop_overlapping_labels(drawn)
+    return titled(drawn.get_image(), title)
 
 
 def _mean_counts(runs: Sequence[MatchTable], score_threshold: float) -> tuple[np.ndarray, ...]:
