@@ -7,19 +7,27 @@ and renames them only when every one was written, so a failure leaves no half-wr
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
-import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
 from ..io import staged_files
-from .coco import METRIC_KEYS, RECALL_THRESHOLDS
+from .coco import METRIC_KEYS
+from .figure import render_png
 from .gallery import GALLERY_DIR
+from .records import _json_safe, render_csv, render_json
+from .text import (
+    _LABELS,
+    FINDING,
+    IMAGES_ONLY,
+    _fmt,
+    _plain,
+    check_model_names,
+    markdown_text,
+)
 
 __all__ = [
     "OUTPUT_FILES",
@@ -36,65 +44,6 @@ __all__ = [
 ]
 
 OUTPUT_FILES = ("comparison.md", "comparison.json", "comparison.csv", "comparison.png")
-_LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
-# `*`: the interval of a difference excludes 0 and covers test images and training runs.
-# `†`: it excludes 0 but covers test images only (a model with one run): not a finding.
-FINDING, IMAGES_ONLY = "*", "†"
-
-
-def check_model_names(names: Any) -> None:
-    """Refuse model names that a report cannot show as given: not a string, empty, or holding
-    control characters or line breaks (a newline would start a new markdown line, a heading).
-    Everything else is shown escaped (:func:`markdown_text`) and made a file name by
-    :func:`resnext_det.io.file_name_for`."""
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"a model name must be a non-empty string; got {name!r}")
-        bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
-        if bad:
-            raise ValueError(
-                f"model name {name!r} holds control characters or line breaks "
-                f"({', '.join(repr(c) for c in bad)}); names go into reports and file names: use "
-                "letters, digits, spaces and punctuation"
-            )
-
-
-# Characters markdown (CommonMark + GitHub's tables, strikethrough and math) gives a meaning
-# anywhere in a line. ("_" only where it can open or close emphasis: see markdown_text.)
-_MD_PUNCTUATION = frozenset("\\`*[]|~$#")  # ( ) ! { } mean nothing once [ ] are escaped
-_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-
-def markdown_text(text: Any) -> str:
-    """``text`` (a name, a path, a category: anything a user gave) as literal markdown:
-    punctuation backslash-escaped (``|`` no longer ends a table cell, ``#`` starts no heading),
-    ``&<>`` as entities (``<script>`` is text), control characters written as escapes
-    (``\\n``), so it renders as given and stays on its line. An ``_`` between two letters or
-    digits (``results_R_run1.json``) cannot start emphasis in CommonMark and stays as it is."""
-    text = str(text)
-    out = []
-    for i, ch in enumerate(text):
-        if ch in _MD_ENTITIES:
-            out.append(_MD_ENTITIES[ch])
-        elif ch in _MD_PUNCTUATION:
-            out.append("\\" + ch)
-        elif ch == "_":
-            inside = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
-            out.append("_" if inside else "\\_")
-        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _plain(text: Any) -> str:
-    return str(text)
-
-
-def _mpl_text(text: Any) -> str:
-    # matplotlib reads $...$ as math (an unbalanced "$" in a name fails the whole figure).
-    return str(text).replace("$", r"\$")
 
 
 def check_out_dir(out_dir: str | os.PathLike | None) -> None:
@@ -129,12 +78,6 @@ def _mark(m: dict, key: str) -> str:
     if not m.get("delta_significant", {}).get(key):
         return ""
     return FINDING if m.get("delta_calibrated") else IMAGES_ONLY
-
-
-def _fmt(x: Any, digits: int = 1, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def _ci(ci: list | None, digits: int = 1, signed: bool = False) -> str:
@@ -410,140 +353,6 @@ def _gallery_section(report: dict) -> list[str]:
         headers = ["image", "ground truth", f"TP {base_md}", f"TP {other_md}", "picture"]
         lines += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return lines
-
-
-def _csv_columns(report: dict) -> list[str]:
-    cols = [
-        "model",
-        "baseline",
-        "runs",
-        "backbone_params",
-        "backbone_gflops",
-        "seconds_per_image",
-        "num_detections",
-        *METRIC_KEYS,
-    ]
-    cols += [f"delta_{k}" for k in METRIC_KEYS]
-    cols += [f"{k}_between_run_sd" for k in ("AP", "AP50", "AP75")]
-    cols += ["delta_calibrated", "delta_covers"]
-    for k in ("AP", "AP50", "AP75"):
-        cols += [
-            f"{k}_ci_low",
-            f"{k}_ci_high",
-            f"delta_{k}_ci_low",
-            f"delta_{k}_ci_high",
-            f"delta_{k}_p",
-        ]
-    cats = list(next(iter(report["models"].values()))["per_category_AP"])
-    return cols + [f"AP[{c}]" for c in cats]
-
-
-def render_csv(report: dict) -> str:
-    cols = _csv_columns(report)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    writer.writeheader()
-    for name, m in report["models"].items():
-        row: dict[str, Any] = {"model": name, "baseline": int(name == report["baseline"])}
-        row["runs"] = m.get("runs", 1)
-        for k in ("AP", "AP50", "AP75"):
-            row[f"{k}_between_run_sd"] = m.get("between_run_sd", {}).get(k)
-        row["delta_calibrated"] = int(bool(m.get("delta_calibrated")))
-        row["delta_covers"] = m.get("delta_covers")
-        for c in ("backbone_params", "backbone_gflops", "seconds_per_image", "num_detections"):
-            row[c] = m.get(c)
-        for k in METRIC_KEYS:
-            row[k] = m[k]
-            row[f"delta_{k}"] = m["delta"][k]
-        for k in ("AP", "AP50", "AP75"):
-            lo_hi = m.get("ci", {}).get(k) or [None, None]
-            d_lo_hi = m.get("delta_ci", {}).get(k) or [None, None]
-            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo_hi
-            row[f"delta_{k}_ci_low"], row[f"delta_{k}_ci_high"] = d_lo_hi
-            row[f"delta_{k}_p"] = m.get("delta_p", {}).get(k)
-        for c, v in m["per_category_AP"].items():
-            row[f"AP[{c}]"] = v
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def render_json(report: dict) -> str:
-    return json.dumps(_json_safe(report), indent=2, allow_nan=False)
-
-
-def render_png(report: dict, path: str | os.PathLike) -> None:
-    """Bars of the AP metrics per model (with bootstrap intervals) and PR curves at IoU 0.5."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; safe in tests and on servers
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(report["models"])
-    keys = ["AP50", "AP", "AP75", "APs", "APm", "APl"]
-    fig, (ax, ax_pr) = plt.subplots(
-        1, 2, figsize=(13, 5), dpi=100, gridspec_kw={"width_ratios": [1.4, 1]}
-    )
-    x = np.arange(len(keys))
-    width = 0.8 / max(len(names), 1)
-    for i, name in enumerate(names):
-        m = report["models"][name]
-        vals = np.array([np.nan if m[k] is None else m[k] for k in keys], dtype=float)
-        pos = x + (i - (len(names) - 1) / 2) * width
-        runs = m.get("runs", 1)
-        label = f"{_mpl_text(name)} ({runs} run{'s' * (runs != 1)})"
-        ax.bar(pos, np.nan_to_num(vals), width, label=label)
-        for j in np.flatnonzero(np.isnan(vals)):  # e.g. APs with no small objects in the set
-            ax.text(pos[j], 1, "n/a", ha="center", va="bottom", fontsize=8, rotation=90)
-        # Each training run's value as a point beside the bar: the spread shows at a glance.
-        for j, k in enumerate(keys):
-            pts = [r.get(k) for r in m.get("per_run", [])]
-            pts = [v for v in pts if v is not None and np.isfinite(v)]
-            if len(pts) > 1:
-                xs = pos[j] + width * 0.32 + np.linspace(-0.08, 0.08, len(pts)) * width
-                ax.scatter(xs, pts, s=10, color="black", zorder=3, linewidths=0)
-        # Error bars only where there is an interval (the bootstrap covers AP, AP50, AP75).
-        for j, k in enumerate(keys):
-            ci = m.get("ci", {}).get(k)
-            if ci and None not in ci and not np.isnan(vals[j]):
-                err = [[max(vals[j] - ci[0], 0)], [max(ci[1] - vals[j], 0)]]
-                ax.errorbar(pos[j], vals[j], yerr=err, color="black", capsize=3, lw=1)
-    ax.set_xticks(x, [_LABELS.get(k, k) for k in keys])
-    ax.set_ylabel("COCO metric (0-100)")
-    conf = report["bootstrap"]["confidence"] if report["bootstrap"] else None
-    title = "Box AP per model (bars: run mean; dots: each run)"
-    ax.set_title(title + (f", {int(conf * 100)}% CI" if conf else ""), fontsize=11)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    for name in names:
-        curve = report["models"][name].get("pr_curve_50")
-        if curve:
-            y = np.array([np.nan if v is None else v for v in curve], dtype=float)
-            ax_pr.plot(
-                RECALL_THRESHOLDS,
-                y,
-                label=f"{_mpl_text(name)} (AP@0.5 {_fmt(report['models'][name]['AP50'])})",
-            )
-    ax_pr.set_xlim(0, 1)
-    ax_pr.set_ylim(0, 1.02)
-    ax_pr.set_xlabel("recall")
-    ax_pr.set_ylabel("interpolated precision")
-    ax_pr.set_title("Precision-recall at IoU 0.5 (mean over categories)", fontsize=11)
-    ax_pr.legend(fontsize=8)
-    ax_pr.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def _write_data(data: bytes) -> Callable[[Path], None]:
