@@ -276,9 +276,7 @@ def test_item10_non_utf8_json_and_split_file(tmp_path, capsys):
     _gt_errors(p, r"latin1\.json: not a UTF-8 text file \(byte \d+: invalid")
     split = tmp_path / "split.txt"
     split.write_bytes("caf\u00e9.jpg\n".encode("latin-1"))
-    with pytest.raises(
-        AnnotationError, match=r"split\.txt: not a UTF-8 text file \(byte 3"
-    ):
+    with pytest.raises(AnnotationError, match=r"split\.txt: not a UTF-8 text file \(byte 3"):
         read_split_file(split)
     xml_dir, img_dir = _voc_set(tmp_path, ["a.jpg"])
     assert _voc_to_coco(xml_dir, img_dir, tmp_path / "o.json", "--split", str(split)) == 2
