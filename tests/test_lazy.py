@@ -304,3 +304,23 @@ def test_use_datasets_refuses_what_it_cannot_set():
     del cfg.model.roi_heads.num_classes
     with pytest.raises(ConfigError, match="none of model.roi_heads.num_classes"):
         use_datasets(cfg, "a_train", num_classes=2)
+
+
+def test_lazy_cpu_training_gets_the_yacs_fast_defaults(tmp_path, registered):
+    """One trainer assembly: a LazyConfig trained on the CPU gets cfg.CPU_TRAINING's defaults
+    (channels_last, bf16 where native) exactly as a yacs config does, and
+    train.cpu_training.KEY=value changes them."""
+    from resnext_det.config import load_config
+    from resnext_det.lazy import setup
+    from resnext_det.speed import cpu_training_settings
+
+    trainer = LazyTrainer(setup(args(tmp_path / "a")))
+    yacs = load_config()
+    yacs.MODEL.DEVICE = "cpu"
+    assert trainer.cpu_training == cpu_training_settings(yacs) is not None
+    conv = trainer.model.backbone.bottom_up.res3[0].conv2.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    plain = LazyTrainer(setup(args(tmp_path / "b", "+train.cpu_training.ENABLED=False")))
+    assert plain.cpu_training is None
+    conv = plain.model.backbone.bottom_up.res3[0].conv2.weight
+    assert not conv.is_contiguous(memory_format=torch.channels_last)
