@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .measure import load_average, quiet_verdict
-from .process import _ROOT, _Pipe, allocator_env, freed_memory_probe
+from .process import _ROOT, _Pipe, allocator_env, child_pipe, freed_memory_probe, serve_commands
 from .settings import BENCH_MODELS, BenchmarkInputError
 
 __all__ = ["SIDES", "STAGES", "run_end_to_end", "end_to_end_markdown", "write_end_to_end"]
@@ -178,25 +178,11 @@ def _serve(pipe: _Pipe, side: str, model_name: str, weights: str, images: list[s
         "round": lambda: folder()[0],
         "detections": lambda: folder(keep=True)[1],
     }
-    while True:
-        try:
-            command, *args = pipe.recv()
-        except EOFError:
-            return
-        if command == "stop":
-            return
-        try:
-            pipe.send(("ok", commands[command](*args)))
-        except Exception:  # noqa: BLE001
-            pipe.send(("error", traceback.format_exc()))
+    serve_commands(pipe, commands)
 
 
 def _child_main() -> None:
-    reader = sys.stdin.buffer
-    writer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # library prints go to stderr
-    pipe = _Pipe(reader, writer)
+    pipe = child_pipe()
     with contextlib.suppress(EOFError):
         _serve(pipe, **pipe.recv())
 

@@ -320,6 +320,12 @@ def _serve(
         "probe_round": lambda: peak_probe.round() if peak_probe else None,
         "probe_summary": lambda: peak_probe.summary() if peak_probe else {},
     }
+    serve_commands(pipe, commands)
+
+
+def serve_commands(pipe: _Pipe, commands: dict) -> None:
+    """A child's loop: run each ``(command, *args)`` received and send back ``("ok", result)``
+    or ``("error", traceback)``, until ``"stop"`` or the parent closes the pipe."""
     while True:
         try:
             command, *args = pipe.recv()
@@ -333,15 +339,21 @@ def _serve(
             pipe.send(("error", traceback.format_exc()))
 
 
-def child_main() -> None:
-    """``python -m benchmarks.child``: the child's entry point. Messages come on stdin and
-    go out on the original stdout; fd 1 then points at stderr, so that what the libraries print
-    cannot end up in the messages."""
+def child_pipe() -> _Pipe:
+    """The child's end of the pipe: messages on stdin and on the original stdout, fd 1 then
+    pointed at stderr so that what the libraries print cannot end up in the messages."""
     reader = sys.stdin.buffer
     writer = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    pipe = _Pipe(reader, writer)
+    return _Pipe(reader, writer)
+
+
+def child_main() -> None:
+    """``python -m benchmarks.child``: the child's entry point. Messages come on stdin and
+    go out on the original stdout; fd 1 then points at stderr, so that what the libraries print
+    cannot end up in the messages."""
+    pipe = child_pipe()
     try:
         args = pipe.recv()
     except EOFError:
