@@ -88,6 +88,19 @@ def _naive_two_level(res, rng, confidence: float) -> list[float]:
     return [float(lo), float(hi)]
 
 
+def _test_set(setting, rng: np.random.Generator):
+    """One simulated test set: its ground truth, each image's difficulty offset, and the loaded
+    ground truth (the random draws in the order both simulations have always made them)."""
+    gt = synthetic_ground_truth(
+        setting.num_images,
+        num_categories=setting.num_categories,
+        max_objects=setting.max_objects,
+        seed=int(rng.integers(2**31)),
+    )
+    offsets = {im["id"]: float(rng.normal(0.0, setting.image_sd)) for im in gt["images"]}
+    return gt, offsets, load_ground_truth(gt)
+
+
 def simulate(setting: Setting, repetitions: int, seed: int = 0) -> dict:
     """Run ``repetitions`` simulated comparisons of ``setting``; AP (0-100), baseline "base".
 
@@ -100,14 +113,7 @@ def simulate(setting: Setting, repetitions: int, seed: int = 0) -> dict:
     hits = {k: [] for k in ("runs_and_images", "images_only", "images_only_one_run", "naive")}
     deltas, widths, separated = [], [], []
     for _ in range(repetitions):
-        gt = synthetic_ground_truth(
-            setting.num_images,
-            num_categories=setting.num_categories,
-            max_objects=setting.max_objects,
-            seed=int(rng.integers(2**31)),
-        )
-        offsets = {im["id"]: float(rng.normal(0.0, setting.image_sd)) for im in gt["images"]}
-        g = load_ground_truth(gt)
+        gt, offsets, g = _test_set(setting, rng)
         tables = {}
         for name, quality, n in (
             ("base", setting.quality, setting.runs[0]),
@@ -180,14 +186,7 @@ def simulate_family(setting: Setting, others: int, repetitions: int, seed: int =
     single = {k: [] for k in levels}
     names = [f"other{i}" for i in range(others)]
     for _ in range(repetitions):
-        gt = synthetic_ground_truth(
-            setting.num_images,
-            num_categories=setting.num_categories,
-            max_objects=setting.max_objects,
-            seed=int(rng.integers(2**31)),
-        )
-        offsets = {im["id"]: float(rng.normal(0.0, setting.image_sd)) for im in gt["images"]}
-        g = load_ground_truth(gt)
+        gt, offsets, g = _test_set(setting, rng)
         tables = {
             name: [
                 match_detections(g, load_results(r, g))
