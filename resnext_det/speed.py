@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
@@ -41,6 +42,8 @@ from torch import nn
 
 from .backbone import ResNeXt
 from .blocks import AggregatedBottleneckBlock
+from .mixed_precision import fp32_prediction_layers
+from .roi_align import channels_last_roi_align
 
 __all__ = [
     "AMP_DTYPES",
@@ -53,6 +56,8 @@ __all__ = [
     "onednn_1x1_convolutions",
     "ONEDNN_1X1_DILATION",
     "InferenceSettings",
+    "InferenceChoice",
+    "INFERENCE_KEYS",
     "prepare_for_inference",
     "apply_inference_config",
     "max_relative_error",
@@ -216,8 +221,10 @@ def onednn_1x1_convolutions(module: nn.Module) -> int:
 def optimize_for_inference(model: nn.Module, *, onednn_1x1: bool = False) -> nn.Module:
     """Apply every inference optimisation that keeps fp32 outputs equal; in place, idempotent.
 
-    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last` and, with
-    ``onednn_1x1`` (for a model that runs on one CPU thread), :func:`onednn_1x1_convolutions`.
+    That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last`, RoIAlign on the
+    channels-last maps (:func:`resnext_det.roi_align.channels_last_roi_align`: a detector's
+    poolers, CPU only) and, with ``onednn_1x1`` (for a model that runs on one CPU thread),
+    :func:`onednn_1x1_convolutions`.
     The result depends only on the arguments, never on the process. Works on a detector
     (``GeneralizedRCNN``), an FPN or a backbone (this project's ``ResNeXt`` of any block form, or
     detectron2's ResNet). Outputs stay within 1e-4 (relative to the largest output) of the model
@@ -236,6 +243,7 @@ def optimize_for_inference(model: nn.Module, *, onednn_1x1: bool = False) -> nn.
     model.eval()
     fold_batchnorm(model)
     to_channels_last(model)
+    channels_last_roi_align(model)
     if onednn_1x1:
         onednn_1x1_convolutions(model)
     return model
@@ -268,6 +276,11 @@ def compile_module(module: nn.Module, **kwargs) -> nn.Module:
     ``module``. The first call of each input shape compiles (minutes on a small CPU)."""
     module.compile(**kwargs)
     return module
+
+
+# The keys of ``MODEL.RESNEXT`` that say how a detector runs at inference (the process's allocator
+# choice included); a LazyConfig gives them as ``train.inference.KEY``.
+INFERENCE_KEYS = ("OPTIMIZE_FOR_INFERENCE", "INFERENCE_AMP_DTYPE", "COMPILE", "KEEP_FREED_MEMORY")
 
 
 @dataclass(frozen=True)
@@ -305,6 +318,32 @@ class InferenceSettings:
             onednn_1x1=onednn_1x1,
         )
 
+    @classmethod
+    def resolve(cls, choice: InferenceChoice, cfg) -> InferenceSettings:
+        """The settings a model of config ``cfg`` runs with, for a caller's ``choice``: None, the
+        config's own (:meth:`from_config`); a function, its answer for ``cfg``; settings, those.
+        How every detector call of the project (predict, ``--eval-only``, the comparison, a
+        sweep's cells) picks its settings, so that each model of a comparison runs as its own
+        config says."""
+        if choice is None:
+            return cls.from_config(cfg)
+        return choice if isinstance(choice, InferenceSettings) else choice(cfg)
+
+    def describe(self) -> str:
+        """A few words for reports: ``"fp32, optimised"``, ``"bfloat16 autocast, optimised,
+        compiled"``, ``"fp32, as built"``."""
+        words = [f"{self.amp_dtype} autocast" if self.amp_dtype else "fp32"]
+        words.append("optimised" if self.optimize else "as built")
+        if self.compile:
+            words.append("compiled")
+        return ", ".join(words)
+
+
+# What a caller may pass where a detector is run: None (each model's config says), settings for
+# every model, or a function of the model's config (the commands: the config's settings with the
+# process's oneDNN choice).
+InferenceChoice = Union[InferenceSettings, Callable[[Any], InferenceSettings], None]
+
 
 # The layers whose weights autocast casts to its dtype at every call (its lower-precision ops:
 # convolution, linear), by exact type: a subclass may compute otherwise (DeformConv2d runs its
@@ -338,11 +377,14 @@ def autocast_weights(module: nn.Module, dtype: str | torch.dtype) -> int:
 
 def prepare_for_inference(model: nn.Module, settings: InferenceSettings) -> nn.Module:
     """Apply ``settings`` to ``model`` (``eval()`` always; in place; returns it). Run the forward
-    pass inside ``autocast(device, settings.amp_dtype)``: with ``optimize`` and a mixed-precision
-    dtype, the convolutions' and linear layers' weights are stored in that dtype
-    (:func:`autocast_weights`: the same outputs under autocast, without casting every weight at
-    every call), so the model runs under that autocast only."""
+    pass inside ``autocast(device, settings.amp_dtype)``: with a mixed-precision dtype the heads'
+    prediction layers compute in fp32 (:func:`resnext_det.mixed_precision.fp32_prediction_layers`),
+    and with ``optimize`` too the other convolutions' and linear layers' weights are stored in
+    that dtype (:func:`autocast_weights`: the same outputs under autocast, without casting every
+    weight at every call), so the model runs under that autocast only."""
     model.eval()
+    if AMP_DTYPES[settings.amp_dtype] is not None:
+        fp32_prediction_layers(model)
     if settings.optimize:
         optimize_for_inference(model, onednn_1x1=settings.onednn_1x1)
         if AMP_DTYPES[settings.amp_dtype] is not None:
@@ -410,7 +452,9 @@ class CPUTrainingSettings:
     """How a CPU training run executes (``cfg.CPU_TRAINING`` resolved for this machine).
 
     Attributes:
-        channels_last: the detector's weights (and so activations) in NHWC.
+        channels_last: the detector's weights (and so activations) in NHWC, and its RoIs
+            pooled on those maps (:func:`resnext_det.roi_align.channels_last_roi_align`: the
+            backward too, 1.6x faster than torchvision's CPU kernel).
         amp_dtype: autocast dtype of the forward pass, "" for fp32.
         num_threads: torch intra-op threads (0: leave torch's default); a process setting,
             applied by the command (:func:`resnext_det.runtime.configure_process`).
@@ -471,7 +515,8 @@ def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
 
 
 def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -> nn.Module:
-    """Apply the model part of ``settings`` (channels_last, oneDNN 1x1 convolutions) to
+    """Apply the model part of ``settings`` (channels_last with its RoI pooling, oneDNN 1x1
+    convolutions) to
     ``model``, before its optimizer is made; in place, returns ``model``. The autocast dtype is
     the trainer's to use; threads and the allocator are the process's
     (:func:`resnext_det.runtime.configure_process`, called by the command)."""
@@ -479,6 +524,7 @@ def apply_cpu_training(model: nn.Module, settings: CPUTrainingSettings | None) -
         return model
     if settings.channels_last:
         to_channels_last(model)
+        channels_last_roi_align(model)
     if settings.onednn_1x1:
         onednn_1x1_convolutions(model)
     return model

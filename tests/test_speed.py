@@ -356,6 +356,8 @@ def test_trainer_applies_the_cpu_training_defaults(tmp_path, tiny_data):
         assert trainer.model.backbone.bottom_up.res3[0].conv3.dilation == (2, 2)
         conv = trainer.model.backbone.bottom_up.res3[0].conv2.weight
         assert s.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
+        pooler = trainer.model.roi_heads.box_pooler.level_poolers[0]
+        assert type(pooler).__name__ == "ChannelsLastROIAlign"  # RoIs pooled on the NHWC maps
         assert (
             trainer._trainer.amp == native_bf16() and trainer._trainer.amp_dtype == torch.bfloat16
         )
@@ -366,6 +368,7 @@ def test_trainer_applies_the_cpu_training_defaults(tmp_path, tiny_data):
     conv = plain.model.backbone.bottom_up.res3[0].conv2.weight
     assert not conv.is_contiguous(memory_format=torch.channels_last)
     assert plain.model.backbone.bottom_up.res3[0].conv3.dilation == (1, 1)
+    assert type(plain.model.roi_heads.box_pooler.level_poolers[0]).__name__ == "ROIAlign"
     # Torch's default thread count (0): oneDNN 1x1 only pays off on one thread, so not applied.
     many = _tiny_trainer(tiny_data, tmp_path / "c", "CPU_TRAINING.NUM_THREADS", "0")
     assert not many.cpu_training.onednn_1x1
