@@ -40,7 +40,8 @@ _CATEGORIES = (
     ("convolution", ("conv", "mkldnn_convolution")),
     ("matrix product (fc)", ("addmm", "linear", "::mm", "matmul", "bmm")),
     ("cast / layout conversion", ("aten::to$", "_to_copy", "copy_", "contiguous", "clone")),
-    ("roi_align", ("roi_align",)),
+    # torchvision's kernel, or the project's channels-last one (resnext_det.roi_align)
+    ("roi_align", ("roi_align", "embedding_bag")),
     ("nms", ("nms",)),
     ("element-wise / memory-bound", ("add", "relu", "mul", "sub", "div", "max_pool", "upsample",
                                      "cat", "sigmoid", "exp", "softmax", "clamp", "where",

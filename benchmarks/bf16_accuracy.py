@@ -5,7 +5,9 @@ CPU) trains the R and X demo detectors on the generated data set; each is then e
 val split by ``--eval-only``'s own function (:func:`resnext_det.training.evaluate`), once with the
 fp32-equal settings and once with bf16 autocast (``MODEL.RESNEXT.INFERENCE_AMP_DTYPE``). The
 target: |AP(bf16) - AP(fp32)| <= 0.5 (``docs/benchmarks.md``, "End to end").
-``tools/bf16_accuracy.py`` is the command line.
+:func:`bf16_accuracy_of_runs` does the same for runs already trained (a folder holding a run's
+``config.yaml`` and ``model_final.pth``, e.g. a sweep's cells on real photos), on a named test
+set. ``tools/bf16_accuracy.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["AP_TOLERANCE", "bf16_accuracy", "bf16_accuracy_markdown"]
+__all__ = ["AP_TOLERANCE", "bf16_accuracy", "bf16_accuracy_of_runs", "bf16_accuracy_markdown"]
 
 AP_TOLERANCE = 0.5
 
@@ -24,8 +26,8 @@ def bf16_accuracy(out_dir: str | os.PathLike, *, seed: int = 0, schedule: str = 
     and ``native_bf16``. ``schedule="smoke"`` checks the script in seconds (an untrained model:
     its APs mean nothing)."""
     from resnext_det.demo import DEMO_MODELS, demo_config, run_demo
-    from resnext_det.speed import InferenceSettings, native_bf16
-    from resnext_det.training import evaluate, seed_run_config
+    from resnext_det.speed import native_bf16
+    from resnext_det.training import seed_run_config
 
     out = Path(out_dir)
     result = run_demo(out / "demo", schedule=schedule, runs=1, seed=seed)
@@ -38,18 +40,48 @@ def bf16_accuracy(out_dir: str | os.PathLike, *, seed: int = 0, schedule: str = 
         cfg.defrost()
         cfg.MODEL.WEIGHTS = str(result.runs[name][0])
         cfg.DATASETS.TEST = ("synthetic_val",)
-        metrics = {}
-        for dtype in ("", "bfloat16"):
-            cfg.OUTPUT_DIR = str(out / "eval" / f"model_{i}" / (dtype or "float32"))
-            results = evaluate(cfg, inference=InferenceSettings(amp_dtype=dtype))
-            metrics[dtype or "float32"] = dict(results["bbox"])
-        diff = metrics["bfloat16"]["AP"] - metrics["float32"]["AP"]
-        report["models"][name] = {
-            **metrics,
-            "weights": cfg.MODEL.WEIGHTS,
-            "ap_difference": diff,
-            "within_tolerance": abs(diff) <= AP_TOLERANCE,
-        }
+        report["models"][name] = _fp32_and_bf16(cfg, out / "eval" / f"model_{i}")
+    return report
+
+
+def _fp32_and_bf16(cfg, out: Path) -> dict:
+    """``cfg``'s weights evaluated by ``--eval-only``'s function in fp32 and in bf16."""
+    from resnext_det.speed import InferenceSettings
+    from resnext_det.training import evaluate
+
+    metrics = {}
+    for dtype in ("", "bfloat16"):
+        cfg.OUTPUT_DIR = str(out / (dtype or "float32"))
+        results = evaluate(cfg, inference=InferenceSettings(amp_dtype=dtype))
+        metrics[dtype or "float32"] = dict(results["bbox"])
+    diff = metrics["bfloat16"]["AP"] - metrics["float32"]["AP"]
+    return {
+        **metrics,
+        "weights": cfg.MODEL.WEIGHTS,
+        "ap_difference": diff,
+        "within_tolerance": abs(diff) <= AP_TOLERANCE,
+    }
+
+
+def bf16_accuracy_of_runs(
+    runs: list[str | os.PathLike], dataset: str, out_dir: str | os.PathLike
+) -> dict:
+    """Each trained run (a folder with ``config.yaml`` and ``model_final.pth``; its
+    ``DATASETS.COCO_REGISTER`` registered) evaluated on ``dataset`` in fp32 and in bf16; the
+    report of :func:`bf16_accuracy` (``schedule``: "trained runs")."""
+    from resnext_det.config import load_config
+    from resnext_det.data import register_from_config
+    from resnext_det.io import file_name_for
+    from resnext_det.speed import native_bf16
+
+    report: dict = {"native_bf16": native_bf16(), "schedule": "trained runs", "models": {}}
+    for run in map(Path, runs):
+        cfg = load_config(run / "config.yaml")
+        register_from_config(cfg)
+        cfg.MODEL.WEIGHTS = str(run / "model_final.pth")
+        cfg.DATASETS.TEST = (dataset,)
+        name = f"{run.parent.name}/{run.name}"
+        report["models"][name] = _fp32_and_bf16(cfg, Path(out_dir) / "eval" / file_name_for(name))
     return report
 
 
@@ -64,8 +96,12 @@ def bf16_accuracy_markdown(report: dict) -> str:
             f"| {name} | {f['AP']:.2f} | {b['AP']:.2f} | {r['ap_difference']:+.2f} | "
             f"{f['AP50']:.2f} | {b['AP50']:.2f} | {r['within_tolerance']} |"
         )
+    diffs = [r["ap_difference"] for r in report["models"].values()]
     lines.append("")
     lines.append(
-        f"Demo schedule {report['schedule']}; native bf16 on this CPU: {report['native_bf16']}"
+        f"bf16 - fp32 AP over {len(diffs)} models: mean {sum(diffs) / len(diffs):+.2f}, largest "
+        f"|difference| {max(map(abs, diffs)):.2f}; within {AP_TOLERANCE}: "
+        f"{sum(abs(d) <= AP_TOLERANCE for d in diffs)} of {len(diffs)}."
     )
+    lines.append(f"Models: {report['schedule']}; native bf16 on this CPU: {report['native_bf16']}")
     return "\n".join(lines) + "\n"

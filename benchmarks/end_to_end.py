@@ -134,9 +134,51 @@ def _build(side: str, model_name: str, weights: str, short_side: int):
 
     cfg = _config(model_name, weights, True, amp, short_side)
     # What `resnext-det predict` does to its process and model (threads are the benchmark's).
-    settings = configure_inference_process(cfg)
-    predictor = Predictor(cfg, inference=settings)
-    return predictor, predictor.model, settings
+    predictor = Predictor(cfg, inference=configure_inference_process(cfg))
+    return predictor, predictor.model, predictor.inference
+
+
+def _multiply_adds(model: torch.nn.Module, call, bgrs: list) -> float:
+    """Mean multiply-adds per image of the detector's convolutions and fully connected layers
+    (what runs at the GEMM peak; RoIAlign, NMS and element-wise work come on top), counted from
+    the shapes of one pass over the folder."""
+    total = [0]
+
+    def count(m, _, out):
+        w = m.weight
+        per_output = w.shape[1] * (w.shape[2] * w.shape[3] if w.dim() == 4 else 1)
+        total[0] += out.numel() * per_output
+
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
+    try:
+        for bgr in bgrs:
+            call(bgr)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / len(bgrs)
+
+
+def _floor(model: torch.nn.Module, call, bgrs: list, dtype: str, rounds: int = 3) -> dict:
+    """The arithmetic floor of one call: its multiply-adds at this process's measured peak of
+    ``dtype`` (:class:`benchmarks.measure.PeakProbe`, same threads), the time no implementation
+    of these layers can beat on this machine."""
+    from .measure import PeakProbe
+
+    gmacs = _multiply_adds(model, call, bgrs) / 1e9
+    probe = PeakProbe(torch.device("cpu"), dtypes=(dtype,))
+    probe.warmup()
+    for _ in range(rounds):
+        probe.round()
+    peak = probe.summary()[dtype]
+    return {
+        "gmacs_per_image": gmacs,
+        "dtype": dtype,
+        "peak_gmacs_per_s": peak["gmacs_per_s"],
+        "peak_kernel": peak["kernel"],
+        "floor_seconds_per_image": gmacs / peak["gmacs_per_s"],
+    }
 
 
 def _detections(instances) -> dict[str, np.ndarray]:
@@ -177,6 +219,7 @@ def _serve(pipe: _Pipe, side: str, model_name: str, weights: str, images: list[s
         "warm": lambda n: [folder() for _ in range(n)] and None,
         "round": lambda: folder()[0],
         "detections": lambda: folder(keep=True)[1],
+        "floor": lambda: _floor(model, call, bgrs, SIDES[side][1] or "float32"),
     }
     serve_commands(pipe, commands)
 
@@ -396,10 +439,14 @@ def run_end_to_end(
                             for s, v in timed[-1].items()
                         )
                         print(f"{model_name} round {i + 1}/{rounds}: {line}", file=sys.stderr)
+                floors = {p.name: p.call("floor") for p in procs[1:]}
             finally:
                 for p in procs:
                     p.close()
         ref = dets[BASELINE]
+        base_s = statistics.median(statistics.fmean(t["total"] for t in r[BASELINE]) for r in timed)
+        for f in floors.values():
+            f["floor_ratio_to_detectron2"] = f["floor_seconds_per_image"] / base_s
         report["models"][model_name] = {
             "sides": _summary(timed, sides),
             "processes": {p.name: p.info for p in procs},
@@ -414,6 +461,7 @@ def run_end_to_end(
             "detections_per_image": {
                 side: statistics.fmean(len(d["scores"]) for d in dets[side]) for side in sides
             },
+            "floors": floors,
             "timed_rounds": timed,
         }
     loads.append(load_average())
@@ -468,6 +516,16 @@ def end_to_end_markdown(report: dict, command: str = "") -> str:
                 f"- {side}: {a['fp32_matched']:.1%} at the fp32 tolerance, "
                 f"{a['bf16_matched']:.1%} at the bf16 tolerance"
             )
+        lines += ["", "Arithmetic floor (the convolutions' and fc layers' multiply-adds per image "
+                  "at the peak measured in the same process: no implementation of these layers "
+                  "is faster on this machine):", ""]  # fmt: skip
+        for side, f in r.get("floors", {}).items():
+            lines.append(
+                f"- {side}: {f['gmacs_per_image']:.1f} GMAC at {f['peak_gmacs_per_s']:.0f} GMAC/s "
+                f"({f['dtype']}, {f['peak_kernel']}) = {f['floor_seconds_per_image']:.3f} s/image "
+                f"= **{f['floor_ratio_to_detectron2']:.2f}x** detectron2's time"
+            )
+        lines.append("")
         dpi = ", ".join(f"{k} {v:.1f}" for k, v in r["detections_per_image"].items())
         lines.append(f"- detections per image: {dpi}")
         for side, info in r["processes"].items():

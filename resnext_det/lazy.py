@@ -41,7 +41,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .io import write_text_atomic
-from .speed import InferenceSettings, autocast, prepare_for_inference
+from .speed import (
+    INFERENCE_KEYS,
+    InferenceChoice,
+    InferenceSettings,
+    autocast,
+    prepare_for_inference,
+)
 from .training import (
     ReplicaCheckHook,
     ResumableSampler,
@@ -293,9 +299,11 @@ def _train_value(cfg: DictConfig, key: str, default: Any) -> Any:
 
 def lazy_training_view(cfg: DictConfig) -> CfgNode:
     """The yacs keys a :class:`~resnext_det.training.Trainer` reads, from a LazyConfig: device,
-    AMP, batch size, schedule length, seed, weights, output folder, and ``CPU_TRAINING`` (the
+    AMP, batch size, schedule length, seed, weights, output folder, ``CPU_TRAINING`` (the
     project's defaults, so that a LazyConfig trains on the CPU as fast as a yacs config; change
-    them with ``train.cpu_training.KEY=value``, e.g. ``train.cpu_training.ENABLED=False``)."""
+    them with ``train.cpu_training.KEY=value``, e.g. ``train.cpu_training.ENABLED=False``) and
+    the inference keys of ``MODEL.RESNEXT`` (``INFERENCE_KEYS``; ``--eval-only`` in bf16:
+    ``+train.inference.INFERENCE_AMP_DTYPE=bfloat16``)."""
     from .config import load_config
 
     view = load_config()
@@ -317,6 +325,12 @@ def lazy_training_view(cfg: DictConfig) -> CfgNode:
                 f"train.cpu_training.{key}: no such key; allowed: {sorted(view.CPU_TRAINING)}"
             )
         view.CPU_TRAINING[key] = value
+    for key, value in dict(_train_value(cfg, "inference", {})).items():
+        if key not in INFERENCE_KEYS:
+            raise ConfigError(
+                f"train.inference.{key}: no such key; allowed: {list(INFERENCE_KEYS)}"
+            )
+        view.MODEL.RESNEXT[key] = value
     view.freeze()
     return view
 
@@ -463,13 +477,13 @@ def evaluate_lazy_weights(
     *,
     resume: bool = False,
     allow_partial_weights: bool = False,
-    inference: InferenceSettings | None = None,
+    inference: InferenceChoice = None,
 ) -> dict[str, Any]:
     """``--eval-only`` for a LazyConfig: ``train.init_checkpoint`` (or, with ``resume``, the last
     checkpoint in ``train.output_dir``) loaded, checked to give every parameter, put through
-    :func:`~resnext_det.speed.prepare_for_inference` (default: fp32-equal optimisation) and
-    evaluated by ``dataloader.evaluator``."""
-    inference = inference or InferenceSettings()
+    :func:`~resnext_det.speed.prepare_for_inference` (by default with the settings of
+    ``train.inference``: :func:`lazy_training_view`) and evaluated by ``dataloader.evaluator``."""
+    inference = InferenceSettings.resolve(inference, lazy_training_view(cfg))
     model = instantiate(cfg.model).to(str(_train_value(cfg, "device", "cuda")))
     checkpointer = TrainingCheckpointer(model, str(cfg.train.output_dir))
     weights = str(_train_value(cfg, "init_checkpoint", ""))

@@ -38,7 +38,7 @@ import numpy as np
 
 from .data.images import MAX_IMAGE_PIXELS
 from .errors import BadFileError
-from .speed import InferenceSettings, autocast, prepare_for_inference
+from .speed import InferenceChoice, InferenceSettings, autocast, prepare_for_inference
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -132,7 +132,8 @@ class Predictor:
     Args:
         cfg: the config (``MODEL.WEIGHTS`` must give every detector parameter).
         allow_partial_weights: draw a detector whose weights leave parameters (heads) random.
-        inference: the inference settings; default those of ``cfg.MODEL.RESNEXT``.
+        inference: the inference settings, or a function of ``cfg`` that gives them; default
+            those of ``cfg.MODEL.RESNEXT`` (:meth:`~resnext_det.speed.InferenceSettings.resolve`).
     """
 
     def __init__(
@@ -140,7 +141,7 @@ class Predictor:
         cfg: Any,
         *,
         allow_partial_weights: bool = False,
-        inference: InferenceSettings | None = None,
+        inference: InferenceChoice = None,
     ):
         from detectron2.engine import DefaultPredictor
 
@@ -157,7 +158,7 @@ class Predictor:
         ResNeXtCheckpointer(self.model).load_complete(
             weights, allow_partial=allow_partial_weights, what="prediction"
         )
-        self.inference = inference or InferenceSettings.from_config(cfg)
+        self.inference = InferenceSettings.resolve(inference, cfg)
         prepare_for_inference(self.model, self.inference)
         self.cfg = cfg
 
@@ -168,7 +169,23 @@ class Predictor:
         # view tracking on the activations; the same numbers.
         with torch.inference_mode(), autocast(self.cfg.MODEL.DEVICE, self.inference.amp_dtype):
             out = self._predictor(bgr)
-        return out["instances"].to("cpu")
+        return _in_fp32(out["instances"].to("cpu"))
+
+
+def _in_fp32(instances: Any) -> Any:
+    """``instances`` with every floating-point field in fp32 (under bf16 autocast the heads'
+    scores come out bf16, which numpy, and so every writer of results, cannot read)."""
+    import torch
+
+    for name, value in instances.get_fields().items():
+        tensor = getattr(value, "tensor", value)  # Boxes, Keypoints: a .tensor inside
+        if (
+            isinstance(tensor, torch.Tensor)
+            and tensor.is_floating_point()
+            and tensor.dtype != torch.float32
+        ):
+            instances.set(name, tensor.float() if value is tensor else type(value)(tensor.float()))
+    return instances
 
 
 @dataclass
@@ -345,7 +362,7 @@ def run_predictions(
     *,
     progress: bool = True,
     allow_partial_weights: bool = False,
-    inference: InferenceSettings | None = None,
+    inference: InferenceChoice = None,
     input_folders: Iterable[str | os.PathLike] = (),
     max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> dict[str, Any]:
@@ -363,7 +380,8 @@ def run_predictions(
         output: the picture file (one input) or folder to write, or None; it may not be,
             contain or lie inside an input file or one of ``input_folders`` (checked before any
             model is built).
-        inference: the settings of every model (default: each config's ``MODEL.RESNEXT``).
+        inference: settings for every model, or a function of a model's config that gives
+            its own (default: each config's ``MODEL.RESNEXT``).
         input_folders: the folders the inputs were listed from.
         max_pixels: images declaring more pixels are refused before they are decoded.
 

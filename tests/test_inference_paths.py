@@ -225,6 +225,8 @@ def test_python_predictor_bf16_within_tolerance(synthetic, weights, reference):
 
     predictor = Predictor(config(weights), inference=InferenceSettings(amp_dtype="bfloat16"))
     got = predictor_results(synthetic, predictor)
+    instances = predictor(next(iter(images(synthetic).values())))
+    assert instances.scores.dtype == instances.pred_boxes.tensor.dtype == torch.float32
     with pytest.raises(AssertionError):  # bf16 really ran: not bit-for-bit the fp32 detections
         assert_equal_detections(got, reference)
     assert matched_fraction(got, reference) >= BF16_MATCHED
@@ -324,11 +326,17 @@ def test_yacs_eval_only_bf16_within_tolerance(registered, weights, reference, tm
 @pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated (slow) on this CPU")
 def test_bf16_weights_stored_in_bf16_give_autocasts_detections_exactly(synthetic, weights):
     """prepare_for_inference stores conv and linear weights in bf16 (autocast_weights): the same
-    bits as autocast casting fp32 weights at every call."""
+    bits as autocast casting fp32 weights at every call (the prediction layers, fp32 in both)."""
+    from resnext_det.mixed_precision import FP32Conv2d, FP32Linear, fp32_prediction_layers
     from resnext_det.predict import Predictor
 
     bf16 = Predictor(config(weights), inference=InferenceSettings(amp_dtype="bfloat16"))
-    convs = [m for m in bf16.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    convs = [
+        m
+        for m in bf16.model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+        and not isinstance(m, (FP32Conv2d, FP32Linear))
+    ]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
     assert all(
         m.weight.is_contiguous(memory_format=torch.channels_last)
@@ -337,6 +345,7 @@ def test_bf16_weights_stored_in_bf16_give_autocasts_detections_exactly(synthetic
     )
     fp32 = Predictor(config(weights))  # fp32 weights, run under autocast by hand
     assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+    assert fp32_prediction_layers(fp32.model) == 4
     for bgr in images(synthetic).values():
         got = bf16(bgr)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -363,3 +372,131 @@ def test_autocast_weights_leaves_layers_that_compute_otherwise_alone():
     assert net[0].norm.weight.dtype == torch.float32
     assert net[1].weight.dtype == torch.float32
     assert autocast_weights(net, "bfloat16") == 0  # idempotent
+
+
+# ------------------------------------------------------------------------------------------
+# Each model runs as its own config says, whichever path runs it
+
+
+def config_file(tmp_path: Path, amp_dtype: str = "") -> Path:
+    """The tiny config as a user's yaml: every detection kept (score threshold 0, as
+    ``config``), ``INFERENCE_AMP_DTYPE`` ``amp_dtype``."""
+    path = tmp_path / f"tiny_{amp_dtype or 'fp32'}.yaml"
+    path.write_text(
+        f'_BASE_: "{TINY}"\nMODEL:\n  ROI_HEADS:\n    SCORE_THRESH_TEST: 0.0\n'
+        f'  RESNEXT:\n    INFERENCE_AMP_DTYPE: "{amp_dtype}"\n'
+    )
+    return path
+
+
+def other_weights(weights: Path, tmp_path: Path) -> Path:
+    """The same detector in a file of other content (a comparison refuses one run twice)."""
+    state = torch.load(weights, weights_only=True)
+    state["iteration"] = 1
+    path = tmp_path / "copy.pth"
+    torch.save(state, path)
+    return path
+
+
+def assert_bf16_run(got: dict[str, list[dict]], reference: dict[str, list[dict]]) -> None:
+    with pytest.raises(AssertionError):  # bf16 really ran: not bit-for-bit the fp32 detections
+        assert_equal_detections(got, reference)
+    assert matched_fraction(got, reference) >= BF16_MATCHED
+
+
+@pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated (slow) on this CPU")
+def test_comparison_runs_each_model_as_its_config_says(registered, weights, reference, tmp_path):
+    from resnext_det.commands.compare import main
+
+    out = tmp_path / "cmp"
+    code = main([
+        "--model", f"fp32={config_file(tmp_path)}:{weights}",
+        "--model", f"bf16={config_file(tmp_path, 'bfloat16')}:{other_weights(weights, tmp_path)}",
+        "--dataset", "synthetic_val", "--out", str(out), "--bootstrap", "0", "--gallery", "0",
+        "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["models"]["fp32"]["inference"] == "fp32, optimised"
+    assert report["models"]["bf16"]["inference"] == "bfloat16 autocast, optimised"
+    assert "bf16 bfloat16 autocast, optimised" in (out / "comparison.md").read_text()
+    for name, check in (("fp32", assert_equal_detections), ("bf16", assert_bf16_run)):
+        results = json.loads((out / f"results_{name}.json").read_text())
+        check(_by_dataset_file(results, registered), reference)
+
+
+@pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated (slow) on this CPU")
+def test_predict_compare_runs_each_model_as_its_config_says(
+    synthetic, weights, reference, tmp_path
+):
+    """``predict --compare``: the second model's config asks for bf16, the first's does not."""
+    from resnext_det.commands.predict import main
+
+    out = tmp_path / "out"
+    code = main([
+        "--no-progress", "--input", str(synthetic.val_image_root), "--output", str(out),
+        "--confidence-threshold", "0.0", "--compare", f"fp32={config_file(tmp_path)}:{weights}",
+        f"bf16={config_file(tmp_path, 'bfloat16')}:{weights}",
+    ])  # fmt: skip
+    assert code == 0
+    for name, check in (("fp32", assert_equal_detections), ("bf16", assert_bf16_run)):
+        results = json.loads((out / name / "coco_instances_results.json").read_text())
+        check(by_file(results, out / "images.json"), reference)
+
+
+@pytest.mark.skipif(not native_bf16(), reason="bf16 is emulated (slow) on this CPU")
+def test_lazy_eval_only_takes_its_inference_keys(registered, weights, tmp_path):
+    """A LazyConfig says how it runs at inference with ``train.inference.KEY``, as a yacs config
+    with ``MODEL.RESNEXT.KEY``; the command passes them through."""
+    from resnext_det.commands.lazy_train import main
+    from resnext_det.errors import ConfigError
+    from resnext_det.lazy import lazy_training_view, load_lazy_config
+
+    def overrides(out: Path, *extra: str) -> list[str]:
+        return [
+            f"train.output_dir={out}", f"train.init_checkpoint={weights}", "train.device=cpu",
+            "model.roi_heads.box_predictor.test_score_thresh=0.0",
+            f"+dataloader.evaluator.output_dir={out / 'inference'}", *extra,
+        ]  # fmt: skip
+
+    def run(out: Path, *extra: str) -> dict[str, list[dict]]:
+        args = ["--config-file", str(TINY_LAZY), "--eval-only", *overrides(out, *extra)]
+        assert main(args) == 0
+        results = out / "inference" / "coco_instances_results.json"
+        return _by_dataset_file(json.loads(results.read_text()), registered)
+
+    fp32 = run(tmp_path / "fp32")
+    bf16 = run(tmp_path / "bf16", "+train.inference.INFERENCE_AMP_DTYPE=bfloat16")
+    assert_bf16_run(bf16, fp32)
+    view = lazy_training_view(
+        load_lazy_config(TINY_LAZY, overrides(tmp_path, "+train.inference.COMPILE=True"))
+    )
+    assert view.MODEL.RESNEXT.COMPILE is True
+    with pytest.raises(ConfigError, match=r"train.inference.AMP: no such key; allowed: \["):
+        lazy_training_view(
+            load_lazy_config(TINY_LAZY, overrides(tmp_path, "+train.inference.AMP=1"))
+        )
+
+
+def test_bf16_keeps_the_prediction_layers_in_fp32(weights):
+    """Under bf16 the heads' outputs (RPN objectness and deltas, class scores, box deltas) come
+    from fp32 layers whose weights stay fp32; every other conv and linear layer is bf16."""
+    from resnext_det.mixed_precision import FP32Conv2d, FP32Linear
+    from resnext_det.predict import Predictor
+    from resnext_det.speed import autocast
+
+    model = Predictor(config(weights), inference=InferenceSettings(amp_dtype="bfloat16")).model
+    rpn, box = model.proposal_generator.rpn_head, model.roi_heads.box_predictor
+    fp32 = [rpn.objectness_logits, rpn.anchor_deltas, box.cls_score, box.bbox_pred]
+    assert [type(m) for m in fp32] == [FP32Conv2d, FP32Conv2d, FP32Linear, FP32Linear]
+    assert all(m.weight.dtype == torch.float32 for m in fp32)
+    others = [m for m in model.modules() if type(m) in (torch.nn.Linear,) or m is rpn.conv]
+    assert others and all(m.weight.dtype == torch.bfloat16 for m in others)
+    with autocast("cpu", "bfloat16"):
+        x = torch.randn(1, 16, 8, 8, dtype=torch.bfloat16)
+        assert rpn.objectness_logits(x).dtype == torch.float32
+        assert box.cls_score(torch.randn(2, box.cls_score.in_features)).dtype == torch.float32
+    # The layers keep their parameters' names (checkpoints load as before).
+    keys = set(model.state_dict())
+    assert {"roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.bias",
+            "proposal_generator.rpn_head.objectness_logits.weight"} <= keys  # fmt: skip

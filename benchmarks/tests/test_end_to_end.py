@@ -19,6 +19,7 @@ from benchmarks.end_to_end import (
     BASELINE,
     STAGES,
     StageClock,
+    _multiply_adds,
     _summary,
     end_to_end_markdown,
     match_fraction,
@@ -113,6 +114,7 @@ def test_account_categories():
     assert op_category("aten::addmm") == "matrix product (fc)"
     assert op_category("aten::_to_copy") == "cast / layout conversion"
     assert op_category("torchvision::roi_align") == "roi_align"
+    assert op_category("aten::_embedding_bag_forward_only") == "roi_align"
     assert op_category("torchvision::nms") == "nms"
     assert op_category("aten::clamp_min_") == "element-wise / memory-bound"  # ReLU
     assert op_category("aten::to") == "cast / layout conversion"
@@ -122,3 +124,14 @@ def test_account_categories():
     assert conv_kind(torch.nn.Conv2d(8, 8, 3, groups=4)) == "grouped 3x3"
     assert conv_kind(torch.nn.Conv2d(8, 8, 1)) == "1x1"
     assert conv_kind(torch.nn.Conv2d(3, 8, 7)) == "dense 7x7"
+
+
+def test_floor_counts_every_convolution_and_fc_layer_of_a_call():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(800, 4)
+    )
+    images = [torch.zeros(1, 3, 10, 10), torch.zeros(2, 3, 10, 10)]
+    # conv: 8x10x10 outputs of 3x3x3 multiply-adds; fc: 4 outputs of 800; per image, mean of 1 and 2
+    per_image = 8 * 10 * 10 * 27 + 4 * 800
+    assert _multiply_adds(model, model, images) == pytest.approx(1.5 * per_image)
+    assert not model[0]._forward_hooks  # the hooks are gone

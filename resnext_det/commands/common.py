@@ -94,18 +94,21 @@ def configure_training_process(cfg: Any) -> None:
         )
 
 
-def configure_inference_process(cfg: Any | None = None, *, device: str = "") -> InferenceSettings:
-    """Keep freed memory for CPU inference (``MODEL.RESNEXT.KEEP_FREED_MEMORY``) and return the
-    config's :class:`~resnext_det.speed.InferenceSettings`, with the oneDNN 1x1 convolutions
-    where this process runs one thread (the command owns it, so it knows)."""
+def configure_inference_process(
+    cfg: Any | None = None, *, device: str = ""
+) -> Callable[[Any], InferenceSettings]:
+    """Keep freed memory for CPU inference (``MODEL.RESNEXT.KEEP_FREED_MEMORY`` of ``cfg``, the
+    first model's where a command runs several) and return how each model runs: a function of a
+    model's config giving its :class:`~resnext_det.speed.InferenceSettings` (its own
+    ``MODEL.RESNEXT``), with the oneDNN 1x1 convolutions where this process runs one thread (the
+    command owns it, so it knows)."""
     device = device or (cfg.MODEL.DEVICE if cfg is not None else "cpu")
     cpu = torch.device(device).type == "cpu"
     node = {} if cfg is None else cfg.MODEL.get("RESNEXT", {})
     configure_process(keep_freed_memory=cpu and bool(node.get("KEEP_FREED_MEMORY", True)))
-    one_thread = cpu and torch.get_num_threads() == 1
-    if cfg is None:
-        return InferenceSettings(onednn_1x1=one_thread)
-    return InferenceSettings.from_config(cfg, onednn_1x1=one_thread)
+    return functools.partial(
+        InferenceSettings.from_config, onednn_1x1=cpu and torch.get_num_threads() == 1
+    )
 
 
 def add_data_and_weights_arguments(parser: argparse.ArgumentParser) -> None:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> Mapping[str, Any] | None:
             cfg,
             resume=args.resume,
             allow_partial_weights=getattr(args, "allow_partial_weights", False),
-            inference=configure_inference_process(device=view.MODEL.DEVICE),
+            inference=configure_inference_process(view),
         )
     configure_training_process(view)
     return train_lazy(cfg, resume=args.resume)

@@ -296,9 +296,12 @@ def compare_models(
         device: "cpu" or "cuda"; every model runs on it, in this process, one after the other.
         max_images: evaluate on the first N images only (ground truth restricted to them).
         flops_size: (H, W) for the FLOP count; default the config's test resolution.
-        inference: the :class:`~resnext_det.speed.InferenceSettings` every model runs with
-            (default: fp32-equal optimisation, BatchNorm folding and channels_last, as
-            ``--eval-only``); ``InferenceSettings(optimize=False)`` times the models as built.
+        inference: how the models run: by default each as its config's ``MODEL.RESNEXT`` says
+            (fp32-equal optimisation unless it sets ``INFERENCE_AMP_DTYPE``), as ``--eval-only``;
+            a function of a model's config giving its
+            :class:`~resnext_det.speed.InferenceSettings`; or settings for every model
+            (``InferenceSettings(optimize=False)`` times the models as built). Each model's is
+            in the report (``inference``) and the timing note.
             This process's threads and allocator are the caller's
             (:func:`resnext_det.runtime.configure_process`).
         progress: tqdm bars.
@@ -318,8 +321,6 @@ def compare_models(
     """
     from ..complexity import count_complexity
     from ..speed import InferenceSettings, autocast, prepare_for_inference
-
-    inference = inference or InferenceSettings()
     from .coco import load_ground_truth, load_results
 
     if not models:
@@ -360,9 +361,10 @@ def compare_models(
             )
             size = _flops_size(cfg, model, flops_size)
             cx = count_complexity(model.backbone, size)
-            model = prepare_for_inference(model, inference)
+            settings = InferenceSettings.resolve(inference, cfg)
+            model = prepare_for_inference(model, settings)
             desc = f"inference {model_name}" + (f" run {i}" if len(runs) > 1 else "")
-            with autocast(device, inference.amp_dtype):
+            with autocast(device, settings.amp_dtype):
                 dets, timing = run_inference(
                     model, cfg, dicts, category_map, desc=desc, progress=progress
                 )
@@ -378,6 +380,7 @@ def compare_models(
                     "backbone_params": cx.params,
                     "backbone_gflops": cx.gflops,
                     "flops_input_size": list(size),
+                    "inference": settings.describe(),
                     **timing,
                     **({"results_json": str(Path(out_dir) / fname)} if out_dir else {}),
                 }

@@ -283,6 +283,15 @@ def timing_note(report: dict) -> str:
     if loads:
         text += f", load average {min(loads):.2f}-{max(loads):.2f} on {cpus} CPUs"
     text += "."
+    ways = {name: m["inference"] for name, m in report["models"].items() if m.get("inference")}
+    if len(set(ways.values())) == 1:
+        text += f" Every model ran {next(iter(ways.values()))}."
+    elif ways:
+        text += (
+            " Each model ran as its config says: "
+            + "; ".join(f"{name} {way}" for name, way in ways.items())
+            + " (detections differ by precision as well as by model)."
+        )
     before = [m.get("load_average_before") for m in timed if m.get("load_average_before")]
     if cpus and before and max(before) > cpus / 2:
         text += (

@@ -19,7 +19,7 @@ from ..config import load_config
 from ..data import register_from_config
 from ..env import environment_report
 from ..io import write_text_atomic
-from ..speed import InferenceSettings, autocast, prepare_for_inference
+from ..speed import InferenceChoice, InferenceSettings, autocast, prepare_for_inference
 from ..weights import configure_for_weights, explicit_keys
 from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer
@@ -167,10 +167,11 @@ def evaluate(
     *,
     resume: bool = False,
     allow_partial_weights: bool = False,
-    inference: InferenceSettings | None = None,
+    inference: InferenceChoice = None,
 ) -> dict[str, Any]:
     """``--eval-only``: load MODEL.WEIGHTS (or, with ``resume``, the last checkpoint in
-    OUTPUT_DIR), apply the inference settings (default: those of ``MODEL.RESNEXT``,
+    OUTPUT_DIR), apply the inference settings (settings, a function of ``cfg`` giving them, or by
+    default those of ``MODEL.RESNEXT``:
     ``OPTIMIZE_FOR_INFERENCE``, ``COMPILE``, ``INFERENCE_AMP_DTYPE``), and run the COCO
     evaluation.
 
@@ -184,7 +185,7 @@ def evaluate(
     )
     for problem in problems:
         logger.warning("--allow-partial-weights: %s", problem)
-    inference = inference or InferenceSettings.from_config(cfg)
+    inference = InferenceSettings.resolve(inference, cfg)
     model = prepare_for_inference(model, inference)
     with autocast(cfg.MODEL.DEVICE, inference.amp_dtype):
         results = Trainer.test(cfg, model)
