@@ -14,6 +14,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
+from resnext_det.roi_align import channels_last_roi_align
 from resnext_det.speed import (
     autocast,
     compile_module,
@@ -206,6 +207,9 @@ def detector_variant(
     model.load_state_dict(reference.state_dict())
     if setting.channels_last:
         to_channels_last(model)
+        if setting.source == "project" and device.type == "cpu":
+            # as the project's CPU trainer does with channels_last (speed.apply_cpu_training)
+            channels_last_roi_align(model)
     if setting.onednn_1x1:
         onednn_1x1_convolutions(model)
     amp = setting.amp_dtype(device)
