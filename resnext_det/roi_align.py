@@ -104,30 +104,43 @@ def roi_align_channels_last(
 
     key = grid_h * (int(grid_w.max()) + 1) + grid_w
     for value in torch.unique(key).tolist():
-        sel = torch.nonzero(key == value).squeeze(1)
-        gh, gw = int(grid_h[sel[0]]), int(grid_w[sel[0]])
+        group = torch.nonzero(key == value).squeeze(1)
+        gh, gw = int(grid_h[group[0]]), int(grid_w[group[0]])
         if gh == 0 or gw == 0:
-            out[sel] = 0
+            out[group] = 0
             continue
-        yi, yw = _axis_samples(y0[sel], bin_h[sel], out_h, gh, height)
-        xi, xw = _axis_samples(x0[sel], bin_w[sel], out_w, gw, width)
-        # (G, out_h, out_w, gh, gw, 2 rows, 2 columns): the four corners of every sample
-        index = (
-            batch_offset[sel].view(-1, 1, 1, 1, 1, 1, 1)
-            + (yi * width).view(-1, out_h, 1, gh, 1, 2, 1)
-            + xi.view(-1, 1, out_w, 1, gw, 1, 2)
-        )
-        yw = yw / (gh * gw)  # torchvision divides the bin's sum by its sample count
-        weight = yw.view(-1, out_h, 1, gh, 1, 2, 1) * xw.view(-1, 1, out_w, 1, gw, 1, 2)
-        bag = gh * gw * 4
-        pooled = F.embedding_bag(
-            index.reshape(-1, bag),
-            table,
-            mode="sum",
-            per_sample_weights=weight.reshape(-1, bag).to(table.dtype),
-        )
-        out[sel] = pooled.view(-1, out_h, out_w, channels).to(out.dtype)
+        # A few boxes at a time where their grids are large (a box of the whole image on a
+        # fine map), so that the index and weight tensors stay under _MAX_ENTRIES.
+        for sel in group.split(max(1, _MAX_ENTRIES // (out_h * out_w * gh * gw * 4))):
+            _pool(out, sel, table, y0, x0, bin_h, bin_w, batch_offset, gh, gw, height, width)
     return out.permute(0, 3, 1, 2)
+
+
+# The most (index, weight) pairs built at once: 4M, 48 MiB of int64 indices and fp32 weights.
+_MAX_ENTRIES = 1 << 22
+
+
+def _pool(out, sel, table, y0, x0, bin_h, bin_w, batch_offset, gh, gw, height, width) -> None:
+    """Pool the boxes ``sel`` (all with sampling grid ``gh`` x ``gw``) into ``out[sel]``."""
+    _, out_h, out_w, channels = out.shape
+    yi, yw = _axis_samples(y0[sel], bin_h[sel], out_h, gh, height)
+    xi, xw = _axis_samples(x0[sel], bin_w[sel], out_w, gw, width)
+    # (G, out_h, out_w, gh, gw, 2 rows, 2 columns): the four corners of every sample
+    index = (
+        batch_offset[sel].view(-1, 1, 1, 1, 1, 1, 1)
+        + (yi * width).view(-1, out_h, 1, gh, 1, 2, 1)
+        + xi.view(-1, 1, out_w, 1, gw, 1, 2)
+    )
+    yw = yw / (gh * gw)  # torchvision divides the bin's sum by its sample count
+    weight = yw.view(-1, out_h, 1, gh, 1, 2, 1) * xw.view(-1, 1, out_w, 1, gw, 1, 2)
+    bag = gh * gw * 4
+    pooled = F.embedding_bag(
+        index.reshape(-1, bag),
+        table,
+        mode="sum",
+        per_sample_weights=weight.reshape(-1, bag).to(table.dtype),
+    )
+    out[sel] = pooled.view(-1, out_h, out_w, channels).to(out.dtype)
 
 
 class ChannelsLastROIAlign(ROIAlign):

@@ -162,3 +162,15 @@ def test_bf16_training_gradient_is_summed_in_fp32():
     assert ours.grad.dtype == torch.bfloat16
     assert relative_error(ours.grad, fp32.grad) <= 1.5 * relative_error(theirs.grad, fp32.grad)
     assert relative_error(ours.grad, fp32.grad) < 1e-2
+
+
+def test_large_grids_are_pooled_a_few_boxes_at_a_time(monkeypatch):
+    """Boxes whose sampling grids are large are pooled in chunks that keep the index and weight
+    tensors bounded (here: a few hundred entries), with the same numbers."""
+    import resnext_det.roi_align as module
+
+    monkeypatch.setattr(module, "_MAX_ENTRIES", 700)
+    x = torch.randn(2, 8, 40, 50, generator=torch.Generator().manual_seed(3))
+    rois = torch.tensor([[i % 2, 0.0, 0.0, 49.0 - i, 39.0 - i] for i in range(6)])
+    got = roi_align_channels_last(x.to(memory_format=torch.channels_last), rois, 3, 1.0, 0, True)
+    assert relative_error(got, roi_align(x, rois, 3, 1.0, 0, True)) < 1e-6
