@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .end_to_end import layer_multiply_adds
 from .measure import PeakProbe, load_average, profiler_lines_hidden, quiet_verdict
 
 __all__ = ["op_category", "conv_kind", "account", "account_markdown"]
@@ -88,8 +89,7 @@ class _ConvClock:
     def _stop(self, key):
         def hook(m, _, out):
             self.acc[key][0] += time.perf_counter() - m._account_t0
-            w = m.weight
-            self.acc[key][1] += out.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+            self.acc[key][1] += layer_multiply_adds(m, out)
 
         return hook
 

@@ -138,6 +138,12 @@ def _build(side: str, model_name: str, weights: str, short_side: int):
     return predictor, predictor.model, predictor.inference
 
 
+def layer_multiply_adds(layer: torch.nn.Module, out: torch.Tensor) -> int:
+    """Multiply-adds of one call of a convolution or linear layer that returned ``out``."""
+    w = layer.weight
+    return out.numel() * w[0].numel()  # one input slice of the weight per output value
+
+
 def _multiply_adds(model: torch.nn.Module, call, bgrs: list) -> float:
     """Mean multiply-adds per image of the detector's convolutions and fully connected layers
     (what runs at the GEMM peak; RoIAlign, NMS and element-wise work come on top), counted from
@@ -145,9 +151,7 @@ def _multiply_adds(model: torch.nn.Module, call, bgrs: list) -> float:
     total = [0]
 
     def count(m, _, out):
-        w = m.weight
-        per_output = w.shape[1] * (w.shape[2] * w.shape[3] if w.dim() == 4 else 1)
-        total[0] += out.numel() * per_output
+        total[0] += layer_multiply_adds(m, out)
 
     layers = (torch.nn.Conv2d, torch.nn.Linear)
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
