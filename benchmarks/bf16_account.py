@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnext_det.winograd import WinogradConv2d
+
 from .end_to_end import layer_multiply_adds
 from .measure import PeakProbe, load_average, profiler_lines_hidden, quiet_verdict
 
@@ -39,7 +41,9 @@ __all__ = ["op_category", "conv_kind", "account", "account_markdown"]
 
 _CATEGORIES = (
     ("convolution", ("conv", "mkldnn_convolution")),
-    ("matrix product (fc)", ("addmm", "linear", "::mm", "matmul", "bmm")),
+    # the products of resnext_det.winograd (the only batched matmul of a detector's forward)
+    ("convolution (Winograd products)", ("aten::bmm$",)),
+    ("matrix product (fc)", ("addmm", "linear", "::mm", "matmul")),
     ("cast / layout conversion", ("aten::to$", "_to_copy", "copy_", "contiguous", "clone")),
     # torchvision's kernel, or the project's channels-last one (resnext_det.roi_align)
     ("roi_align", ("roi_align", "embedding_bag")),
@@ -60,6 +64,8 @@ def op_category(name: str) -> str:
 
 
 def conv_kind(m: nn.Conv2d) -> str:
+    if isinstance(m, WinogradConv2d):
+        return "dense 3x3 (Winograd in fp32)"
     if m.kernel_size == (1, 1):
         return "1x1"
     if m.groups > 1:
@@ -87,9 +93,9 @@ class _ConvClock:
         m._account_t0 = time.perf_counter()
 
     def _stop(self, key):
-        def hook(m, _, out):
+        def hook(m, inputs, out):
             self.acc[key][0] += time.perf_counter() - m._account_t0
-            self.acc[key][1] += layer_multiply_adds(m, out)
+            self.acc[key][1] += layer_multiply_adds(m, inputs[0], out)
 
         return hook
 

@@ -44,6 +44,7 @@ from .backbone import ResNeXt
 from .blocks import AggregatedBottleneckBlock
 from .mixed_precision import fp32_prediction_layers
 from .roi_align import channels_last_roi_align
+from .winograd import WinogradConv2d, winograd_convolutions
 
 __all__ = [
     "AMP_DTYPES",
@@ -223,7 +224,9 @@ def optimize_for_inference(model: nn.Module, *, onednn_1x1: bool = False) -> nn.
 
     That is: ``eval()``, :func:`fold_batchnorm`, :func:`to_channels_last`, RoIAlign on the
     channels-last maps (:func:`resnext_det.roi_align.channels_last_roi_align`: a detector's
-    poolers, CPU only) and, with ``onednn_1x1`` (for a model that runs on one CPU thread),
+    poolers, CPU only), Winograd F(4x4, 3x3) for the wide dense 3x3 convolutions (FPN outputs,
+    RPN head; :func:`resnext_det.winograd.winograd_convolutions`: fp32 CPU inference on large
+    maps) and, with ``onednn_1x1`` (for a model that runs on one CPU thread),
     :func:`onednn_1x1_convolutions`.
     The result depends only on the arguments, never on the process. Works on a detector
     (``GeneralizedRCNN``), an FPN or a backbone (this project's ``ResNeXt`` of any block form, or
@@ -244,6 +247,7 @@ def optimize_for_inference(model: nn.Module, *, onednn_1x1: bool = False) -> nn.
     fold_batchnorm(model)
     to_channels_last(model)
     channels_last_roi_align(model)
+    winograd_convolutions(model)
     if onednn_1x1:
         onednn_1x1_convolutions(model)
     return model
@@ -347,8 +351,8 @@ InferenceChoice = Union[InferenceSettings, Callable[[Any], InferenceSettings], N
 
 # The layers whose weights autocast casts to its dtype at every call (its lower-precision ops:
 # convolution, linear), by exact type: a subclass may compute otherwise (DeformConv2d runs its
-# kernel in the weights' dtype).
-_AUTOCAST_WEIGHT_LAYERS = (nn.Conv2d, Conv2d, nn.Linear)
+# kernel in the weights' dtype; WinogradConv2d is Conv2d's computation under autocast).
+_AUTOCAST_WEIGHT_LAYERS = (nn.Conv2d, Conv2d, WinogradConv2d, nn.Linear)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ PACKAGE = "resnext_det"
 LAYERS: dict[str, int] = {
     **dict.fromkeys(["errors", "version", "spec", "config", "io", "blocks", "backbone"], 0),
     **dict.fromkeys(["deform"], 0),
-    **dict.fromkeys(["complexity", "speed", "roi_align", "mixed_precision"], 0),
+    **dict.fromkeys(["complexity", "speed", "roi_align", "mixed_precision", "winograd"], 0),
     **dict.fromkeys(["env", "runtime", "reading"], 0),
     **dict.fromkeys(["weights", "data"], 1),
     **dict.fromkeys(["training", "evaluation", "export", "lazy", "predict", "model_zoo"], 2),

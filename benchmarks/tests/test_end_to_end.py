@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_cfg
+from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 
 from benchmarks.bf16_account import conv_kind, op_category
@@ -24,6 +25,7 @@ from benchmarks.end_to_end import (
     end_to_end_markdown,
     match_fraction,
 )
+from resnext_det.winograd import winograd_convolutions
 
 
 def test_stage_clock_attributes_each_stage_its_own_time():
@@ -124,6 +126,7 @@ def test_account_categories():
     assert conv_kind(torch.nn.Conv2d(8, 8, 3, groups=4)) == "grouped 3x3"
     assert conv_kind(torch.nn.Conv2d(8, 8, 1)) == "1x1"
     assert conv_kind(torch.nn.Conv2d(3, 8, 7)) == "dense 7x7"
+    assert op_category("aten::bmm") == "convolution (Winograd products)"
 
 
 def test_floor_counts_every_convolution_and_fc_layer_of_a_call():
@@ -133,5 +136,19 @@ def test_floor_counts_every_convolution_and_fc_layer_of_a_call():
     images = [torch.zeros(1, 3, 10, 10), torch.zeros(2, 3, 10, 10)]
     # conv: 8x10x10 outputs of 3x3x3 multiply-adds; fc: 4 outputs of 800; per image, mean of 1 and 2
     per_image = 8 * 10 * 10 * 27 + 4 * 800
-    assert _multiply_adds(model, model, images) == pytest.approx(1.5 * per_image)
+    assert _multiply_adds(model, model, images) == pytest.approx((1.5 * per_image,) * 2)
     assert not model[0]._forward_hooks  # the hooks are gone
+
+
+def test_floor_counts_winograd_products_where_winograd_ran():
+    conv = Conv2d(128, 128, 3, padding=1)
+    winograd_convolutions(conv)
+    big, small = torch.zeros(1, 128, 48, 48), torch.zeros(1, 128, 8, 8)  # 2304 px >= MIN_PIXELS
+    with torch.no_grad():
+        used, direct = _multiply_adds(conv, conv, [big])
+        # 12x12 tiles of 4x4 outputs, 36 products per tile and channel pair
+        assert used == 12 * 12 * 36 * 128 * 128
+        assert direct == 48 * 48 * 128 * 128 * 9
+        assert _multiply_adds(conv, conv, [small]) == (8 * 8 * 128 * 128 * 9,) * 2
+    # with a gradient wanted, the direct convolution runs and is counted
+    assert _multiply_adds(conv, conv, [big.requires_grad_()]) == (direct, direct)
