@@ -13,6 +13,11 @@ gradient. Variants, each timed once per round and level, rounds interleaved:
   maps of at least ``MIN_PIXELS``, the direct convolution below).
 * ``Winograd on every level``: :func:`winograd_conv3x3` whatever the size (where the threshold
   comes from).
+* with ``--bf16``: the direct convolution and Winograd with bf16 maps and weights (why bf16
+  inference keeps the direct convolution).
+
+The process keeps freed memory (:func:`resnext_det.runtime.keep_freed_memory`, as the project's
+commands run; every variant alike), so no pass pays page faults for its buffers.
 
 Printed per level and in total: median time, ratio to ``direct, NCHW``, and the largest error
 against a float64 convolution relative to the output's peak; threads, CPU, load average before and
@@ -39,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detectron2.layers import Conv2d  # noqa: E402
 
 from resnext_det.env import machine_info  # noqa: E402
+from resnext_det.runtime import keep_freed_memory  # noqa: E402
 from resnext_det.winograd import (  # noqa: E402
     MIN_PIXELS,
     transform_weight,
@@ -55,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"))
     parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--bf16", action="store_true", help="bf16 variants too")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()
     g = torch.Generator().manual_seed(0)
     c = args.channels
     conv = Conv2d(c, c, 3, padding=1)
@@ -78,13 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             x.contiguous(memory_format=torch.channels_last),
         )
 
+    bf16 = {"weight": weight_cl.bfloat16(), "bias": bias.bfloat16(), "u": u.bfloat16()}
+
     def variants(x, x_cl):
-        return {
+        found = {
             "direct, NCHW": lambda: F.conv2d(x, weight, bias, padding=1),
             "direct, channels_last": lambda: F.conv2d(x_cl, weight_cl, bias, padding=1),
             "WinogradConv2d": lambda: layer(x_cl),
             "Winograd on every level": lambda: winograd_conv3x3(x_cl, u, bias),
         }
+        if args.bf16:
+            x_bf16 = x_cl.bfloat16()
+            found["direct, bf16"] = lambda: F.conv2d(
+                x_bf16, bf16["weight"], bf16["bias"], padding=1
+            )
+            found["Winograd, bf16"] = lambda: winograd_conv3x3(x_bf16, bf16["u"], bf16["bias"])
+        return found
 
     names = list(variants(*next(iter(levels.values()))))
     errors: dict[str, dict[str, float]] = {}
@@ -109,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         f"3x3 convolution {c} -> {c} on P2-P6 of {args.size[0]}x{args.size[1]}, fp32; "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"{machine_info('cpu')['cpu']}; {args.rounds} interleaved rounds after one warm-up; "
-        f"WinogradConv2d computes by Winograd from {MIN_PIXELS} pixels"
+        f"WinogradConv2d computes by Winograd from {MIN_PIXELS} pixels; freed memory "
+        f"{'kept' if kept else 'returned (the allocator setting did not take)'}"
     )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}\n")
     print("| level | " + " | ".join(f"{n} ms (x NCHW, error)" for n in names) + " |")

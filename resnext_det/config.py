@@ -46,9 +46,11 @@ def add_resnext_config(cfg: CN) -> CN:
     # 3x3 convs run faster in NHWC on recent CPUs and GPUs (see docs/benchmarks.md).
     cfg.MODEL.RESNEXT.CHANNELS_LAST = False
     # At inference (tools/train_net.py --eval-only, resnext_det.speed.apply_inference_config): fold
-    # FrozenBN / eval-mode BN into the convolutions and use channels_last (and, on one CPU
-    # thread, oneDNN for the 1x1 convolutions), i.e. resnext_det.optimize_for_inference. Same fp32
-    # outputs (within 1e-4 relative), faster; set False only to time or debug the unmodified model.
+    # FrozenBN / eval-mode BN into the convolutions, use channels_last, pool RoIs on the
+    # channels-last maps, compute the FPN's and RPN head's wide 3x3 convolutions by Winograd (fp32,
+    # CPU) and, on one CPU thread, use oneDNN for the 1x1 convolutions, i.e.
+    # resnext_det.optimize_for_inference. Same fp32 outputs (within 1e-4 relative), faster; set
+    # False only to time or debug the unmodified model.
     cfg.MODEL.RESNEXT.OPTIMIZE_FOR_INFERENCE = True
     # Mixed precision at inference: "" (fp32), "bfloat16" or "float16". Changes results slightly
     # (see docs/benchmarks.md for the measured differences); bfloat16 pays off on CPUs with

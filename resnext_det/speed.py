@@ -11,8 +11,10 @@ why ResNeXt is often passed over for ResNet. What this module does about it, mea
   grouped convolutions much faster. Same numbers.
 * :func:`onednn_1x1_convolutions`: send the 1x1 convolutions to oneDNN, which PyTorch's own
   rule replaces by a 2x slower kernel on one thread. Same numbers; for one-thread processes.
-* :func:`optimize_for_inference`: the first two plus ``eval()`` (and, asked for, the third); the
-  fp32-equal default.
+* :func:`optimize_for_inference`: the first two plus ``eval()``, RoIs pooled on the channels-last
+  maps (:mod:`resnext_det.roi_align`), Winograd F(4x4, 3x3) for the wide dense 3x3 convolutions
+  in fp32 CPU inference (:mod:`resnext_det.winograd`) and, asked for, the third; the fp32-equal
+  default.
 * :func:`autocast`: bf16 / fp16 mixed precision (changes results; compared with a stated tolerance).
 * :func:`compile_module`: ``torch.compile`` in place (inductor; needs a C compiler on CPU).
 * :class:`InferenceSettings` / :func:`prepare_for_inference`: the one inference set-up every

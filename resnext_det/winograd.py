@@ -6,13 +6,16 @@ X-50-32x4d-FPN on a photo. Direct convolution does 9 multiply-adds per output an
 Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
 Networks", CVPR 2016) computes each 4x4 output tile from a 6x6 input tile with 36 products per
 channel pair, 2.25 per output: the products become 36 matrix multiplications (tiles x C) @ (C x K)
-and the transforms are additions with small integer weights. Measured against PyTorch's direct
-(oneDNN) convolution on the 2-core CPU of ``docs/benchmarks.md``: 0.65x the time over P2-P6, fp32,
-with a largest error of 1e-5 of the output's peak (direct: 2e-6; float64 reference).
+and the transforms are additions with small integer weights. ``benchmarks/winograd_bench.py``
+(``docs/benchmarks/winograd.md``: the 2-core AMD Zen 4 of ``docs/benchmarks.md``, quiet): over
+P2-P6 of an 800x1216 photo, 256 channels, 0.50x the time of the direct (oneDNN) convolution, on
+channels-last or NCHW maps; largest error 6e-6 of the output's peak against float64 (the direct
+convolution's: 1-2e-6 channels-last, 3e-7 NCHW).
 
 Only fp32 CPU inference is changed (no autograd, no autocast, maps of at least
-:data:`MIN_PIXELS`): bf16 keeps the direct convolution, where Winograd's transforms cost the
-precision of the products (0.1 of the peak for F(4x4, 3x3)) and gain little.
+:data:`MIN_PIXELS`): bf16 keeps the direct convolution. In bf16 the products' inputs are rounded
+after the transforms, which amplify the rounding: the same file measures Winograd in bf16 at 0.55x
+the direct bf16 time but with an error of 1e-1 of the peak, against 4e-3.
 """
 
 from __future__ import annotations
@@ -43,10 +46,13 @@ _AT = ((1, 1, 1, 1, 1, 0),
        (0, 1, 1, 4, 4, 0),
        (0, 1, -1, 8, -8, 1))  # fmt: skip
 
-# Smallest map (height x width) computed by Winograd: below it the direct convolution is faster
-# (the transforms' fixed costs; measured 256 -> 256 channels: 50x76 0.68x, 25x38 1.2x the time).
+# Smallest map (height x width) computed by Winograd: below it the transforms' fixed costs lose
+# (docs/benchmarks/winograd.md, against the direct convolution on channels-last maps: at 950 px,
+# P5 of a photo, 0.80x at 256 channels but 1.07x at 128; at 247 px, P6, 1.2x and 2x; from
+# 3800 px, P4, 0.53x and 0.72x).
 MIN_PIXELS = 2048
-# Smallest channel count (in and out): the product matmuls need width to run near the peak.
+# Smallest channel count (in and out): the products need width to run near the peak (same
+# file, over P2-P6: 1.05x the direct time at 64 channels, 0.69x at 128).
 MIN_CHANNELS = 128
 # Tiles transformed and multiplied per step: the step's buffers stay in the CPU's caches.
 _TILES_PER_STEP = 512

@@ -232,12 +232,19 @@ def test_the_factored_transforms_are_lavin_and_grays_matrices():
     assert torch.allclose(torch.stack(out[:4]), expected, rtol=0, atol=1e-12)
 
 
-def test_the_benchmark_runs_and_reports_every_level(capsys):
-    from benchmarks.winograd_bench import main
+def test_the_benchmark_runs_and_reports_every_level():
+    import subprocess
+    import sys
 
-    assert main(["--threads", "1", "--rounds", "1", "--size", "96", "128", "--channels", "16"]) == 0
-    table = capsys.readouterr().out
+    from conftest import REPO
+
+    args = ["--threads", "1", "--rounds", "1", "--size", "96", "128", "--channels", "16", "--bf16"]
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "winograd_bench.py"), *args],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # its own process: it sets its allocator  # fmt: skip
     assert "| P2 24x32 |" in table and "| P6 2x2 |" in table and "| all levels |" in table
+    assert "Winograd, bf16" in table
 
 
 def test_a_traced_layer_holds_one_convolution_for_every_size():
