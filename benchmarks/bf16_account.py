@@ -63,9 +63,10 @@ def op_category(name: str) -> str:
     return "other"
 
 
-def conv_kind(m: nn.Conv2d) -> str:
-    if isinstance(m, WinogradConv2d):
-        return "dense 3x3 (Winograd in fp32)"
+def conv_kind(m: nn.Conv2d, x: torch.Tensor | None = None) -> str:
+    """The account's kind of convolution ``m`` (of its call on ``x``: Winograd or not)."""
+    if isinstance(m, WinogradConv2d) and x is not None and m.uses_winograd(x):
+        return "dense 3x3 by Winograd"
     if m.kernel_size == (1, 1):
         return "1x1"
     if m.groups > 1:
@@ -85,15 +86,15 @@ class _ConvClock:
             for m in root.modules():
                 if isinstance(m, nn.Conv2d) and id(m) not in seen:
                     seen.add(id(m))
-                    key = (part, conv_kind(m))
                     self.handles.append(m.register_forward_pre_hook(self._start))
-                    self.handles.append(m.register_forward_hook(self._stop(key)))
+                    self.handles.append(m.register_forward_hook(self._stop(part)))
 
     def _start(self, m, _):
         m._account_t0 = time.perf_counter()
 
-    def _stop(self, key):
+    def _stop(self, part):
         def hook(m, inputs, out):
+            key = (part, conv_kind(m, inputs[0]))
             self.acc[key][0] += time.perf_counter() - m._account_t0
             self.acc[key][1] += layer_multiply_adds(m, inputs[0], out)
 

@@ -127,6 +127,11 @@ def test_account_categories():
     assert conv_kind(torch.nn.Conv2d(8, 8, 1)) == "1x1"
     assert conv_kind(torch.nn.Conv2d(3, 8, 7)) == "dense 7x7"
     assert op_category("aten::bmm") == "convolution (Winograd products)"
+    layer = Conv2d(128, 128, 3, padding=1)
+    winograd_convolutions(layer)
+    with torch.no_grad():
+        assert conv_kind(layer, torch.zeros(1, 128, 48, 48)) == "dense 3x3 by Winograd"
+        assert conv_kind(layer, torch.zeros(1, 128, 8, 8)) == "dense 3x3"  # too small
 
 
 def test_floor_counts_every_convolution_and_fc_layer_of_a_call():
