@@ -331,6 +331,10 @@ def lazy_training_view(cfg: DictConfig) -> CfgNode:
                 f"train.inference.{key}: no such key; allowed: {list(INFERENCE_KEYS)}"
             )
         view.MODEL.RESNEXT[key] = value
+    try:  # a bad value is named by the key the user wrote, not by its yacs twin
+        InferenceSettings.from_config(view)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("MODEL.RESNEXT.", "train.inference.", 1)) from None
     view.freeze()
     return view
 

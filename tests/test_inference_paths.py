@@ -476,6 +476,9 @@ def test_lazy_eval_only_takes_its_inference_keys(registered, weights, tmp_path):
         lazy_training_view(
             load_lazy_config(TINY_LAZY, overrides(tmp_path, "+train.inference.AMP=1"))
         )
+    bad = overrides(tmp_path, "+train.inference.INFERENCE_AMP_DTYPE=bf16")
+    with pytest.raises(ConfigError, match=r"^train.inference.INFERENCE_AMP_DTYPE must be one of"):
+        lazy_training_view(load_lazy_config(TINY_LAZY, bad))
 
 
 def test_bf16_keeps_the_prediction_layers_in_fp32(weights):
