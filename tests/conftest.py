@@ -64,14 +64,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Give every test the thread count it started with: tools run in-process set their own
-    (--threads), and what a model gets can depend on it (speed.onednn_1x1_convolutions)."""
+def _keep_torch_threads():
     threads = torch.get_num_threads()
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+# Give every test, and every module, the thread count it started with: tools run in-process set
+# their own (--threads), and what a model computes can depend on it (which kernel a convolution
+# gets). Per module too: a module-scoped fixture that runs a command in-process (test_sweep's)
+# would otherwise hand its thread count to every later module.
+_restore_torch_threads = pytest.fixture(autouse=True)(_keep_torch_threads)
+_restore_torch_threads_per_module = pytest.fixture(scope="module", autouse=True)(
+    _keep_torch_threads
+)
 
 
 def _undo_registrations():
