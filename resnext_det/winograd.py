@@ -171,6 +171,7 @@ class WinogradConv2d(Conv2d):
         w = self.weight
         return (
             x.dim() == 4
+            and x.shape[0] > 0  # detectron2's Conv2d takes empty batches; Conv2d.forward does
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and w.dtype == torch.float32

@@ -112,6 +112,8 @@ def test_the_layer_computes_by_winograd_only_where_it_pays_and_keeps_its_keys(mo
         calls.clear()
         small = torch.randn(1, 128, 20, 20)
         assert torch.equal(conv(small), before(small)) and not calls  # direct: the same bits
+        empty = torch.randn(0, 128, 48, 48)  # an empty batch, as detectron2's Conv2d takes
+        assert conv(empty).shape == (0, 128, 48, 48) and not calls
     # A gradient wanted: the direct convolution, with its gradient.
     y = conv(big)
     assert not calls
