@@ -138,13 +138,17 @@ def _build(side: str, model_name: str, weights: str, short_side: int):
     return predictor, predictor.model, predictor.inference
 
 
-def layer_multiply_adds(layer: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
+def layer_multiply_adds(
+    layer: torch.nn.Module, x: torch.Tensor, out: torch.Tensor, *, direct: bool = False
+) -> int:
     """Multiply-adds of one call of a convolution or linear layer on ``x`` that returned ``out``,
-    by the algorithm the call used (a ``WinogradConv2d`` says its own)."""
-    if hasattr(layer, "multiply_adds"):
-        return layer.multiply_adds(x, out)
-    w = layer.weight
-    return out.numel() * w[0].numel()  # one input slice of the weight per output value
+    by the algorithm the call used (Winograd's products where a ``WinogradConv2d`` computed so),
+    or with ``direct`` as a direct convolution would do them."""
+    from resnext_det.winograd import WinogradConv2d, winograd_multiply_adds
+
+    if not direct and isinstance(layer, WinogradConv2d) and layer.uses_winograd(x):
+        return winograd_multiply_adds(out, layer.in_channels)
+    return out.numel() * layer.weight[0].numel()  # one input slice of the weight per output
 
 
 def _multiply_adds(model: torch.nn.Module, call, bgrs: list) -> tuple[float, float]:
@@ -156,7 +160,7 @@ def _multiply_adds(model: torch.nn.Module, call, bgrs: list) -> tuple[float, flo
 
     def count(m, inputs, out):
         used[0] += layer_multiply_adds(m, inputs[0], out)
-        direct[0] += out.numel() * m.weight[0].numel()
+        direct[0] += layer_multiply_adds(m, inputs[0], out, direct=True)
 
     layers = (torch.nn.Conv2d, torch.nn.Linear)
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]

@@ -199,12 +199,6 @@ class WinogradConv2d(Conv2d):
             x = self.activation(x)
         return x
 
-    def multiply_adds(self, x: torch.Tensor, out: torch.Tensor) -> int:
-        """Multiply-adds of the call on ``x`` that returned ``out``, by the algorithm it used."""
-        if self.uses_winograd(x):
-            return winograd_multiply_adds(out, self.in_channels)
-        return out.numel() * self.weight[0].numel()
-
 
 def winograd_convolutions(module: nn.Module) -> int:
     """Make ``module``'s dense 3x3 stride-1 detectron2 ``Conv2d`` layers of at least
