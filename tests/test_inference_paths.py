@@ -479,6 +479,11 @@ def test_lazy_eval_only_takes_its_inference_keys(registered, weights, tmp_path):
     bad = overrides(tmp_path, "+train.inference.INFERENCE_AMP_DTYPE=bf16")
     with pytest.raises(ConfigError, match=r"^train.inference.INFERENCE_AMP_DTYPE must be one of"):
         lazy_training_view(load_lazy_config(TINY_LAZY, bad))
+    # the command refuses it before it writes anything in the output folder
+    out = tmp_path / "refused"
+    args = ["--config-file", str(TINY_LAZY), "--eval-only"]
+    assert main([*args, *overrides(out, "+train.inference.INFERENCE_AMP_DTYPE=bf16")]) == 2
+    assert not out.exists()
 
 
 def test_bf16_keeps_the_prediction_layers_in_fp32(weights):

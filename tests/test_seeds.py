@@ -100,6 +100,33 @@ def test_seed_runs_are_resumable_and_a_finished_run_is_skipped(seeds_0_1, synthe
     assert "Starting training from iteration 3" in (seeds_0_1 / "seed_0" / "log.txt").read_text()
 
 
+def test_a_seed_run_in_this_process_leaves_its_settings_behind(synthetic, tmp_path, monkeypatch):
+    """DETERMINISTIC True and the run's seeding hold for the run only: the caller's random
+    streams, torch's determinism flags and the environment are as before (a library function)."""
+    import random
+
+    import numpy as np
+
+    from resnext_det.training import capture_rng_state
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.use_deterministic_algorithms(False)
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    before = capture_rng_state()
+    cfg = _cfg(synthetic, tmp_path)
+    assert cfg.DETERMINISTIC
+    train_seed_runs(cfg, [0])
+    assert (tmp_path / "seed_0" / "model_final.pth").is_file()
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "PYTHONHASHSEED" not in os.environ and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    after = capture_rng_state()
+    assert torch.equal(after["torch"], before["torch"])
+    assert after["python"] == before["python"]
+    assert torch.equal(after["numpy"]["keys"], before["numpy"]["keys"])
+    assert after["numpy"]["pos"] == before["numpy"]["pos"]
+
+
 @pytest.mark.slow  # two spawned workers: ~20 s of imports
 def test_seed_runs_side_by_side_give_the_runs_of_one_after_another(seeds_0_1, synthetic, tmp_path):
     """--parallel 2: two worker processes (one thread each) train seeds 1 and 0 at once, the

@@ -305,6 +305,28 @@ def test_missing_weight_file_is_a_clear_error(tmp_path, monkeypatch):
         setup(args)
 
 
+@pytest.mark.parametrize(
+    "key, value, said",
+    [
+        ("MODEL.RESNEXT.INFERENCE_AMP_DTYPE", "bf16", "INFERENCE_AMP_DTYPE must be one of"),
+        ("CPU_TRAINING.NUM_THREADS", "-3", "CPU_TRAINING.NUM_THREADS must be an integer"),
+        ("CPU_TRAINING.AMP_DTYPE", "fp16", "CPU_TRAINING.AMP_DTYPE must be one of"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_the_output_folder_is_touched(tmp_path, key, value, said):
+    """Values read only later (at --eval-only, in the trainer) are checked with the config: the
+    command stops before it locks, logs or saves config.yaml in OUTPUT_DIR."""
+    from resnext_det.commands.train import main
+
+    out = tmp_path / "out"
+    for extra in ([], ["--eval-only"]):
+        argv = ["--config-file", str(TINY), *extra, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+        with pytest.raises(ValueError, match=said):
+            setup(argument_parser().parse_args([*argv, key, value]))
+        assert main([*argv, key, value]) == 2
+        assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def torchvision_x50(tmp_path_factory):
     """A torchvision ResNeXt-50 file named as torchvision names its files (random weights and

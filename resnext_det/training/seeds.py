@@ -32,7 +32,6 @@ from typing import Any
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..data import register_from_config
@@ -41,7 +40,7 @@ from ..io import write_text_atomic
 from ..runtime import configure_process, set_console_verbosity
 from ..speed import cpu_training_settings
 from .lock import lock_output_dir
-from .state import make_deterministic
+from .state import seeded_run
 from .stopping import (
     _STOP,
     _STOP_SIGNALS,
@@ -135,8 +134,9 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
     """Train (or resume, or skip when finished) the run of ``seed`` in this process.
 
     What ``tools/train_net.py`` sets up for a run, for this run only: the folder's lock, its log,
-    ``config.yaml``, every random generator seeded with ``seed``, deterministic kernels when
-    ``DETERMINISTIC``, the datasets of ``DATASETS.COCO_REGISTER``.
+    ``config.yaml``, the datasets of ``DATASETS.COCO_REGISTER``, and, restored when it returns
+    (:func:`~.state.seeded_run`), every random generator seeded with ``seed`` and deterministic
+    kernels when ``DETERMINISTIC``.
 
     Returns:
         the run's ``model_final.pth``.
@@ -156,21 +156,21 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
         with _run_log(run.OUTPUT_DIR):
             logger.info(f"Seed run {seed}: {run.OUTPUT_DIR}")
             write_text_atomic(os.path.join(run.OUTPUT_DIR, "config.yaml"), run.dump())
-            seed_all_rng(seed)
-            if run.DETERMINISTIC:
-                make_deterministic()
-            register_from_config(run)
-            trainer = Trainer(run)
-            stop_hook = _StopWhenAsked()
-            trainer.register_hooks([stop_hook])
-            trainer.resume_or_load(resume=True)
-            try:
-                trainer.train()
-            except _StopNow:
-                ckpt = trainer.checkpointer
-                last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
-                stopped = RunStopped(seed, run.OUTPUT_DIR, stop_hook.stopped_after, last or None)
-                logger.warning(f"Seed run {seed}: {stopped}")
+            with seeded_run(seed, run.DETERMINISTIC):
+                register_from_config(run)
+                trainer = Trainer(run)
+                stop_hook = _StopWhenAsked()
+                trainer.register_hooks([stop_hook])
+                trainer.resume_or_load(resume=True)
+                try:
+                    trainer.train()
+                except _StopNow:
+                    ckpt = trainer.checkpointer
+                    last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
+                    stopped = RunStopped(
+                        seed, run.OUTPUT_DIR, stop_hook.stopped_after, last or None
+                    )
+                    logger.warning(f"Seed run {seed}: {stopped}")
     finally:
         if lock is not None:
             lock.release()

@@ -19,7 +19,13 @@ from ..config import load_config
 from ..data import register_from_config
 from ..env import environment_report
 from ..io import write_text_atomic
-from ..speed import InferenceChoice, InferenceSettings, autocast, prepare_for_inference
+from ..speed import (
+    InferenceChoice,
+    InferenceSettings,
+    autocast,
+    cpu_training_settings,
+    prepare_for_inference,
+)
 from ..weights import configure_for_weights, explicit_keys
 from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer
@@ -145,6 +151,9 @@ def build_config(args: argparse.Namespace) -> CfgNode:
         cfg.defrost()
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
+    # keys read later, checked now: a bad value is refused before the output folder is touched
+    InferenceSettings.from_config(cfg)
+    cpu_training_settings(cfg)
     cfg.freeze()
     return cfg
 

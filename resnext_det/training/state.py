@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from detectron2.utils.env import seed_all_rng
 
 __all__ = [
     "capture_rng_state",
@@ -23,6 +24,7 @@ __all__ = [
     "preserved_rng",
     "parameter_fingerprint",
     "make_deterministic",
+    "seeded_run",
 ]
 
 
@@ -88,3 +90,38 @@ def make_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+# What seed_all_rng and make_deterministic write to the environment.
+_RUN_ENV = ("PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+
+
+@contextmanager
+def seeded_run(seed: int, deterministic: bool) -> Iterator[None]:
+    """A training run's process settings for the block only: every random generator seeded with
+    ``seed`` (detectron2's ``seed_all_rng``) and, with ``deterministic``, torch's deterministic
+    kernels (:func:`make_deterministic`). On leaving, the caller's random states, determinism
+    flags and environment are back as they were: what a library function that trains a run
+    (:func:`resnext_det.training.train_seed_runs`) owes its caller's process. A command's own
+    process sets them for good instead (``tools/train_net.py``'s ``setup``)."""
+    env = {name: os.environ.get(name) for name in _RUN_ENV}
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    with preserved_rng():
+        try:
+            seed_all_rng(seed)
+            if deterministic:
+                make_deterministic()
+            yield
+        finally:
+            torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[2:]
+            for name, value in env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
