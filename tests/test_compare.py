@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from resnext_det.evaluation import (
     evaluate_results,
 )
 from resnext_det.evaluation.coco import METRIC_KEYS
+from resnext_det.evaluation.records import render_csv
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,19 @@ def test_report_files_and_figures(data, tmp_path):
     with Image.open(out / "comparison.png") as im:
         assert im.format == "PNG" and im.size[0] >= 800 and im.size[1] >= 300
         assert np.asarray(im.convert("L")).std() > 5  # something is drawn
+
+
+def test_csv_cells_that_read_as_formulas_are_text(data):
+    """Model names come from the user's command line: a spreadsheet must not run one."""
+    _, f = data
+    names = ['=HYPERLINK("http://x")', "-2+3"]
+    report = compare_results(
+        f["gt"], dict(zip(names, (f["X-50-32x4d"], f["R-50"]))), bootstrap=50, progress=False
+    )
+    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    assert [r["model"] for r in rows] == ["'" + n for n in names]
+    delta = report["models"][names[1]]["delta"]["AP"]
+    assert delta < 0 and float(rows[1]["delta_AP"]) == pytest.approx(delta)  # numbers stay so
 
 
 def _tool():
