@@ -19,8 +19,10 @@ ratios are the medians of the per-round ratios. Every call is split into preproc
 to tensor, normalise, pad), backbone (bottom-up), FPN, RPN, RoI heads and postprocessing (boxes
 rescaled to the image, results to the CPU) by forward hooks (a few clock reads per call).
 The detections are compared with detectron2's before timing (matched fractions at the fp32 and
-at the bf16 tolerances of ``tests/test_inference_paths.py``). The 1-minute load average is read
-around every round and turned into a quiet verdict (:func:`benchmarks.measure.quiet_verdict`).
+at the bf16 tolerances of ``tests/test_inference_paths.py``), and so are detectron2's own on
+another thread count: the yardstick of what a rounding change alone does to these detections.
+The 1-minute load average is read around every round and turned into a quiet verdict
+(:func:`benchmarks.measure.quiet_verdict`).
 
 One image per call: ``DefaultPredictor`` takes one, and on the CPU a batch of photos of different
 shapes pads each to the largest (more work, no gain from a wider GEMM at this size).
@@ -231,10 +233,19 @@ def _serve(pipe: _Pipe, side: str, model_name: str, weights: str, images: list[s
                 dets.append(_detections(out))
         return times, dets
 
+    def detections_on(threads: int) -> list:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return folder(keep=True)[1]
+        finally:
+            torch.set_num_threads(before)
+
     commands = {
         "warm": lambda n: [folder() for _ in range(n)] and None,
         "round": lambda: folder()[0],
         "detections": lambda: folder(keep=True)[1],
+        "detections_on": detections_on,
         "floor": lambda: _floor(model, call, bgrs, SIDES[side][1] or "float32"),
     }
     serve_commands(pipe, commands)
@@ -390,15 +401,15 @@ def run_end_to_end(
     progress: bool = True,
 ) -> dict:
     """Time ``sides`` of each model on the first ``num_images`` images of ``images`` in
-        ``rounds`` interleaved rounds (after ``warmup`` untimed passes of the folder per side), each
+    ``rounds`` interleaved rounds (after ``warmup`` untimed passes of the folder per side), each
     image resized by the predictors to ``short_side`` (the config's 800, longer side at most 1333;
     less only for a smoke run).
 
-        Returns:
-            a json-ready dict: ``machine``, ``config``, ``load_average_*``, ``quiet``, and per model
-            ``sides`` (see :func:`_summary`), ``processes`` (each child's measured allocator and
-            inference settings), ``agreement`` (matched fractions with detectron2's detections),
-            ``detections_per_image``.
+    Returns:
+        a json-ready dict: ``machine``, ``config``, ``load_average_*``, ``quiet``, and per model
+        ``sides`` (see :func:`_summary`), ``processes`` (each child's measured allocator and
+        inference settings), ``agreement`` (matched fractions with detectron2's detections,
+        detectron2's own on another thread count first), ``detections_per_image``.
     """
     from resnext_det.env import machine_info
 
@@ -413,6 +424,7 @@ def run_end_to_end(
         if value < 1:
             raise BenchmarkInputError(name, f"must be >= 1; got {value}")
     threads = threads or torch.get_num_threads()
+    yardstick = f"{BASELINE} on {2 if threads == 1 else 1} thread(s)"
     files = _images(images, num_images)
     loads = [load_average()]
     report: dict = {
@@ -445,6 +457,8 @@ def run_end_to_end(
                     dets[p.name] = p.call("detections")
                     if warmup > 1:
                         p.call("warm", warmup - 1)
+                # the yardstick: detectron2's own predictor, its rounding changed by its threads
+                dets[yardstick] = procs[0].call("detections_on", 2 if threads == 1 else 1)
                 timed = []
                 for i in range(rounds):
                     timed.append({p.name: p.call("round") for p in procs})
@@ -472,7 +486,7 @@ def run_end_to_end(
                     "fp32_matched": match_fraction(dets[side], ref, box_atol=0.1, score_atol=1e-3),
                     "bf16_matched": match_fraction(dets[side], ref, min_iou=0.5, score_atol=0.1),
                 }
-                for side in sides[1:]
+                for side in [yardstick, *sides[1:]]
             },
             "detections_per_image": {
                 side: statistics.fmean(len(d["scores"]) for d in dets[side]) for side in sides
@@ -526,7 +540,10 @@ def end_to_end_markdown(report: dict, command: str = "") -> str:
             )
         lines += ["", "Detections matched with detectron2's (fp32 tolerance: same class, corners "
                   "within 0.1 px, score within 1e-3; bf16 tolerance: IoU >= 0.5, score within "
-                  "0.1):", ""]  # fmt: skip
+                  "0.1). A line for detectron2 on another thread count, where it is, is the "
+                  "yardstick: its own predictor with only its rounding changed (random weights "
+                  "give runs of equal scores on boxes a stride apart, and which of those tied "
+                  "boxes survive depends on rounding):", ""]  # fmt: skip
         for side, a in r["agreement"].items():
             lines.append(
                 f"- {side}: {a['fp32_matched']:.1%} at the fp32 tolerance, "

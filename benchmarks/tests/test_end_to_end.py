@@ -157,3 +157,31 @@ def test_floor_counts_winograd_products_where_winograd_ran():
         assert _multiply_adds(conv, conv, [small]) == (8 * 8 * 128 * 128 * 9,) * 2
     # with a gradient wanted, the direct convolution runs and is counted
     assert _multiply_adds(conv, conv, [big.requires_grad_()]) == (direct, direct)
+
+
+def test_batch_benchmark_runs(tmp_path):
+    """benchmarks/batch_bench.py end to end on two small photos (its own process: it sets its
+    threads and allocator); the quiet 800-pixel run is in docs/benchmarks.md."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, size in enumerate(((160, 120), (150, 130))):  # two shapes: the folder's batch pads
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"photo{i}.jpg")
+    args = ["--model", "R-50", "--images", str(tmp_path), "--num-images", "2", "--batch", "2"]
+    args += ["--rounds", "1", "--threads", "1", "--short-side", "96"]
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "batch_bench.py"), *args],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    for row in (
+        "| one at a time | ",
+        "| batches of 2, equal sizes | ",
+        "| batches of 2, the folder |",
+    ):
+        assert row in table, table
+    assert "1.00x" in table.split("| one at a time |")[1].splitlines()[0]
