@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch < 2 or args.num_images % args.batch:
         parser.error("--batch must be >= 2 and divide --num-images")
+    loads = [load_average()]  # before this process's own work
     settings = configure_process(num_threads=args.threads, keep_freed_memory=True, quiet=True)
     from detectron2.data.detection_utils import read_image
 
@@ -95,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
     for batches in variants.values():  # warm-up
         run(batches)
-    loads = [load_average()]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, batches in variants.items():
