@@ -24,8 +24,9 @@ another thread count: the yardstick of what a rounding change alone does to thes
 The 1-minute load average is read around every round and turned into a quiet verdict
 (:func:`benchmarks.measure.quiet_verdict`).
 
-One image per call: ``DefaultPredictor`` takes one, and on the CPU a batch of photos of different
-shapes pads each to the largest (more work, no gain from a wider GEMM at this size).
+One image per call: ``DefaultPredictor`` takes one, and on the CPU batching does not pay
+(``benchmarks/batch_bench.py``: batches of 2 take 1.02x the time per photo at equal sizes, 1.24x
+for a folder's photos, padded to the largest; docs/benchmarks.md).
 
 ``tools/end_to_end_benchmark.py`` is the command line. This module is also the children's entry
 point (``python -m benchmarks.end_to_end``, messages on stdin/stdout).
