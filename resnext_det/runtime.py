@@ -101,6 +101,12 @@ def quiet_third_party_notices() -> None:
         message=r"torch\.meshgrid: in an upcoming release, it will be required",
         category=UserWarning,
     )
+    # PIL's notice on opening an image above its MAX_IMAGE_PIXELS ("could be decompression bomb
+    # DOS attack"): the commands read images through resnext_det.data.images, which refuses every
+    # such image itself (its limit equals PIL's) with one line that names the file and its size.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     cpp = logging.getLogger("torch.utils.cpp_extension")
     if not any(isinstance(f, _NoCudaRuntimeLine) for f in cpp.filters):
         cpp.addFilter(_NoCudaRuntimeLine())
