@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from .coco import METRIC_KEYS
+from .text import csv_cell
 
 __all__ = ["render_csv", "render_json"]
 
@@ -39,19 +40,6 @@ def _csv_columns(report: dict) -> list[str]:
     return cols + [f"AP[{c}]" for c in cats]
 
 
-# A text cell that starts like a formula (OWASP's CSV-injection list) is opened by a
-# spreadsheet as one: it gets a leading apostrophe, which shows it as the text it is.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def render_csv(report: dict) -> str:
     cols = _csv_columns(report)
     buf = io.StringIO()
@@ -77,7 +65,7 @@ def render_csv(report: dict) -> str:
             row[f"delta_{k}_p"] = m.get("delta_p", {}).get(k)
         for c, v in m["per_category_AP"].items():
             row[f"AP[{c}]"] = v
-        writer.writerow({k: _cell(v) for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 

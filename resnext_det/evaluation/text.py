@@ -1,5 +1,5 @@
 """Names users give (models, paths, categories) as report text: checked, and escaped for
-markdown and matplotlib."""
+markdown, matplotlib and spreadsheets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import unicodedata
 from typing import Any
 
-__all__ = ["check_model_names", "markdown_text"]
+__all__ = ["check_model_names", "csv_cell", "markdown_text"]
 
 _LABELS = {"AP50": "AP@0.5", "AP75": "AP@0.75"}
 # `*`: the interval of a difference excludes 0 and covers test images and training runs.
@@ -30,6 +30,21 @@ def check_model_names(names: Any) -> None:
                 f"({', '.join(repr(c) for c in bad)}); names go into reports and file names: use "
                 "letters, digits, spaces and punctuation"
             )
+
+
+# A text cell that starts like a formula (OWASP's CSV-injection list) is one to a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` for a CSV cell: None as empty, text that a spreadsheet would run as a formula
+    (``=HYPERLINK(...)``, ``@SUM(...)``) with a leading apostrophe, which shows it as the text it
+    is; numbers, negative ones too, as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 # Characters markdown (CommonMark + GitHub's tables, strikethrough and math) gives a meaning
