@@ -425,7 +425,8 @@ def run_end_to_end(
         if value < 1:
             raise BenchmarkInputError(name, f"must be >= 1; got {value}")
     threads = threads or torch.get_num_threads()
-    yardstick = f"{BASELINE} on {2 if threads == 1 else 1} thread(s)"
+    other_threads = 2 if threads == 1 else 1  # the yardstick's: detectron2's rounding changed
+    yardstick = f"{BASELINE} on {other_threads} thread(s)"
     files = _images(images, num_images)
     loads = [load_average()]
     report: dict = {
@@ -458,8 +459,7 @@ def run_end_to_end(
                     dets[p.name] = p.call("detections")
                     if warmup > 1:
                         p.call("warm", warmup - 1)
-                # the yardstick: detectron2's own predictor, its rounding changed by its threads
-                dets[yardstick] = procs[0].call("detections_on", 2 if threads == 1 else 1)
+                dets[yardstick] = procs[0].call("detections_on", other_threads)
                 timed = []
                 for i in range(rounds):
                     timed.append({p.name: p.call("round") for p in procs})
