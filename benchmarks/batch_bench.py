@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.end_to_end import _build, _images, _weights  # noqa: E402
 from benchmarks.measure import load_average, quiet_verdict  # noqa: E402
-from benchmarks.settings import BENCH_MODELS  # noqa: E402
+from benchmarks.settings import BENCH_MODELS, BenchmarkInputError  # noqa: E402
 from resnext_det.env import machine_info  # noqa: E402
 from resnext_det.runtime import configure_process  # noqa: E402
 from resnext_det.speed import autocast  # noqa: E402
@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = configure_process(num_threads=args.threads, keep_freed_memory=True, quiet=True)
     from detectron2.data.detection_utils import read_image
 
-    photos = _images(args.images, args.num_images)
+    try:
+        photos = _images(args.images, args.num_images)
+    except BenchmarkInputError as exc:
+        parser.error(f"--{exc.field}: {exc.detail}")
+    if len(photos) % args.batch:
+        parser.error(f"--images: {len(photos)} photos found; --batch {args.batch} must divide it")
     side = "project+bf16" if args.bf16 else "project"
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.pth"

@@ -339,6 +339,8 @@ def match_fraction(got: list[dict], ref: list[dict], *, box_atol: float | None =
 
 
 def _images(folder: str | os.PathLike, num_images: int) -> list[str]:
+    if not Path(folder).is_dir():
+        raise BenchmarkInputError("images", f"{folder}: not a folder")
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise BenchmarkInputError("images", f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files")

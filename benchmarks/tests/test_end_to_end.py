@@ -185,3 +185,17 @@ def test_batch_benchmark_runs(tmp_path):
     ):
         assert row in table, table
     assert "1.00x" in table.split("| one at a time |")[1].splitlines()[0]
+
+
+def test_a_missing_or_empty_image_folder_is_a_named_input_error(tmp_path):
+    from benchmarks.end_to_end import _images
+    from benchmarks.settings import BenchmarkInputError
+
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    for folder, said in ((tmp_path / "missing", "not a folder"),
+                         (tmp_path / "photo.jpg", "not a folder"),
+                         (tmp_path / "empty", "no .jpg")):  # fmt: skip
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(BenchmarkInputError, match=said) as info:
+            _images(folder, 2)
+        assert info.value.field == "images" and str(folder) in str(info.value)
