@@ -87,15 +87,24 @@ def worker_pids_inside_a_save(out: Path) -> list[int] | None:
 
 
 def alive(pid: int) -> bool:
+    """Whether any thread of process ``pid`` has yet to exit.
+
+    A killed multithreaded process shows its leader as a zombie ("Z") while its other threads
+    are still exiting, and the last of them to exit closes the files, so the folder's flock goes
+    only then: the whole thread group must be gone or a zombie, not only the leader.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # a zombie of another parent counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+                    return True
     except OSError:
-        return True
+        return os.path.exists(f"/proc/{pid}")  # it ended while being read: ask again
+    return False
 
 
 def test_item2_workers_die_with_a_parent_killed_by_sigkill(tmp_path, synthetic):
