@@ -33,6 +33,7 @@ applies its model part (:func:`apply_cpu_training`), the command its process par
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -453,6 +454,12 @@ def native_bf16() -> bool:
     return False
 
 
+@functools.cache
+def _say_bf16_falls_back() -> None:
+    # Once per process: a command resolves the settings more than once (validation, then use).
+    logger.info("CPU_TRAINING.AMP_DTYPE bfloat16: this CPU has no native bf16; fp32")
+
+
 @dataclass(frozen=True)
 class CPUTrainingSettings:
     """How a CPU training run executes (``cfg.CPU_TRAINING`` resolved for this machine).
@@ -509,7 +516,7 @@ def cpu_training_settings(cfg) -> CPUTrainingSettings | None:
         if native_bf16():
             amp = node.AMP_DTYPE
         else:
-            logger.info("CPU_TRAINING.AMP_DTYPE bfloat16: this CPU has no native bf16; fp32")
+            _say_bf16_falls_back()
     return CPUTrainingSettings(
         channels_last=bool(node.CHANNELS_LAST),
         amp_dtype=amp,

@@ -6,6 +6,7 @@ No timing here: timed claims live in tools/benchmark.py and docs/benchmarks.md.
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -418,3 +419,22 @@ def test_default_cpu_training_losses_stay_near_fp32(tmp_path, tiny_data):
     assert last_fp32 < fp32[0] * 0.8, "the tiny detector should learn in 30 iterations"
     print(f"fp32 {fp32[0]:.4f} -> {last_fp32:.4f}; defaults {fast[0]:.4f} -> {last_fast:.4f}")
     assert abs(last_fast - last_fp32) <= CPU_TRAIN_LOSS_TOL * last_fp32
+
+
+def test_the_bf16_fallback_is_said_once_per_process(monkeypatch, caplog):
+    """A CPU without native bf16 runs CPU_TRAINING.AMP_DTYPE bfloat16 in fp32 and says so once,
+    though a command resolves the settings more than once (validation, then the trainer)."""
+    from resnext_det import speed
+    from resnext_det.config import add_resnext_config
+
+    cfg = add_resnext_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.CPU_TRAINING.AMP_DTYPE = "bfloat16"
+    monkeypatch.setattr(speed, "native_bf16", lambda: False)
+    speed._say_bf16_falls_back.cache_clear()
+    with caplog.at_level(logging.INFO, logger=speed.logger.name):
+        settings = [speed.cpu_training_settings(cfg) for _ in range(3)]
+    assert all(s.amp_dtype == "" for s in settings)
+    assert [r.getMessage() for r in caplog.records].count(
+        "CPU_TRAINING.AMP_DTYPE bfloat16: this CPU has no native bf16; fp32"
+    ) == 1
