@@ -42,19 +42,19 @@ from ..speed import cpu_training_settings
 from .lock import lock_output_dir
 from .state import seeded_run
 from .stopping import (
-    _STOP,
-    _STOP_SIGNALS,
+    STOP,
+    STOP_SIGNALS,
     RunNotStarted,
     RunStopped,
     SeedRunsInterrupted,
-    _die_with_parent,
-    _interrupted,
-    _last_checkpoint,
-    _stop_on_signals,
-    _stop_signals_blocked,
-    _StopNow,
-    _StopWhenAsked,
-    _worker_signal,
+    StopNow,
+    StopWhenAsked,
+    die_with_parent,
+    interrupted,
+    last_checkpoint_name,
+    stop_on_signals,
+    stop_signals_blocked,
+    worker_signal,
 )
 from .trainer import Trainer
 
@@ -148,7 +148,7 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
             with a checkpoint of it.
     """
     run = seed_run_config(cfg, seed)
-    if _STOP:
+    if STOP:
         raise RunNotStarted(seed, run.OUTPUT_DIR)
     lock = lock_output_dir(run.OUTPUT_DIR)
     stopped: RunStopped | None = None
@@ -159,12 +159,12 @@ def train_seed_run(cfg: CfgNode, seed: int) -> Path:
             with seeded_run(seed, run.DETERMINISTIC):
                 register_from_config(run)
                 trainer = Trainer(run)
-                stop_hook = _StopWhenAsked()
+                stop_hook = StopWhenAsked()
                 trainer.register_hooks([stop_hook])
                 trainer.resume_or_load(resume=True)
                 try:
                     trainer.train()
-                except _StopNow:
+                except StopNow:
                     ckpt = trainer.checkpointer
                     last = ckpt.get_checkpoint_file() if ckpt.has_checkpoint() else None
                     stopped = RunStopped(
@@ -200,11 +200,11 @@ def _worker_init(
     # arrives before the handlers are in place. Side-by-side runs share the cores: one thread
     # each (more only oversubscribes them).
     if parent_pid:
-        _die_with_parent(parent_pid)
-    _STOP.event = stop_event
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, _worker_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        die_with_parent(parent_pid)
+    STOP.event = stop_event
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, worker_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     os.environ["OMP_NUM_THREADS"] = "1"
     configure_process(num_threads=1)
     for name in _LOGGERS:  # the console handlers each run's log reuses, at the parent's verbosity
@@ -283,20 +283,20 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
         raise ConfigError(f"two runs would share one folder: {[str(f) for f in folders]}")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"parallel must be a positive integer; got {parallel!r}")
-    _STOP.clear()
+    STOP.clear()
     try:
         if parallel == 1:
             return _train_here(runs)
         return _train_in_pool(runs, parallel)
     finally:
-        _STOP.clear()
+        STOP.clear()
 
 
 def _train_here(runs: list[tuple[CfgNode, int]]) -> list[Path]:
     finished: list[Path] = []
     stopped: list[RunStopped] = []
     not_started: list[RunNotStarted] = []
-    with _stop_on_signals(lambda: None, lambda: None):
+    with stop_on_signals(lambda: None, lambda: None):
         for k, (cfg, seed) in enumerate(runs):
             try:
                 finished.append(_noted(train_seed_run, cfg, seed))
@@ -305,17 +305,17 @@ def _train_here(runs: list[tuple[CfgNode, int]]) -> list[Path]:
             except RunNotStarted as exc:
                 not_started.append(exc)
             except KeyboardInterrupt:
-                if _STOP.signum is None:
+                if STOP.signum is None:
                     raise  # not ours: the caller's own handling
                 folder = os.fspath(seed_run_dir(cfg.OUTPUT_DIR, seed))
-                stopped.append(RunStopped(seed, folder, None, _last_checkpoint(folder)))
+                stopped.append(RunStopped(seed, folder, None, last_checkpoint_name(folder)))
                 not_started += [
                     RunNotStarted(s, os.fspath(seed_run_dir(c.OUTPUT_DIR, s)))
                     for c, s in runs[k + 1 :]
                 ]
                 break
     if stopped or not_started:
-        raise _interrupted(finished, stopped, not_started, [])
+        raise interrupted(finished, stopped, not_started, [])
     return finished
 
 
@@ -325,7 +325,7 @@ def _train_in_pool(runs: list[tuple[CfgNode, int]], parallel: int) -> list[Path]
         carried.update(_carried_datasets(cfg))
     ctx = multiprocessing.get_context("spawn")
     stop_event = ctx.Event()
-    _STOP.event = stop_event
+    STOP.event = stop_event
     pool = ProcessPoolExecutor(
         max_workers=min(parallel, len(runs)),
         mp_context=ctx,
@@ -344,18 +344,18 @@ def _train_in_pool(runs: list[tuple[CfgNode, int]], parallel: int) -> list[Path]
                 process.kill()
 
     try:
-        with _stop_on_signals(cancel_queued, kill_workers):
-            with _stop_signals_blocked():  # the workers are spawned in submit
+        with stop_on_signals(cancel_queued, kill_workers):
+            with stop_signals_blocked():  # the workers are spawned in submit
                 futures += [
                     pool.submit(_noted, _train_in_worker, _one_thread(cfg), seed)
                     for cfg, seed in runs
                 ]
-            if _STOP:  # a signal while the workers were being started
+            if STOP:  # a signal while the workers were being started
                 cancel_queued()
             concurrent.futures.wait(futures)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)
-        if _STOP.signum is None:
+        if STOP.signum is None:
             raise
         finished, stopped, not_started = [], [], []
         for (cfg, seed), f in zip(runs, futures):
@@ -363,10 +363,10 @@ def _train_in_pool(runs: list[tuple[CfgNode, int]], parallel: int) -> list[Path]
             if f.done() and not f.cancelled() and f.exception() is None:
                 finished.append(Path(f.result()))
             elif f.running() or (f.done() and not f.cancelled()):
-                stopped.append(RunStopped(seed, folder, None, _last_checkpoint(folder)))
+                stopped.append(RunStopped(seed, folder, None, last_checkpoint_name(folder)))
             else:
                 not_started.append(RunNotStarted(seed, folder))
-        raise _interrupted(finished, stopped, not_started, []) from None
+        raise interrupted(finished, stopped, not_started, []) from None
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -387,8 +387,8 @@ def _train_in_pool(runs: list[tuple[CfgNode, int]], parallel: int) -> list[Path]
             not_started.append(exc)
         else:
             failed.append(exc)
-    if stopped or not_started or _STOP.signum is not None:
-        raise _interrupted(finished, stopped, not_started, failed)
+    if stopped or not_started or STOP.signum is not None:
+        raise interrupted(finished, stopped, not_started, failed)
     if failed:
         raise failed[0]
     return finished

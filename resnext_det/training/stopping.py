@@ -18,6 +18,8 @@ Interrupts and termination (one policy, in-process or in workers):
   pid), so a parent killed with SIGKILL leaves no orphan training on or holding a folder's lock.
   Workers ignore nothing: SIGINT/SIGTERM sent to them (the process group's Ctrl-C) are the same
   stop request. They are started with both signals blocked until their handlers are in place.
+
+The names outside ``__all__`` are the tools :mod:`.seeds` uses, not the package's API.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = ["RunNotStarted", "RunStopped", "SeedRunsInterrupted"]
 
 logger = logging.getLogger(__name__)
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunStopped(Exception):
@@ -139,41 +141,41 @@ class _StopRequest:
         self.local, self.signum, self.event = False, None, None
 
 
-_STOP = _StopRequest()
+STOP = _StopRequest()
 
 
-class _StopNow(BaseException):
+class StopNow(BaseException):
     # A BaseException: detectron2's TrainerBase.train logs every Exception as a crash.
     pass
 
 
-class _StopWhenAsked(HookBase):
+class StopWhenAsked(HookBase):
     """Stops training between iterations once a stop is requested: after the periodic
     checkpointer, a checkpoint of the iteration just done (unless it was one already, or the
-    weights are not finite), then :class:`_StopNow`. The last iteration just finishes."""
+    weights are not finite), then :class:`StopNow`. The last iteration just finishes."""
 
     def __init__(self) -> None:
         self.stopped_after: int | None = None  # the last iteration done when it stopped
 
     def before_train(self) -> None:
         trainer = self.trainer
-        if _STOP and trainer.start_iter < trainer.max_iter:
+        if STOP and trainer.start_iter < trainer.max_iter:
             self.stopped_after = trainer.start_iter - 1 if trainer.start_iter else None
-            raise _StopNow
+            raise StopNow
 
     def after_step(self) -> None:
         trainer = self.trainer
-        if not _STOP or trainer.iter >= trainer.max_iter - 1:
+        if not STOP or trainer.iter >= trainer.max_iter - 1:
             return
         period = trainer.cfg.SOLVER.CHECKPOINT_PERIOD
         finite = all(p.isfinite().all() for p in trainer.model.parameters())
         if finite and not is_checkpoint_iter(trainer.iter, period, trainer.max_iter):
             trainer.checkpointer.save(f"model_{trainer.iter:07d}", iteration=trainer.iter)
         self.stopped_after = trainer.iter
-        raise _StopNow
+        raise StopNow
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Have this process killed (SIGKILL) when ``parent_pid`` dies, however it dies.
 
     Linux: ``prctl(PR_SET_PDEATHSIG)`` (fires when the thread that started this process ends,
@@ -203,13 +205,13 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def _worker_signal(signum: int, frame: Any) -> None:
-    _STOP.request(signum)
+def worker_signal(signum: int, frame: Any) -> None:
+    STOP.request(signum)
 
 
 @contextlib.contextmanager
-def _stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM request a stop (:data:`_STOP`) and call ``on_first`` while the block
+def stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM request a stop (:data:`STOP`) and call ``on_first`` while the block
     runs; a second one calls ``on_second`` and raises ``KeyboardInterrupt``. Only in the main
     thread, never for a signal the caller ignores; the previous handlers are put back after."""
     if threading.current_thread() is not threading.main_thread():
@@ -217,8 +219,8 @@ def _stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if _STOP.signum is None:
-            _STOP.request(signum)
+        if STOP.signum is None:
+            STOP.request(signum)
             logger.warning(
                 f"{signal.Signals(signum).name}: stopping the seed runs; no run starts from "
                 "now, running ones stop after their current iteration with a checkpoint "
@@ -230,7 +232,7 @@ def _stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]
         raise KeyboardInterrupt
 
     previous = {}
-    for signum in _STOP_SIGNALS:
+    for signum in STOP_SIGNALS:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, handler)
     try:
@@ -240,15 +242,15 @@ def _stop_on_signals(on_first: Callable[[], None], on_second: Callable[[], None]
             signal.signal(signum, old)
 
 
-def _interrupted(
+def interrupted(
     finished: list[Path], stopped: list, not_started: list, failed: list
 ) -> SeedRunsInterrupted:
     return SeedRunsInterrupted(
-        _STOP.signum or signal.SIGTERM, finished, stopped, not_started, failed
+        STOP.signum or signal.SIGTERM, finished, stopped, not_started, failed
     )
 
 
-def _last_checkpoint(folder: str) -> str | None:
+def last_checkpoint_name(folder: str) -> str | None:
     try:
         name = Path(folder, "last_checkpoint").read_text().strip()
     except OSError:
@@ -257,14 +259,14 @@ def _last_checkpoint(folder: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _stop_signals_blocked() -> Iterator[None]:
+def stop_signals_blocked() -> Iterator[None]:
     """SIGINT/SIGTERM held back (not lost) in this thread while the block runs: processes
     started in it inherit the blocked mask (until their initializer unblocks it), so that no
     worker takes a KeyboardInterrupt while it imports."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
