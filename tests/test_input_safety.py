@@ -414,14 +414,14 @@ def test_item2_sigint_stops_the_queue_checkpoints_the_running_run_and_it_resumes
 ):
     from resnext_det.training import seeds
 
-    original = seeds._StopWhenAsked.after_step
+    original = seeds.StopWhenAsked.after_step
 
     def interrupt_at_iteration_1(self):
         if self.trainer.iter == 1:
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, inside the run of seed 0
         original(self)
 
-    monkeypatch.setattr(seeds._StopWhenAsked, "after_step", interrupt_at_iteration_1)
+    monkeypatch.setattr(seeds.StopWhenAsked, "after_step", interrupt_at_iteration_1)
     handler = signal.getsignal(signal.SIGINT)
     cfg = _cfg(synthetic, tmp_path / "runs")
     with pytest.raises(seeds.SeedRunsInterrupted) as info:
@@ -437,7 +437,7 @@ def test_item2_sigint_stops_the_queue_checkpoints_the_running_run_and_it_resumes
     assert (seed_0 / "last_checkpoint").read_text().strip() == "model_0000001.pth"
     assert not (tmp_path / "runs" / "seed_1").exists()  # never started
 
-    monkeypatch.setattr(seeds._StopWhenAsked, "after_step", original)
+    monkeypatch.setattr(seeds.StopWhenAsked, "after_step", original)
     finals = seeds.train_runs([(cfg, 0)])  # the same call again: resumes at iteration 2
     whole = seeds.train_runs([(_cfg(synthetic, tmp_path / "whole"), 0)])
     a = torch.load(finals[0], map_location="cpu", weights_only=True)["model"]
