@@ -162,19 +162,35 @@ def resolve_config_file(config_file: str | os.PathLike) -> str:
     return packaged
 
 
-def load_yaml_tree(config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = False) -> dict:
+def load_yaml_tree(
+    config_file: str | os.PathLike,
+    *,
+    allow_unsafe_yaml: bool = False,
+    files: list[Path] | None = None,
+) -> dict:
     """A yaml config with its ``_BASE_`` chain merged, as fvcore's ``load_yaml_with_base`` does.
 
     Unlike detectron2's ``CfgNode.merge_from_file`` (which defaults to ``allow_unsafe=True``),
     a Python tag (``!!python/object/apply:os.system``) is refused unless the file lies under
     :func:`trusted_config_roots` or ``allow_unsafe_yaml`` is given. Raises :class:`ConfigError`
     naming the file for a missing file, bad UTF-8, a yaml syntax error, an unsafe tag, a
-    ``_BASE_`` loop, or a file that is not a mapping.
+    ``_BASE_`` loop, or a file that is not a mapping. ``files``, given a list, receives every file
+    read (resolved): the config, then its bases.
     """
-    return _load_tree(Path(resolve_config_file(config_file)), allow_unsafe_yaml, ())
+    return _load_tree(Path(resolve_config_file(config_file)), allow_unsafe_yaml, (), files)
 
 
-def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
+def config_files(config_file: str | os.PathLike, *, allow_unsafe_yaml: bool = False) -> list[Path]:
+    """The files a yaml config is made of (resolved): itself and its ``_BASE_`` chain, which a
+    command must not write over. Raises as :func:`load_yaml_tree`."""
+    files: list[Path] = []
+    load_yaml_tree(config_file, allow_unsafe_yaml=allow_unsafe_yaml, files=files)
+    return files
+
+
+def _load_tree(
+    path: Path, allow_unsafe: bool, chain: tuple[Path, ...], files: list[Path] | None = None
+) -> dict:
     real = path.resolve()
     if real in chain:
         loop = " -> ".join(str(p) for p in (*chain, real))
@@ -184,6 +200,8 @@ def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
         also = "" if chain else ", nor is it a packaged config name (resnext_det.model_zoo)"
         raise ConfigError(f"config file {path}{where} does not exist{also}")
     text = read_text_file(path, "config file", error=ConfigError)
+    if files is not None:
+        files.append(real)
     try:
         tree = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
@@ -213,7 +231,7 @@ def _load_tree(path: Path, allow_unsafe: bool, chain: tuple[Path, ...]) -> dict:
             raise ConfigError(f"config file {path}: {BASE_KEY} entries are paths; got {name!r}")
         name = os.path.expanduser(name)
         base_path = Path(name) if os.path.isabs(name) else real.parent / name
-        _merge_into(_load_tree(base_path, allow_unsafe, (*chain, real)), merged, path)
+        _merge_into(_load_tree(base_path, allow_unsafe, (*chain, real), files), merged, path)
     _merge_into(tree, merged, path)
     return merged
 

@@ -504,7 +504,7 @@ def test_bad_options(tiny_ckpt, format, kwargs, match):
 @pytest.mark.parametrize(
     "out, opts, match",
     [
-        ("ck.pth", [], r"would overwrite the checkpoint"),
+        ("ck.pth", [], r"out '.*ck\.pth' is the input '.*ck\.pth'"),
         (".", [], r"is a directory"),
         ("o.pth", ["MODEL.RESNETS.NUM_GROUPS"], r"KEY VALUE pairs"),
         ("o.pth", ["MODEL.RESNETS.NUM_GROPS", "4"], r"NUM_GROPS"),
@@ -515,6 +515,31 @@ def test_bad_paths_and_overrides(tiny_ckpt, out, opts, match):
     with pytest.raises(ValueError, match=match):
         export_backbone(cfg, ckpt, "detectron2", ckpt.parent / out, opts=opts)
     _assert_nothing_written(ckpt.parent, ["ck.pth"])
+
+
+@pytest.mark.parametrize(
+    "weights, config, out, match",
+    [
+        ("ck.pth", "c.yaml", "c.yaml", r"out '.*c\.yaml' is the input '.*c\.yaml'"),
+        ("ck.pth", "c.yaml", "base.yaml", r"out '.*base\.yaml' is the input '.*base\.yaml'"),
+        ("v.pt.json", "c.yaml", "v.pt", r"out's sidecar '.*v\.pt\.json' is the input"),
+        ("ck.pth", "k.pt.json", "k.pt", r"out's sidecar '.*k\.pt\.json' is the input"),
+        ("ck.pth", "c.yaml", "ck.pth.json", r"out '.*ck\.pth\.json' is the input"),
+    ],
+)
+def test_an_export_never_lands_on_what_it_reads(tiny_ckpt, weights, config, out, match):
+    """Neither ``out`` nor its sidecar ``out.json`` may be the checkpoint, the checkpoint's
+    sidecar, the config or a file of its _BASE_ chain: refused before anything is written."""
+    cfg, ckpt = tiny_ckpt
+    folder = ckpt.parent
+    os.replace(ckpt, folder / weights)
+    (folder / "ck.pth.json").write_text("{}")  # a sidecar read_weights would check
+    (folder / "base.yaml").write_text(cfg.dump())
+    (folder / config).write_text("_BASE_: base.yaml\n# the user's own notes\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ValueError, match=match):
+        export_backbone(folder / config, folder / weights, "detectron2", folder / out)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_failed_write_keeps_the_old_export(tiny_ckpt, monkeypatch):

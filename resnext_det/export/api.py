@@ -14,7 +14,8 @@ from typing import Any
 from detectron2.config import CfgNode
 
 from ..blocks import to_grouped_state_dict
-from ..io import staged_files
+from ..config import config_files
+from ..io import check_output_location, staged_files
 from ..weights.io import SIDECAR_SHA256, sha256_of
 from ..weights.loader import read_weights
 from .formats import FORMATS, STATE_DICT_FORMATS, check_options
@@ -116,8 +117,11 @@ def export_backbone(
     weights = Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {weights} does not exist")
-    if out.resolve() in (weights.resolve(), sidecar_path(weights).resolve()):
-        raise ValueError(f"out ({out}) would overwrite the checkpoint or its sidecar")
+    # Neither the export nor its sidecar may land on what is read: the checkpoint, the sidecar
+    # read_weights trusts, the config and its _BASE_ chain.
+    inputs = [weights, sidecar_path(weights), *(config_files(config_file) if config_file else ())]
+    check_output_location(out, inputs, what="out")
+    check_output_location(sidecar_path(out), inputs, what="out's sidecar")
     # Any container and layout (detectron2 detector or backbone, torchvision/timm, Caffe2), read
     # without running code from the file; the ResNet comes back in the grouped layout.
     source = read_weights(weights)
