@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "src", help="weights to convert (.pth/.pt/.bin/.safetensors/.pkl, or a name or URL)"
     )
-    parser.add_argument("out", help="output file (.pkl: numpy pickle; otherwise torch.save)")
+    parser.add_argument(
+        "out", help="output file (.pkl: numpy pickle; .safetensors: safetensors; else torch.save)"
+    )
     parser.add_argument(
         "--format",
         default="auto",

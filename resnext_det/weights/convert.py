@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .hub import resolve_name, resolve_weights_path
-from .io import save_checkpoint
+from .io import CheckpointError, save_checkpoint
 from .reader import Weights, read_weights
 from .records import PRESETS, Architecture, Conventions
 
@@ -89,8 +89,9 @@ def convert_checkpoint(
     {conventions, architecture, source}}``: ImageNet weights under bottom-up names (``stem.*``,
     ``res2.*``, ...), a detector's under its full names; grouped block layout. Stock detectron2
     loads it by suffix matching (``matching_heuristics``), the project's checkpointer exactly.
-    A ``.pkl`` ``out`` holds numpy arrays (what detectron2 reads from ``.pkl``), anything else is a
-    ``torch.save`` file.
+    A ``.pkl`` ``out`` holds numpy arrays (what detectron2 reads from ``.pkl``), a
+    ``.safetensors`` one the tensors with the other entries as its metadata (read back with the
+    same conventions and architecture), anything else is a ``torch.save`` file.
 
     Args:
         src: the weights to convert: a file, or a name/URL (``torchvision://resnet50``).
@@ -107,6 +108,8 @@ def convert_checkpoint(
     Raises:
         ValueError: ``out`` is ``src``; unknown preset; conventions the file cannot decide and no
             preset.
+        CheckpointError: what :func:`~resnext_det.weights.read_weights` refuses, and a file that
+            holds no ResNet (no stem with res2 blocks).
     """
     local = Path(resolve_weights_path(src))
     out = Path(out)
@@ -118,6 +121,13 @@ def convert_checkpoint(
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     weights = read_weights(src, format)
+    if weights.architecture is None:  # e.g. a Caffe2 pickle of a stem alone
+        names = sorted(weights.mapping.values()) + sorted(weights.other)
+        raise CheckpointError(
+            f"'{weights.path}' ({weights.layout} layout) holds no ResNet/ResNeXt: no stem with "
+            f"res2 blocks among its {len(names)} tensors (e.g. {names[:6]}); there is nothing to "
+            f"convert"
+        )
     conventions = weights.conventions
     if preset is not None:
         conventions = PRESETS[preset]

@@ -3,14 +3,17 @@
 Nothing here executes code from a file: torch files are read with ``torch.load(weights_only=True)``
 and pickles (Detectron's ``.pkl``) with an unpickler that can build only numpy arrays and plain
 containers, each array's declared size checked against the file's before anything is allocated.
-The container is recognised from the file's first bytes, never from its name. Every reader turns
-values into tensors with :func:`as_tensor` and refuses NaN/Inf with :func:`check_finite`.
+The container is recognised from the file's first bytes, never from its name; a name that says
+``.safetensors`` on another container is refused (torch.load and other tools trust that suffix),
+and so is a TorchScript program (code, not a checkpoint). Every reader turns values into tensors
+with :func:`as_tensor` and refuses NaN/Inf with :func:`check_finite`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -301,6 +304,20 @@ def _container_of(head: bytes) -> str:
     return "unknown"
 
 
+def _torchscript_archive(path: str) -> bool:
+    """Whether a zip file is a TorchScript program (``torch.jit.save``): its archive holds
+    ``constants.pkl`` and ``code/``, which ``torch.save``'s never does (torch's own test)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False  # torch.load says what is wrong with it
+    return any(name.split("/", 1)[1:] == ["constants.pkl"] for name in names)
+
+
+_SAFETENSORS_SUFFIX = ".safetensors"
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
     """Read a checkpoint file without running code from it.
 
@@ -313,8 +330,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
         "__metadata__": header metadata}``) and ``"torch"``, ``"safetensors"`` or ``"pickle"``.
 
     Raises:
-        CheckpointError: missing, empty, truncated or corrupt file, unknown container, or a pickle
-            naming a global other than numpy's (with the path and what was wrong).
+        CheckpointError: missing, empty, truncated or corrupt file, unknown container, a pickle
+            naming a global other than numpy's, a TorchScript program, or a ``.safetensors``
+            name on another container (torch.load, safetensors and other tools go by that name)
+            (with the path and what was wrong).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -325,6 +344,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Any, str]:
     with open(path, "rb") as f:
         head = f.read(16)
     container = _container_of(head)
+    torchscript = container == "torch" and _torchscript_archive(path)
+    if path.lower().endswith(_SAFETENSORS_SUFFIX) and container != "safetensors":
+        what = {
+            "torch": "a TorchScript program (torch.jit.save)"
+            if torchscript
+            else "a torch zip checkpoint (torch.save)",
+            "pickle": "a pickle (a .pkl or torch's legacy format)",
+        }.get(container, f"no checkpoint container known here (first bytes {head[:8]!r})")
+        raise CheckpointError(
+            f"'{path}' is named {_SAFETENSORS_SUFFIX} but is not a safetensors file: it holds "
+            f"{what}; give it the suffix of what it is (e.g. .pth for torch.save, .pkl for a "
+            f"pickle), or convert it again with resnext-det convert"
+        )
+    if torchscript:
+        raise CheckpointError(
+            f"'{path}' is a TorchScript program (torch.jit.save), not a checkpoint: its weights "
+            f"come only by running its code. Give the checkpoint it was made from, or a "
+            f"state_dict saved with torch.save(model.state_dict(), PATH)"
+        )
 
     def fail(what: str, exc: BaseException) -> CheckpointError:
         return CheckpointError(
@@ -419,10 +457,36 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _safetensors_bytes(obj: dict[str, Any], path: str | os.PathLike) -> bytes:
+    """``{"model": tensors, other entries}`` as a safetensors file: the tensors, and each other
+    entry as header metadata (text as it is, anything else as JSON, as the exports write it; the
+    reader decodes the JSON back). Tensors sharing memory are copied apart (safetensors refuses
+    shared storage)."""
+    from safetensors.torch import save
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in obj["model"].items():
+        tensor = as_tensor(key, value, f"'{os.fspath(path)}'").detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen or tensor.untyped_storage().nbytes() != tensor.nbytes:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    metadata = {
+        k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items() if k != "model"
+    }
+    return save(tensors, metadata=metadata)
+
+
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``obj`` atomically: a pickle of numpy arrays for ``.pkl`` (what detectron2's
-    ``DetectionCheckpointer`` reads from a ``.pkl``), ``torch.save`` otherwise."""
-    if os.fspath(path).endswith(".pkl"):
+    ``DetectionCheckpointer`` reads from a ``.pkl``), a safetensors file for ``.safetensors``
+    (``obj["model"]`` the tensors, the other entries its metadata, see
+    :func:`_safetensors_bytes`), ``torch.save`` otherwise."""
+    if os.fspath(path).lower().endswith(_SAFETENSORS_SUFFIX):
+        write_bytes_atomic(path, _safetensors_bytes(obj, path))
+    elif os.fspath(path).endswith(".pkl"):
 
         def to_numpy(value: Any) -> Any:
             if isinstance(value, torch.Tensor):

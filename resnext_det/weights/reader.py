@@ -122,14 +122,35 @@ LAYOUTS: tuple[Layout, ...] = (
 FORMATS = ("auto", *(layout.name for layout in LAYOUTS), "timm")
 
 
-def _unwrap(obj: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, Any]]:
+def _check_names(mapping: Mapping[Any, Any], where: str, under: str = "") -> None:
+    """Refuse a key that is not a string (``{1: tensor}``): every name of a checkpoint is one."""
+    for key in mapping:
+        if not isinstance(key, str):
+            inside = f" under '{under}'" if under else ""
+            shown = repr(key) if len(repr(key)) <= 60 else repr(key)[:57] + "..."
+            raise CheckpointError(
+                f"{where}: key {shown}{inside} is of type {type(key).__name__}, not a string: a "
+                f"checkpoint maps names (such as 'conv1.weight') to tensors"
+            )
+
+
+def _unwrap(
+    obj: Mapping[str, Any], where: str
+) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, Any]]:
     """``(state, meta, training_state)`` of a file: the tensors' dict (under ``model``,
     ``state_dict`` or ``blobs``, or the file itself), its other entries, and those of them that
-    are a training checkpoint's state (optimizer, scheduler, iteration, ...)."""
+    are a training checkpoint's state (optimizer, scheduler, iteration, ...).
+
+    Raises:
+        CheckpointError: a key of the file or of the tensors' dict that is not a string (names
+            ``where`` and the key).
+    """
+    _check_names(obj, where)
     meta: dict[str, Any] = {}
     training_state: dict[str, Any] = {}
     for wrapper in ("model", "state_dict", "blobs"):
         if isinstance(obj.get(wrapper), Mapping):
+            _check_names(obj[wrapper], where, wrapper)
             for k, v in obj.items():
                 if k == wrapper:
                     continue
@@ -158,7 +179,7 @@ def recorded_classes(path: str | os.PathLike) -> dict[str, Any]:
     obj, _ = read_checkpoint(local)
     if not isinstance(obj, Mapping):
         return {}
-    _, meta, _ = _unwrap(obj)
+    _, meta, _ = _unwrap(obj, f"'{local}'")
     meta = _decode_metadata(meta.pop("__metadata__", {})) | meta
     return classes_in(read_sidecar(local)) or classes_in(meta)
 
@@ -198,8 +219,10 @@ def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
             "detectron2" to insist on a layout.
 
     Raises:
-        CheckpointError: unreadable file, keys of no supported layout, NaN/Inf weights, or
-            conventions that do not parse or contradict the name's.
+        CheckpointError: unreadable file, a key that is not a string, keys of no supported
+            layout (or not of the layout ``format`` insists on), NaN/Inf weights, a tensor whose
+            shape does not fit the architecture the others describe, or conventions that do not
+            parse or contradict the name's.
         ValueError: keys of a torchvision/timm variant of another architecture (names it).
         WeightsUnavailableError: a name or URL that cannot be fetched.
     """
@@ -215,7 +238,7 @@ def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
             f"under 'model' or 'state_dict' (a whole pickled nn.Module is not supported: save its "
             f"state_dict())"
         )
-    state, meta, training_state = _unwrap(obj)
+    state, meta, training_state = _unwrap(obj, where)
     meta = _decode_metadata(meta.pop("__metadata__", {})) | meta
     meta.update({k: v for k, v in state.items() if not is_tensor(v)})
     tensors = {k: as_tensor(k, v, where) for k, v in state.items() if is_tensor(v)}
@@ -236,12 +259,25 @@ def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
             f"(conv1_w, res2_0_branch2a_w) or detectron2 (stem.conv1.weight, "
             f"res2.0.conv1.weight, possibly under backbone.bottom_up.)"
         )
+    if not layout.detect(tensors):  # a forced layout the keys are not: it would find no ResNet
+        looks = next((x.name for x in LAYOUTS if x.detect(tensors)), None)
+        hint = (
+            f"they look like {looks}'s: use format 'auto' (--format auto) or '{looks}'"
+            if looks
+            else "they are of no layout resnext_det reads"
+        )
+        raise CheckpointError(
+            f"{where} was to be read as {format} (--format {format}), but its keys are not "
+            f"{layout.name}'s (e.g. {sorted(tensors)[:6]}): {hint}"
+        )
     try:
         converted = layout.convert(tensors, where)
     except CheckpointError:
         raise
     except ValueError as exc:
         raise ValueError(f"{where} ({layout.name} layout): {exc}") from exc
+    # Before the conventions: Caffe2's are decided from the architecture, whose shapes this checks.
+    architecture = infer_architecture(converted.resnet, where=where, mapping=converted.mapping)
 
     conventions = _recorded_conventions(path, meta)
     if named is not None and named.conventions is not None:
@@ -261,7 +297,7 @@ def read_weights(path: str | os.PathLike, format: str = "auto") -> Weights:
         converted.other,
         converted.mapping,
         converted.file_prefix,
-        infer_architecture(converted.resnet),
+        architecture,
         conventions,
         meta,
         training_state,

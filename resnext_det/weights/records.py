@@ -296,11 +296,99 @@ class Architecture:
         return {"name": self.name, "depth": self.depth, **dataclasses.asdict(self)}
 
 
-def infer_architecture(resnet: Mapping[str, Any]) -> Architecture | None:
+# A grouped block's tensor: (stage, block, conv, field); the conv's own weight/bias or its norm's.
+_BLOCK_TENSOR = re.compile(
+    r"^res([2-5])\.(\d+)\.(conv[123]|shortcut)\.(weight|bias|norm\.(?:weight|bias|running_mean|"
+    r"running_var))$"
+)
+_STEM_NORM = re.compile(r"^stem\.conv1\.(bias|norm\.(?:weight|bias|running_mean|running_var))$")
+# The tensors the architecture is read from, and the 4-D convolution weights they must be.
+_ANCHORS = ("stem.conv1.weight", "res2.0.conv2.weight", "res2.0.conv3.weight")
+
+
+def _expected_shape(key: str, architecture: Architecture) -> tuple[int, ...] | None:
+    """The shape ``key`` has in the ResNet/ResNeXt ``architecture`` describes (detectron2's
+    BottleneckBlock: bottleneck C*d and output channels doubling per stage, the first block of a
+    stage taking the previous stage's output), or None for a key this does not describe."""
+    stem = architecture.stem_out_channels
+    if _STEM_NORM.match(key):
+        return (stem,)
+    m = _BLOCK_TENSOR.match(key)
+    if m is None:
+        return None
+    stage, block, conv, field = int(m[1]) - 2, int(m[2]), m[3], m[4]
+    bottleneck = architecture.cardinality * architecture.width_per_group * 2**stage
+    out = architecture.res2_out_channels * 2**stage
+    if block > 0:
+        inp = out
+    else:
+        inp = stem if stage == 0 else architecture.res2_out_channels * 2 ** (stage - 1)
+    conv_shape = {
+        "conv1": (bottleneck, inp, 1, 1),
+        "conv2": (bottleneck, bottleneck // architecture.cardinality, 3, 3),
+        "conv3": (out, bottleneck, 1, 1),
+        "shortcut": (out, inp, 1, 1),
+    }[conv]
+    return conv_shape if field == "weight" else conv_shape[:1]
+
+
+def _check_shapes(
+    resnet: Mapping[str, Any], architecture: Architecture, where: str, mapping: Mapping[str, str]
+) -> None:
+    shapes = {k: tuple(v.shape) for k, v in resnet.items()}
+    wrong = [
+        (key, shapes[key], want)
+        for key in sorted(shapes)
+        if (want := _expected_shape(key, architecture)) is not None and shapes[key] != want
+    ]
+    if wrong:
+        key, got, want = wrong[0]
+        named = f"'{mapping.get(key, key)}'" + (f" ({key})" if mapping.get(key, key) != key else "")
+        more = f" (and {len(wrong) - 1} more tensor(s) of wrong shape)" if len(wrong) > 1 else ""
+        raise CheckpointError(
+            f"{where}: {named} has shape {got}, but the {architecture.name} the other tensors "
+            f"describe (stem {architecture.stem_out_channels}, C={architecture.cardinality}, "
+            f"d={architecture.width_per_group}, res2 {architecture.res2_out_channels} channels) "
+            f"needs {want}{more}: the file is damaged or edited, or not a plain ResNet/ResNeXt"
+        )
+
+
+def infer_architecture(
+    resnet: Mapping[str, Any],
+    *,
+    where: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+) -> Architecture | None:
     """Depth, C and d from a grouped bottom-up state_dict (``stem.*``, ``res2..5.*``); None if it
-    has no res2."""
+    has no res2.
+
+    Args:
+        resnet: the state_dict.
+        where: the file, for messages: given, the shapes are checked (a file's, not a model's):
+            the tensors the architecture is read from must be convolution weights, and every
+            stem/stage tensor must have the shape that architecture gives it (bottleneck blocks;
+            files of basic blocks, without ``conv3``, are left to the loader).
+        mapping: name -> name in the file, for messages.
+
+    Raises:
+        CheckpointError: (only with ``where``) a tensor whose shape does not fit: names the key
+            as the file has it, its shape and the expected one.
+    """
     if "res2.0.conv2.weight" not in resnet or "stem.conv1.weight" not in resnet:
         return None
+    if where is not None:
+        for key in _ANCHORS:
+            shape = tuple(resnet[key].shape) if key in resnet else None
+            if shape is not None and (
+                len(shape) != 4
+                or 0 in shape
+                or (key == "res2.0.conv2.weight" and shape[0] % shape[1] != 0)
+            ):
+                named = (mapping or {}).get(key, key)
+                raise CheckpointError(
+                    f"{where}: '{named}' has shape {shape}, which no ResNet/ResNeXt has: it must "
+                    f"be a convolution's weight (out channels, in channels / groups, kh, kw)"
+                )
     blocks = []
     for stage in range(2, 6):
         indices = {int(m[1]) for k in resnet if (m := re.match(rf"res{stage}\.(\d+)\.", k))}
@@ -309,13 +397,16 @@ def infer_architecture(resnet: Mapping[str, Any]) -> Architecture | None:
         blocks.append(max(indices) + 1)
     conv2 = resnet["res2.0.conv2.weight"]  # (C*d, d, 3, 3): a grouped conv's weight
     conv3 = resnet.get("res2.0.conv3.weight")
-    return Architecture(
+    architecture = Architecture(
         blocks=tuple(blocks),
         cardinality=int(conv2.shape[0] // conv2.shape[1]),
         width_per_group=int(conv2.shape[1]),
         stem_out_channels=int(resnet["stem.conv1.weight"].shape[0]),
         res2_out_channels=int(conv3.shape[0]) if conv3 is not None else -1,
     )
+    if where is not None and conv3 is not None:
+        _check_shapes(resnet, architecture, where, mapping or {})
+    return architecture
 
 
 @dataclass
