@@ -39,6 +39,7 @@ __all__ = [
     "OutputLocationError",
     "atomic_write",
     "check_output_location",
+    "utf8_name",
     "file_name_for",
     "path_inside",
     "staged_files",
@@ -96,6 +97,7 @@ def check_output_location(
     inputs: Iterable[str | os.PathLike],
     *,
     what: str = "output",
+    may_hold_inputs: bool = False,
 ) -> Path:
     """Refuse an output location (file or folder) that is, contains, or lies inside an input.
 
@@ -110,6 +112,8 @@ def check_output_location(
         output: the file or folder about to be written.
         inputs: the files and folders the command reads.
         what: how the message names the output (a flag, e.g. ``"--output"``).
+        may_hold_inputs: a folder above the inputs is allowed (a training run's OUTPUT_DIR
+            ``.`` above ``datasets/``: it writes only names of its own).
 
     Returns:
         ``output`` resolved.
@@ -122,7 +126,7 @@ def check_output_location(
     resolved = [_resolved(p) for p in given]
     checks = (
         ("is the input", lambda src: out == src or (out.is_file() and _same_inode(out, src))),
-        ("contains the input", lambda src: src.is_relative_to(out)),
+        ("contains the input", lambda src: not may_hold_inputs and src.is_relative_to(out)),
         ("lies inside the input folder", lambda src: out.is_relative_to(src)),
     )
     for how, overlaps in checks:  # the most direct overlap is the one named
@@ -133,6 +137,16 @@ def check_output_location(
                     "overwrite or mix with what is read; choose a folder apart from the inputs"
                 )
     return out
+
+
+def utf8_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is valid UTF-8, as a json file holding it needs (a name with other bytes
+    comes back from the filesystem with surrogate escapes, which no json text can hold)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same_inode(a: Path, b: Path) -> bool:

@@ -40,6 +40,7 @@ from ..io import write_text_atomic
 from ..runtime import configure_process, set_console_verbosity
 from ..speed import cpu_training_settings
 from .lock import lock_output_dir
+from .outputs import check_run_folder
 from .state import seeded_run
 from .stopping import (
     STOP,
@@ -276,8 +277,8 @@ def train_runs(runs: Sequence[tuple[CfgNode, int]], *, parallel: int = 1) -> lis
             run finished; see the module docstring.
     """
     runs = list(runs)
-    for cfg, seed in runs:
-        seed_run_config(cfg, seed)  # every run's config is valid before any starts
+    for cfg, seed in runs:  # every run's config and folder are valid before any starts
+        check_run_folder(seed_run_config(cfg, seed), None, training=True)
     folders = [seed_run_dir(cfg.OUTPUT_DIR, seed) for cfg, seed in runs]
     if len(set(folders)) != len(folders):
         raise ConfigError(f"two runs would share one folder: {[str(f) for f in folders]}")

@@ -30,9 +30,11 @@ from ..weights import configure_for_weights, explicit_keys
 from ..weights.hub import SCHEMES as WEIGHTS_SCHEMES
 from .checkpoint import TrainingCheckpointer
 from .lock import OutputDirInUseError, lock_output_dir
+from .outputs import check_run_folder
 from .seeds import seed_run_config
 from .state import make_deterministic
 from .trainer import Trainer
+from .validate import check_training_config
 
 __all__ = [
     "setup",
@@ -149,8 +151,13 @@ def build_config(args: argparse.Namespace) -> CfgNode:
     if getattr(args, "seed", None) is not None:
         cfg = seed_run_config(cfg, args.seed)
         cfg.defrost()
+    if not (getattr(args, "seed_runs", None) or getattr(args, "seeds", None)):
+        # (seed runs check each of their folders: train_runs)
+        training = not getattr(args, "eval_only", False)
+        check_run_folder(cfg, args.config_file or None, training=training)
     pinned = explicit_keys(args.config_file or None, args.opts, allow_unsafe_yaml=unsafe)
     configure_input_for_weights(cfg, resume=args.resume, pinned=pinned)
+    check_training_config(cfg, eval_only=getattr(args, "eval_only", False))
     # keys read later, checked now: a bad value is refused before the output folder is touched
     InferenceSettings.from_config(cfg)
     cpu_training_settings(cfg)
