@@ -38,6 +38,7 @@ import numpy as np
 
 from .data.images import MAX_IMAGE_PIXELS
 from .errors import BadFileError
+from .io import utf8_name
 from .speed import InferenceChoice, InferenceSettings, autocast, prepare_for_inference
 
 __all__ = [
@@ -110,6 +111,12 @@ def expand_inputs(paths: Iterable[str]) -> list[Path]:
                 f"--input {where}: no image files ({', '.join(IMAGE_SUFFIXES)})"
             )
         out.extend(found)
+    for q in out:  # the results json holds each name as text
+        if not utf8_name(q):
+            raise ValueError(
+                f"--input {os.fsencode(q)!r}: the name is not valid UTF-8, which the results "
+                "json cannot hold; rename the file"
+            )
     return list(dict.fromkeys(_resolved(q) for q in out))
 
 
@@ -408,10 +415,18 @@ def run_predictions(
         raise ValueError(f"models need different names; got {[name for name, _ in models]}")
     out = Path(output) if output is not None else None
     one_file = False
+    names = _unique_names(inputs)
     if out is not None:
         check_output_location(out, [*inputs, *input_folders], what="--output")
         one_file = _output_file(out, inputs)
-        (out.parent if one_file else out).mkdir(parents=True, exist_ok=True)
+        if len(models) > 1 and not one_file:  # each model's folder beside the pictures
+            taken = {"images.json", *names}
+            for name, _ in models:
+                if file_name_for(name) in taken:
+                    raise ValueError(
+                        f"model name {name!r}: its folder {out / file_name_for(name)} would "
+                        "collide with a picture or images.json written there; rename the model"
+                    )
     loaded = [
         _Model(
             name,
@@ -421,10 +436,11 @@ def run_predictions(
         )
         for name, cfg in models
     ]
+    if out is not None:  # the models loaded: nothing is created for a run that cannot start
+        (out.parent if one_file else out).mkdir(parents=True, exist_ok=True)
     images: list[dict] = []
     written: list[Path] = []
     text: list[str] = []
-    names = _unique_names(inputs)
     for image_id, (path, png_name) in enumerate(
         tqdm(list(zip(inputs, names)), desc="predict", unit="image", disable=not progress), 1
     ):

@@ -443,3 +443,17 @@ def test_issue13_data_modules_are_small_and_do_one_job():
 def test_issue13_annotation_and_image_errors_are_bad_file_errors():
     assert issubclass(AnnotationError, BadFileError) and issubclass(ImageReadError, BadFileError)
     assert issubclass(ImageReadError, OSError)  # as the read failures it wraps
+
+
+def test_an_image_name_that_is_not_utf8_is_named_before_anything_is_written(tmp_path, capsys):
+    """The COCO json holds names as text: a name with other bytes is one line naming it (it was
+    a UnicodeEncodeError when the json was written)."""
+    xml_dir, img_dir = _voc_set(tmp_path, ["a.jpg"])
+    odd = os.fsdecode(b"r\xff")
+    (xml_dir / f"{odd}.xml").write_text(_voc_xml("elsewhere.jpg"))
+    Image.new("RGB", (40, 30)).save(img_dir / f"{odd}.jpg", format="JPEG")
+    out = tmp_path / "coco.json"
+    assert _voc_to_coco(xml_dir, img_dir, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "r\\xff.jpg'" in err and "not valid UTF-8" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from urllib.parse import quote
@@ -195,6 +197,35 @@ def test_bad_inputs_are_named(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="NAME=CONFIG.yaml:WEIGHTS"):
         parse_model_spec("a.yaml:w.pth")
+
+
+def test_a_run_that_cannot_start_creates_nothing(tmp_path, synthetic, checkpoints, capsys):
+    """Missing weights, a --compare name that would collide with a picture or images.json, and an
+    input name the results json cannot hold: one line each, refused before --output exists."""
+    out = tmp_path / "out"
+    image = sorted(synthetic.val_image_root.glob("*.png"))[0]
+    weights = checkpoints / "whole.pth"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(image, os.fsdecode(os.fsencode(odd) + b"/n\xff.png"))
+    cases = [
+        (["--config-file", TINY, "--input", image, "--opts", "MODEL.WEIGHTS", "nonexist.pth"],
+         "weights 'nonexist.pth' does not exist (MODEL.WEIGHTS"),
+        (["--compare", f"A={TINY}:{tmp_path / 'nowhere' / 'w.pth'}", f"B={TINY}:{weights}",
+          "--input", image], "w.pth' does not exist (MODEL.WEIGHTS"),
+        (["--compare", f"images.json={TINY}:{weights}", f"B={TINY}:{weights}", "--input", image],
+         "model name 'images.json': its folder"),
+        (["--compare", f"{image.name}={TINY}:{weights}", f"B={TINY}:{weights}", "--input", image],
+         "would collide with a picture"),
+        (["--config-file", TINY, "--input", odd, "--opts", "MODEL.WEIGHTS", weights],
+         "the name is not valid UTF-8"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        k = argv.index("--opts") if "--opts" in argv else len(argv)
+        assert predict(*argv[:k], "--output", out, *argv[k:]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+        assert not out.exists(), argv
 
 
 def test_the_tool_runs_from_the_command_line(tmp_path, synthetic, checkpoints):

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json_atomic
+from ..io import utf8_name, write_json_atomic
 from .errors import AnnotationError
 from .images import ImageCheckError, decode_images
 from .voc import (
@@ -199,6 +199,11 @@ def _locate_images(
                 raise AnnotationError(
                     f"{p}: no image for it in {images.dir} (looked for {p.stem}.<image ext> and "
                     f"<filename> {rec.filename!r})"
+                )
+            if not utf8_name(file_name):
+                raise AnnotationError(
+                    f"{os.fsencode(images.dir / file_name)!r}: the image's name is not valid "
+                    "UTF-8, which the COCO json cannot hold; rename it"
                 )
         except AnnotationError:
             if not skip_bad_files:

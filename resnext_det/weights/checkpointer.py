@@ -122,6 +122,12 @@ class ResNeXtCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         # torchvision://, timm:// and http(s):// names: a verified file in torch's hub cache,
         # before fvcore's load hands them to iopath (which knows neither names nor hashes).
+        if path and "://" not in path and not os.path.isfile(path):  # fvcore: an assertion
+            where = "is a folder" if os.path.isdir(path) else "does not exist"
+            raise FileNotFoundError(
+                f"weights {path!r} {where} (MODEL.WEIGHTS; relative paths are from "
+                f"{os.getcwd()}): give a checkpoint file"
+            )
         return super().load(resolve_weights_path(path) if path else path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
