@@ -56,6 +56,7 @@ from .training import (
     TrainingStateHook,
     make_deterministic,
 )
+from .training.outputs import check_run_folder
 from .training.session import hold_output_dir
 from .training.state import preserved_rng
 
@@ -447,7 +448,9 @@ def setup(args: argparse.Namespace) -> DictConfig:
     cfg = load_lazy_config(args.config_file, args.opts or [])
     for name, json_file, image_root in getattr(args, "register", None) or []:
         register_coco_dataset(name, json_file, image_root)  # in every process
-    lazy_training_view(cfg)  # its keys checked (train.inference, train.cpu_training) before a write
+    # its keys checked (train.inference, train.cpu_training) before a write, and where it writes
+    view = lazy_training_view(cfg)
+    check_run_folder(view, None, training=not getattr(args, "eval_only", False))
     output_dir = str(_train_value(cfg, "output_dir", "./output"))
     resume = bool(getattr(args, "resume", False))
     resuming = resume and os.path.isfile(os.path.join(output_dir, "last_checkpoint"))

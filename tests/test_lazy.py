@@ -249,6 +249,23 @@ def test_the_tool_trains_from_the_command_line(tmp_path, synthetic):
     assert "copypaste: Task: bbox" in proc.stdout + proc.stderr  # the final evaluation ran
 
 
+def test_the_tool_refuses_an_output_dir_among_the_photos(synthetic, capsys):
+    """As tools/train_net.py: the run's files never go into (or below) an image folder."""
+    from resnext_det.commands.lazy_train import main
+
+    images = synthetic.train_image_root
+    before = sorted(p.name for p in images.iterdir())
+    argv = [
+        "--config-file", str(TINY),
+        "--register", "synthetic_train", str(synthetic.train_json), str(images),
+        f"train.output_dir={images / 'run'}", "train.max_iter=2",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lies inside the input folder" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in images.iterdir()) == before
+
+
 def _readme_blocks(section: str) -> list[str]:
     """The fenced blocks of a README.md section, in order."""
     import re
