@@ -170,8 +170,24 @@ class Predictor:
         self.cfg = cfg
 
     def __call__(self, bgr: np.ndarray) -> Any:
-        import torch
+        """The ``Instances`` of the BGR image ``bgr`` (H, W, 3), in its pixels, fp32 fields.
 
+        Raises:
+            BadImageError: resized for the model (``INPUT.MIN_SIZE_TEST``/``MAX_SIZE_TEST``)
+                it would have no pixel row or column, or more than ``MAX_IMAGE_PIXELS``.
+        """
+        import torch
+        from detectron2.data.transforms import ResizeShortestEdge
+
+        h, w = bgr.shape[:2]
+        short, longest = self.cfg.INPUT.MIN_SIZE_TEST, self.cfg.INPUT.MAX_SIZE_TEST
+        nh, nw = ResizeShortestEdge.get_output_shape(h, w, short, longest) if short else (h, w)
+        if min(nh, nw) < 1 or nh * nw > MAX_IMAGE_PIXELS:
+            raise BadImageError(
+                f"a {w}x{h} image resized for the model (INPUT.MIN_SIZE_TEST {short}, "
+                f"MAX_SIZE_TEST {longest}) would be {nw}x{nh} pixels, but needs at least one "
+                f"row and column and at most {MAX_IMAGE_PIXELS} pixels"
+            )
         # inference_mode rather than DefaultPredictor's no_grad alone: no version counters or
         # view tracking on the activations; the same numbers.
         with torch.inference_mode(), autocast(self.cfg.MODEL.DEVICE, self.inference.amp_dtype):
@@ -450,7 +466,10 @@ def run_predictions(
         )
         panels = []
         for m in loaded:
-            instances = m.predictor(bgr)
+            try:
+                instances = m.predictor(bgr)
+            except BadImageError as exc:
+                raise BadImageError(f"--input image {path}: {exc}") from None
             m.results.extend(_coco_results(instances, image_id, m.metadata))
             title = m.name if len(loaded) > 1 else None
             if out is None:

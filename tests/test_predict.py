@@ -228,6 +228,27 @@ def test_a_run_that_cannot_start_creates_nothing(tmp_path, synthetic, checkpoint
         assert not out.exists(), argv
 
 
+def test_an_image_the_model_cannot_take_is_named(tmp_path, synthetic, checkpoints, capsys):
+    """A 20000x3 strip resizes to no row at all; MIN_SIZE_TEST 100000 to 10^10 pixels (it was
+    PIL's "height and width must be > 0" naming no image, and an out-of-memory kill)."""
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (20000, 3), (90, 90, 90)).save(strip)
+    weights = checkpoints / "whole.pth"
+    image = sorted(synthetic.val_image_root.glob("*.png"))[0]
+    for path, opts, size in [
+        (strip, [], "would be 96x0 pixels"),
+        (image, ["INPUT.MIN_SIZE_TEST", "100000", "INPUT.MAX_SIZE_TEST", "100000"],
+         "would be 100000x100000 pixels"),
+    ]:  # fmt: skip
+        assert predict("--config-file", TINY, "--input", path, "--opts",
+                       "MODEL.WEIGHTS", weights, *opts) == 2  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert f"--input image {path}: a " in err and size in err, err
+        assert len(err.splitlines()) == 1, err
+
+
 def test_the_tool_runs_from_the_command_line(tmp_path, synthetic, checkpoints):
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "predict.py"), "--config-file", str(TINY),
