@@ -64,6 +64,27 @@ def test_tool_prints_the_papers_numbers():
     assert (round(params, 1), round(gflops, 1)) == (25.0, 4.2)
 
 
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--size", "100000", "100000"], "argument --size: must be from 32 to 4096; got 100000"),
+        (["--size", "0", "0"], "argument --size: must be from 32 to 4096; got 0"),
+        (["--size", "-5", "100"], "argument --size: must be from 32 to 4096; got -5"),
+        (["--spec", "50,100000,100000"], "C*D at most 1024"),
+        (["--spec", "50,0,4"], "C and D must be >= 1"),
+    ],
+)
+def test_tool_bounds_what_it_would_build(argv, words, capsys):
+    """The count builds the model and a real input: sizes that cannot run (0, negative) or would
+    allocate tens of GB are usage errors before anything is built."""
+    from resnext_det.commands.complexity import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert words in capsys.readouterr().err
+
+
 def test_counts_agree_with_torchvision():
     """Our ImageNet-shape count of X-50 equals the same count on torchvision's resnext50_32x4d."""
     ours = backbone_complexity(ResNeXtSpec(depth=50, cardinality=32, width_per_group=4))

@@ -22,6 +22,11 @@ from .common import command
 
 __all__ = ["main", "parse_spec"]
 
+# What the command counts on a real model and input (the count runs them): 4x the widest
+# published group width (X-101 64x4d: 256), sides from the network's stride to 4096 pixels.
+MAX_GROUP_WIDTH = 1024
+MIN_SIDE, MAX_SIDE = 32, 4096
+
 
 def parse_spec(text: str) -> ResNeXtSpec:
     """``DEPTH,C,D`` -> a :class:`ResNeXtSpec`; a usage error names the flag."""
@@ -29,10 +34,27 @@ def parse_spec(text: str) -> ResNeXtSpec:
         depth, c, d = (int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes DEPTH,C,D (e.g. 50,32,4); got {text!r}") from None
+    if c < 1 or d < 1 or c * d > MAX_GROUP_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"C and D must be >= 1 with C*D at most {MAX_GROUP_WIDTH} (X-101 64x4d has 256); "
+            f"got {text!r}"
+        )
     try:
         return ResNeXtSpec(depth=depth, cardinality=c, width_per_group=d)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _input_side(text: str) -> int:
+    """One side of --size: the network needs 32 pixels (its stride); the count builds a real
+    input, so the side is bounded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes an integer; got {text!r}") from None
+    if not MIN_SIDE <= value <= MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SIDE} to {MAX_SIDE}; got {value}")
+    return value
 
 
 @command("complexity")
@@ -51,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=50, help="depth for --sweep")
     parser.add_argument(
         "--size",
-        type=int,
+        type=_input_side,
         nargs=2,
         default=(800, 1333),
         metavar=("H", "W"),
-        help="detection input size",
+        help=f"detection input size, each side {MIN_SIDE} to {MAX_SIDE} (default 800 1333)",
     )
     args = parser.parse_args(argv)
 
