@@ -433,3 +433,11 @@ def test_labels_that_would_overlap_are_left_out_and_every_box_is_drawn():
     renderer = vis.fig.canvas.get_renderer()
     a, b = (t.get_window_extent(renderer) for t in vis.ax.texts)
     assert not a.overlaps(b)
+
+
+def test_a_repeated_input_flag_adds_its_images():
+    """``--input a.jpg --input b.jpg`` draws both (argparse kept only the last)."""
+    from resnext_det.commands.predict import argument_parser
+
+    args = argument_parser().parse_args(["--input", "a.jpg", "--input", "b.jpg", "c/"])
+    assert args.input == ["a.jpg", "b.jpg", "c/"]

@@ -22,8 +22,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input",
         nargs="+",
+        action="extend",
         required=True,
-        help="image files, folders (their images) or glob patterns ('imgs/*.jpg', quoted)",
+        help="image files, folders (their images) or glob patterns ('imgs/*.jpg', quoted); "
+        "repeated, all of them",
     )
     parser.add_argument(
         "--output",
