@@ -97,7 +97,6 @@ def check_output_location(
     inputs: Iterable[str | os.PathLike],
     *,
     what: str = "output",
-    may_hold_inputs: bool = False,
 ) -> Path:
     """Refuse an output location (file or folder) that is, contains, or lies inside an input.
 
@@ -112,8 +111,6 @@ def check_output_location(
         output: the file or folder about to be written.
         inputs: the files and folders the command reads.
         what: how the message names the output (a flag, e.g. ``"--output"``).
-        may_hold_inputs: a folder above the inputs is allowed (a training run's OUTPUT_DIR
-            ``.`` above ``datasets/``: it writes only names of its own).
 
     Returns:
         ``output`` resolved.
@@ -126,7 +123,7 @@ def check_output_location(
     resolved = [_resolved(p) for p in given]
     checks = (
         ("is the input", lambda src: out == src or (out.is_file() and _same_inode(out, src))),
-        ("contains the input", lambda src: not may_hold_inputs and src.is_relative_to(out)),
+        ("contains the input", lambda src: src.is_relative_to(out)),
         ("lies inside the input folder", lambda src: out.is_relative_to(src)),
     )
     for how, overlaps in checks:  # the most direct overlap is the one named

@@ -153,7 +153,7 @@ def test_train_names_a_weights_folder_and_writes_nothing_for_a_missing_dataset(t
     assert proc.returncode == 2 and "is a folder, not a weights file" in proc.stderr, proc.stderr
     proc = _run([
         "train", "--config-file", tiny, "--register", "mine", str(tmp_path / "gone.json"),
-        str(tmp_path), "OUTPUT_DIR", str(out),
+        str(tmp_path), "DATASETS.TRAIN", "('mine',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out),
     ])  # fmt: skip
     assert proc.returncode == 2 and "gone.json" in proc.stderr, proc.stderr
     assert not (out / "config.yaml").exists()

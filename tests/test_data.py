@@ -39,6 +39,7 @@ from resnext_det.data import (
     validate_coco_dict,
 )
 from resnext_det.data import catalog as catalog_mod
+from resnext_det.errors import ResNeXtDetError
 
 needs_raccoon = pytest.mark.skipif(
     not (RACCOON / "annotations").is_dir(), reason="shared raccoon data not present"
@@ -740,12 +741,13 @@ def test_unregistered_dataset_names(tmp_path, names):
     register_coco_dataset(mine, p, root)
     with pytest.raises(
         KeyError,
-        match=rf"cfg\.DATASETS\.TRAIN names dataset 'nope', which is not "
-        rf"registered.*registered by resnext_det: \[.*'{mine}'.*coco_2017_train",
+        match=rf"cfg\.DATASETS\.TRAIN: no dataset named 'nope' is "
+        rf"registered.*Registered by resnext_det: \[.*'{mine}'.*, plus \d+ others",
     ):
         check_dataset_names(["nope"], "cfg.DATASETS.TRAIN")
-    with pytest.raises(KeyError, match="'nope2', which is not registered"):
+    with pytest.raises(ResNeXtDetError, match="no dataset named 'nope2' is registered"):
         get_dataset_dicts_checked("nope2")
+    check_dataset_names(["later"], registered_later=["later"])
     check_dataset_names([mine, "coco_2017_val"])
 
 

@@ -57,8 +57,10 @@ def test_unknown_config_key_in_a_yaml_file(tmp_path):
     ("MODEL.RESNEXT.BLOCK_FORM", "split", "MODEL.RESNEXT.BLOCK_FORM must be one of grouped"),
     ("MODEL.RESNETS.DEPTH", "34", "MODEL.RESNETS.DEPTH must be one of 26, 50, 101, 152, 200"),
 ])  # fmt: skip
-def test_invalid_backbone_value(tmp_path, key, value, match):
-    result = train_net("--config-file", str(TINY), key, value, tmp_path=tmp_path)
+def test_invalid_backbone_value(tmp_path, synthetic, key, value, match):
+    register = ["--register", "synthetic_train", str(synthetic.train_json),
+                str(synthetic.train_image_root), "DATASETS.TEST", "()"]  # fmt: skip
+    result = train_net("--config-file", str(TINY), *register, key, value, tmp_path=tmp_path)
     assert result.returncode != 0
     assert match in result.stderr
 

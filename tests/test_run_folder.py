@@ -68,13 +68,11 @@ def test_a_hand_written_config_in_output_dir_is_not_replaced(tmp_path, data, cap
     assert _tree(folder) == before  # not even a log or a lock
 
 
-@pytest.mark.parametrize("where", ["the image folder", "inside it"])
-def test_output_dir_in_an_image_folder_is_refused(tmp_path, data, capsys, where):
+def test_output_dir_the_image_folder_is_refused(tmp_path, data, capsys):
     images = data.train_image_root
-    out = images if where == "the image folder" else images / "runs"
     before = _tree(images)
-    _refused(capsys, _train(data, TINY, out), "OUTPUT_DIR", str(images), "synthetic_train")
-    assert _tree(images) == before and not (images / "runs").exists()
+    _refused(capsys, _train(data, TINY, images), "is the image folder of dataset 'synthetic_train'")
+    assert _tree(images) == before
 
 
 def test_fine_tuning_from_the_output_dirs_own_final_model_is_refused(tmp_path, data, capsys):
@@ -107,17 +105,23 @@ def test_a_runs_own_folder_may_be_read_again(tmp_path, data):
     with pytest.raises(OutputLocationError, match="would replace the config file"):
         check_run_folder(cfg, str(out / "config.yaml"), training=False)
     cfg.MODEL.WEIGHTS = ""
-    cfg.OUTPUT_DIR = str(Path(data.train_image_root).parent)  # above the images: fine
-    check_run_folder(cfg, str(TINY), training=True)
+    for fine in (Path(data.train_image_root).parent, Path(data.train_image_root) / "runs"):
+        cfg.OUTPUT_DIR = str(fine)  # above or below the images: the json lists what is read
+        check_run_folder(cfg, str(TINY), training=True)
 
 
 def test_seed_runs_check_every_runs_folder_before_any_starts(tmp_path, data):
-    cfg = load_config(TINY, _train(data, TINY, data.train_image_root)[6:])
+    """Seed 1 would start from the model_final.pth its own run replaces: refused before seed 0
+    starts."""
+    out = tmp_path / "seeds"
+    (out / "seed_1").mkdir(parents=True)
+    (out / "seed_1" / "model_final.pth").write_bytes(b"an earlier model")
+    cfg = load_config(TINY, _train(data, TINY, out)[6:])
     cfg.defrost()
     cfg.DATASETS.COCO_REGISTER = [
         ["synthetic_train", str(data.train_json), str(data.train_image_root)]
     ]
-    before = _tree(data.train_image_root)
-    with pytest.raises(OutputLocationError, match="lies inside the input folder"):
+    cfg.MODEL.WEIGHTS = str(out / "seed_1" / "model_final.pth")
+    with pytest.raises(OutputLocationError, match="seed_1/model_final.pth' that it reads"):
         train_seed_runs(cfg, [0, 1])
-    assert _tree(data.train_image_root) == before
+    assert sorted(p.name for p in out.iterdir()) == ["seed_1"]

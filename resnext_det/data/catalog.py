@@ -15,16 +15,26 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from .coco import CocoSummary, load_coco_json_checked
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DatasetNotRegisteredError",
     "check_dataset_names",
     "get_dataset_dicts_checked",
     "register_coco_dataset",
     "register_from_config",
 ]
+
+
+class DatasetNotRegisteredError(ConfigError, KeyError):
+    """A dataset name that is neither registered nor registered by the config's run."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
 
 # Names registered through register_coco_dataset -> their summary, for idempotent re-registration
 # and for telling the user's names apart from detectron2's ~100 built-in ones in error messages.
@@ -120,31 +130,38 @@ def _describe_registered() -> str:
 
     names = DatasetCatalog.list()
     ours = sorted(n for n in names if n in _REGISTERED)
-    others = sorted(n for n in names if n not in _REGISTERED)
-    builtin_hint = ", ".join(o for o in others if o.startswith(("coco_2017", "voc_2007")))[:200]
     return (
-        f"registered by resnext_det: {ours or 'none'}; plus {len(others)} other names "
-        f"(detectron2's built-in ones such as {builtin_hint}, and any registered directly)"
+        f"Registered by resnext_det: {ours or 'none'}, plus {len(names) - len(ours)} others "
+        "(detectron2's built-in coco_*, voc_*, ...)"
     )
 
 
-def check_dataset_names(names: Iterable[str], field_name: str = "dataset") -> None:
-    """Raise a clear ``KeyError`` if a name in ``names`` is not in detectron2's DatasetCatalog.
+def check_dataset_names(
+    names: Iterable[str], field_name: str = "dataset", *, registered_later: Iterable[str] = ()
+) -> None:
+    """Refuse a name in ``names`` that is not in detectron2's DatasetCatalog (nor among
+    ``registered_later``: names a config registers when its run starts,
+    ``DATASETS.COCO_REGISTER``), naming ``field_name``, the nearest known name and how to
+    register one.
 
-    Args:
-        names: e.g. ``cfg.DATASETS.TRAIN``.
-        field_name: how to name the source in the message, e.g. ``"cfg.DATASETS.TRAIN"``.
+    Raises:
+        DatasetNotRegisteredError: (a ``ConfigError`` and a ``KeyError``) the first unknown name.
     """
+    import difflib
+
     from detectron2.data import DatasetCatalog
 
-    registered = set(DatasetCatalog.list())
+    known = set(DatasetCatalog.list()) | set(registered_later)
     for n in names:
-        if n not in registered:
-            raise KeyError(
-                f"{field_name} names dataset {n!r}, which is not registered. Register it with "
-                "cfg.DATASETS.COCO_REGISTER = [[name, json_file, image_root]] or "
-                f"resnext_det.data.register_coco_dataset(...). {_describe_registered()}"
-            )
+        if isinstance(n, str) and n in known:
+            continue
+        near = difflib.get_close_matches(str(n), sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise DatasetNotRegisteredError(
+            f"{field_name}: no dataset named {n!r} is registered{hint}; register a COCO-format "
+            "set with --register NAME JSON IMAGE_ROOT (DATASETS.COCO_REGISTER; in code "
+            f"register_coco_dataset). {_describe_registered()}"
+        )
 
 
 def get_dataset_dicts_checked(name: str) -> list[dict]:

@@ -4,8 +4,8 @@ A training or evaluation writes fixed names into ``OUTPUT_DIR`` (``config.yaml``
 ``metrics.json``, ``last_checkpoint``, ``model_*.pth``, ``inference/``, ...). Before anything is
 written, :func:`check_run_folder` refuses, in one line naming both paths:
 
-* an ``OUTPUT_DIR`` that is, or lies inside, a dataset's image folder or annotation file (the
-  run's files would mix with the photos); a folder above the datasets (``OUTPUT_DIR .``) is fine;
+* an ``OUTPUT_DIR`` that is a dataset's image folder (the run's files among the photos); a
+  folder above or below it is fine (the annotation file lists what is read);
 * a file the run reads that it would replace: the config (or a ``_BASE_`` of it) named
   ``OUTPUT_DIR/config.yaml`` unless it is an earlier run's own dump (the usual
   ``--config-file output/config.yaml --resume``), a dataset json under one of the run's names,
@@ -25,7 +25,7 @@ from detectron2.data import MetadataCatalog
 
 from ..config import config_files, load_config
 from ..errors import ResNeXtDetError
-from ..io import OutputLocationError, check_output_location
+from ..io import OutputLocationError
 
 __all__ = ["check_run_folder"]
 
@@ -35,20 +35,21 @@ _WRITTEN_IN_TRAINING = ("last_checkpoint", "model_*.pth", "events.out.tfevents.*
 
 
 def _datasets(cfg: CfgNode, training: bool) -> list[tuple[str, str]]:
-    """``(key, path)`` of every annotation file and image folder the run's datasets name."""
+    """``(what, path)`` of every annotation file and image folder the run's datasets name:
+    ``DATASETS.COCO_REGISTER`` (``--register``) and those already in detectron2's catalog."""
+    what = {"json_file": "the annotation file", "image_root": "the image folder"}
     found = [
-        (f"DATASETS.COCO_REGISTER {entry[0]}", os.fspath(p))
+        (f"{what[key]} of dataset {entry[0]!r}", os.fspath(path))
         for entry in cfg.DATASETS.get("COCO_REGISTER", [])
         if len(entry) == 3
-        for p in entry[1:]
+        for key, path in zip(what, entry[1:])
     ]
-    names = [*(cfg.DATASETS.TRAIN if training else ()), *cfg.DATASETS.TEST]
-    for name in names:
+    for name in [*(cfg.DATASETS.TRAIN if training else ()), *cfg.DATASETS.TEST]:
         meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
-        for key in ("json_file", "image_root"):
+        for key in what:
             value = getattr(meta, key, None) if meta is not None else None
             if isinstance(value, str) and value:
-                found.append((f"dataset {name!r} ({key})", value))
+                found.append((f"{what[key]} of dataset {name!r}", value))
     return found
 
 
@@ -86,18 +87,19 @@ def check_run_folder(cfg: CfgNode, config_file: str | None, *, training: bool) -
     if not output_dir or "://" in output_dir:
         return
     datasets = _datasets(cfg, training)
-    for key, path in datasets:
-        try:
-            check_output_location(output_dir, [path], what="OUTPUT_DIR", may_hold_inputs=True)
-        except OutputLocationError as exc:
-            raise OutputLocationError(f"{exc} ({key})") from None
     out = Path(os.path.realpath(output_dir))
+    for key, path in datasets:
+        if Path(os.path.realpath(path)) == out:
+            raise OutputLocationError(
+                f"OUTPUT_DIR {output_dir!r} is {key} ({path}), which the run reads: its files "
+                "would go among the dataset's; choose a folder of its own (a subfolder is fine)"
+            )
     written = _WRITTEN + (_WRITTEN_IN_TRAINING if training else ())
     files = config_files(config_file) if config_file else []
     reads = [
         ("the config file" if i == 0 else "a _BASE_ of the config", p) for i, p in enumerate(files)
     ]
-    reads += [(f"the file of {key}", Path(path)) for key, path in datasets]
+    reads += [(key, Path(path)) for key, path in datasets]
     weights = cfg.MODEL.WEIGHTS
     if training and weights and "://" not in weights:
         reads.append(("MODEL.WEIGHTS", Path(weights)))

@@ -10,7 +10,6 @@ number of processes a batch is split over) stays detectron2's to check.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from numbers import Integral, Real
@@ -35,10 +34,6 @@ _CLASS_KEYS = {
 _LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")  # detectron2's build_lr_scheduler
 _WARMUP_METHODS = ("linear", "constant")  # detectron2's WarmupParamScheduler
 _ACCELERATORS = ("cuda", "mps", "xpu")
-_HOW_TO_REGISTER = (
-    "register a COCO-format set with --register NAME JSON IMAGE_ROOT (or DATASETS.COCO_REGISTER "
-    "\"[['NAME', 'JSON', 'IMAGE_ROOT']]\")"
-)
 
 
 def check_training_config(cfg: CfgNode, *, eval_only: bool) -> None:
@@ -59,10 +54,9 @@ def check_training_config(cfg: CfgNode, *, eval_only: bool) -> None:
     _check_num_classes(cfg)
     _check_pixel_stats(cfg)
     _check_int(cfg, "DATALOADER.NUM_WORKERS", 0, "(0: load in the main process)")
-    registered = _registered_names(cfg)
     if not eval_only:
-        _check_datasets(cfg, "DATASETS.TRAIN", registered, allow_empty=False)
-    _check_datasets(cfg, "DATASETS.TEST", registered, allow_empty=True)
+        _check_datasets(cfg, "DATASETS.TRAIN", allow_empty=False)
+    _check_datasets(cfg, "DATASETS.TEST", allow_empty=True)
     if eval_only:
         return
     _check_int(cfg, "SOLVER.IMS_PER_BATCH", 1, "(images per iteration, over all processes)")
@@ -178,33 +172,25 @@ def _check_pixel_stats(cfg: CfgNode) -> None:
         raise ConfigError(f"MODEL.PIXEL_STD values divide the pixels and must not be 0; got {std}")
 
 
-def _registered_names(cfg: CfgNode) -> set[str]:
-    """Names in detectron2's catalog now, and those ``DATASETS.COCO_REGISTER`` (``--register``)
-    registers later (:func:`resnext_det.data.register_from_config`; a malformed entry is its to
-    refuse)."""
-    from detectron2.data import DatasetCatalog
+def _check_datasets(cfg: CfgNode, key: str, *, allow_empty: bool) -> None:
+    """The names of ``key`` against detectron2's catalog and the names ``DATASETS.COCO_REGISTER``
+    (``--register``) registers when the run starts (a malformed entry is its to refuse)."""
+    from ..data import check_dataset_names
 
-    names = set(DatasetCatalog.list())
-    for entry in cfg.DATASETS.get("COCO_REGISTER", []) or []:
-        if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
-            names.add(entry[0])
-    return names
-
-
-def _check_datasets(cfg: CfgNode, key: str, known: set[str], *, allow_empty: bool) -> None:
     names = _get(cfg, key)
     if isinstance(names, str):  # detectron2 takes one name as a string too
         names = [names]
     if not names and not allow_empty:
-        raise ConfigError(f"{key} is empty: name the dataset(s) to train on; {_HOW_TO_REGISTER}")
-    for name in names:
-        if isinstance(name, str) and name in known:
-            continue
-        near = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(
-            f"{key}: no dataset named {name!r} is registered{hint}; {_HOW_TO_REGISTER}"
+            f"{key} is empty: name the dataset(s) to train on (--register NAME JSON IMAGE_ROOT "
+            "registers a COCO-format set)"
         )
+    later = [
+        entry[0]
+        for entry in cfg.DATASETS.get("COCO_REGISTER", []) or []
+        if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str)
+    ]
+    check_dataset_names(names, key, registered_later=later)
 
 
 def _check_steps(steps: Any, max_iter: int) -> None:
