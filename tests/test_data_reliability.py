@@ -457,3 +457,13 @@ def test_an_image_name_that_is_not_utf8_is_named_before_anything_is_written(tmp_
     err = capsys.readouterr().err.strip()
     assert "r\\xff.jpg'" in err and "not valid UTF-8" in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_file_given_as_the_image_or_xml_folder_is_called_a_file(tmp_path, capsys):
+    xml_dir, img_dir = _voc_set(tmp_path, ["a.jpg"])
+    a_file = img_dir / "a.jpg"
+    assert _voc_to_coco(xml_dir, a_file, tmp_path / "o.json") == 2
+    assert f"image directory '{a_file}' is a file, not a folder" in capsys.readouterr().err
+    assert _voc_to_coco(a_file, img_dir, tmp_path / "o.json") == 2
+    assert f"XML directory '{a_file}' is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()

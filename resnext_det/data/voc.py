@@ -247,12 +247,17 @@ def _stem(name: str) -> str:
     return (root if ext.lower() in (*IMAGE_EXTENSIONS, ".xml") else base).lower()
 
 
+def _not_a_folder(path: Path) -> str:
+    return "is a file, not a folder" if path.exists() else "does not exist"
+
+
 class ImageIndex:
     """The files of ``image_dir``, listed once, looked up by name or stem in any letter case."""
 
     def __init__(self, image_dir: Path):
         if not image_dir.is_dir():
-            raise FileNotFoundError(f"image directory {str(image_dir)!r} does not exist")
+            where = _not_a_folder(image_dir)
+            raise FileNotFoundError(f"image directory {str(image_dir)!r} {where}")
         self.dir = image_dir
         self.files = sorted(p.name for p in image_dir.iterdir() if p.is_file())
         self.by_lower: dict[str, str] = {}
@@ -283,7 +288,7 @@ class XmlSet:
 
     def __init__(self, xml_dir: Path):
         if not xml_dir.is_dir():
-            raise FileNotFoundError(f"XML directory {str(xml_dir)!r} does not exist")
+            raise FileNotFoundError(f"XML directory {str(xml_dir)!r} {_not_a_folder(xml_dir)}")
         self.dir = xml_dir
         self.files = sorted(
             p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file()
