@@ -320,7 +320,9 @@ def test_a_bad_setting_is_refused_before_the_output_folder_is_touched(tmp_path, 
 
     out = tmp_path / "out"
     for extra in ([], ["--eval-only"]):
-        argv = ["--config-file", str(TINY), *extra, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+        argv = ["--config-file", str(TINY), *extra, "--register", "synthetic_train",
+                str(tmp_path / "t.json"), str(tmp_path), "DATASETS.TEST", "()",
+                "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]  # fmt: skip
         with pytest.raises(ValueError, match=said):
             setup(argument_parser().parse_args([*argv, key, value]))
         assert main([*argv, key, value]) == 2
