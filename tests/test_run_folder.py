@@ -125,3 +125,13 @@ def test_seed_runs_check_every_runs_folder_before_any_starts(tmp_path, data):
     with pytest.raises(OutputLocationError, match="seed_1/model_final.pth' that it reads"):
         train_seed_runs(cfg, [0, 1])
     assert sorted(p.name for p in out.iterdir()) == ["seed_1"]
+
+
+def test_a_malformed_register_entry_or_one_dataset_name_as_a_string_is_not_a_crash(tmp_path):
+    """The check reads what is well formed and leaves the rest to the checks that name it."""
+    cfg = load_config(TINY)
+    cfg.defrost()
+    cfg.DATASETS.TRAIN = "synthetic_train"  # detectron2 takes one name as a string too
+    cfg.DATASETS.COCO_REGISTER = [["a", 3, None], "xyz"]
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    check_run_folder(cfg, None, training=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -39,18 +40,24 @@ def _datasets(cfg: CfgNode, training: bool) -> list[tuple[str, str]]:
     ``DATASETS.COCO_REGISTER`` (``--register``) and those already in detectron2's catalog."""
     what = {"json_file": "the annotation file", "image_root": "the image folder"}
     found = [
-        (f"{what[key]} of dataset {entry[0]!r}", os.fspath(path))
+        (f"{what[key]} of dataset {entry[0]!r}", path)
         for entry in cfg.DATASETS.get("COCO_REGISTER", [])
-        if len(entry) == 3
+        if isinstance(entry, (list, tuple)) and len(entry) == 3
         for key, path in zip(what, entry[1:])
+        if isinstance(path, str) and path  # (a malformed entry is register_from_config's)
     ]
-    for name in [*(cfg.DATASETS.TRAIN if training else ()), *cfg.DATASETS.TEST]:
+    names = [*_names(cfg.DATASETS.TRAIN if training else ()), *_names(cfg.DATASETS.TEST)]
+    for name in names:
         meta = MetadataCatalog.get(name) if name in MetadataCatalog.list() else None
         for key in what:
             value = getattr(meta, key, None) if meta is not None else None
             if isinstance(value, str) and value:
                 found.append((f"{what[key]} of dataset {name!r}", value))
     return found
+
+
+def _names(value: str | Iterable[object]) -> list[str]:
+    return [value] if isinstance(value, str) else [n for n in value if isinstance(n, str)]
 
 
 def _is_earlier_dump(path: Path) -> bool:
