@@ -143,7 +143,9 @@ def hold_output_dir(cfg: CfgNode) -> None:
 
 def build_config(args: argparse.Namespace) -> CfgNode:
     """The frozen config of ``--config-file``, trailing ``KEY VALUE`` pairs, ``--register``, the
-    conventions of MODEL.WEIGHTS and ``--seed`` (SEED and OUTPUT_DIR/seed_<k>); nothing written."""
+    conventions of MODEL.WEIGHTS and ``--seed`` (SEED and OUTPUT_DIR/seed_<k>), checked before
+    anything is written: where it writes (:func:`~.outputs.check_run_folder`) and its values
+    (:func:`~.validate.check_training_config`, the inference and CPU-training keys)."""
     unsafe = getattr(args, "allow_unsafe_yaml", False)
     cfg = load_config(args.config_file or None, args.opts or [], allow_unsafe_yaml=unsafe)
     for entry in getattr(args, "register", None) or []:
