@@ -6,7 +6,7 @@ PY := .venv/bin/python
 setup:
 	@tools/setup_env.sh
 
-# Every test, the slow ones included (15 minutes on a 2-core machine, 863 tests); README and CI.
+# Every test, the slow ones included (15 minutes on a 2-core machine, 864 tests); README and CI.
 test: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
