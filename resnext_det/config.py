@@ -109,6 +109,18 @@ def _add_cpu_training_config(cfg: CN) -> None:
     cfg.CPU_TRAINING.ONEDNN_1X1 = True
 
 
+def config_value(cfg: Mapping, key: str) -> Any:
+    """The value of the dotted ``key`` (``"MODEL.RESNETS.DEPTH"``) in a config.
+
+    Raises:
+        KeyError: a part of ``key`` the config does not have.
+    """
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def trusted_config_roots() -> tuple[Path, ...]:
     """Folders whose yaml files may use Python tags: the model zoo inside the installed detectron2.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import config_root
+from .config import config_root, config_value
 
 __all__ = [
     "TRAINED_IN_DETECTRON2",
@@ -126,9 +126,7 @@ def trained_weights(name: str) -> tuple[str, dict[str, Any]]:
     theirs = d2_zoo.get_config(TRAINED_IN_DETECTRON2[name])
     conventions: dict[str, Any] = {}
     for key in CFG_KEYS.values():
-        node = theirs
-        for part in key.split("."):
-            node = node[part]
+        node = config_value(theirs, key)
         conventions[key] = list(node) if isinstance(node, (list, tuple)) else node
     return d2_zoo.get_checkpoint_url(TRAINED_IN_DETECTRON2[name]), conventions
 

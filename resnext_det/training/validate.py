@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from detectron2.config import CfgNode
 
+from ..config import config_value
 from ..errors import ConfigError
 
 __all__ = ["check_training_config"]
@@ -80,15 +81,8 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def _get(cfg: CfgNode, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _check_int(cfg: CfgNode, key: str, lowest: int, meaning: str) -> None:
-    value = _get(cfg, key)
+    value = config_value(cfg, key)
     if not _is_int(value) or value < lowest:
         what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
         raise ConfigError(f"{key} must be {what} {meaning}; got {value!r}")
@@ -177,7 +171,7 @@ def _check_datasets(cfg: CfgNode, key: str, *, allow_empty: bool) -> None:
     (``--register``) registers when the run starts (a malformed entry is its to refuse)."""
     from ..data import check_dataset_names
 
-    names = _get(cfg, key)
+    names = config_value(cfg, key)
     if isinstance(names, str):  # detectron2 takes one name as a string too
         names = [names]
     if not names and not allow_empty:

@@ -26,7 +26,7 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
-from ..config import load_config, load_yaml_tree
+from ..config import config_value, load_config, load_yaml_tree
 from .reader import Weights, read_weights
 from .records import (
     CFG_KEYS,
@@ -47,13 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _get(cfg: CfgNode, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _set(cfg: CfgNode, key: str, value: Any) -> None:
@@ -140,14 +133,18 @@ def configure_for_weights(
     conv = weights.conventions
     if pinned is None:
         defaults = _default_cfg()
-        pinned = {k for k in CFG_KEYS.values() if not _same(_get(cfg, k), _get(defaults, k))}
+        pinned = {
+            k
+            for k in CFG_KEYS.values()
+            if not _same(config_value(cfg, k), config_value(defaults, k))
+        }
     pinned = set(pinned)
 
     _check_architecture(cfg, weights)
 
     needed = conv.cfg_values()
     for key, value in needed.items():
-        given = _get(cfg, key)
+        given = config_value(cfg, key)
         if key in pinned and not _same(given, value):
             raise ValueError(
                 f"{key} is set to {given!r}, but the weights in '{path}' need {value!r}: they "
@@ -168,7 +165,7 @@ def configure_for_weights(
     cfg.defrost()
     try:
         for key, value in needed.items():
-            given = _get(cfg, key)
+            given = config_value(cfg, key)
             if not _same(given, value):
                 _set(cfg, key, value)
                 changes[key] = (given, value)
@@ -185,7 +182,7 @@ def configure_for_weights(
             path,
             undecided,
             conv.undecided or conv.source,
-            {k: _get(cfg, k) for k in undecided},
+            {k: config_value(cfg, k) for k in undecided},
         )
     return changes
 

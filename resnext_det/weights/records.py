@@ -296,50 +296,45 @@ class Architecture:
         return {"name": self.name, "depth": self.depth, **dataclasses.asdict(self)}
 
 
-# A grouped block's tensor: (stage, block, conv, field); the conv's own weight/bias or its norm's.
-_BLOCK_TENSOR = re.compile(
-    r"^res([2-5])\.(\d+)\.(conv[123]|shortcut)\.(weight|bias|norm\.(?:weight|bias|running_mean|"
-    r"running_var))$"
-)
-_STEM_NORM = re.compile(r"^stem\.conv1\.(bias|norm\.(?:weight|bias|running_mean|running_var))$")
 # The tensors the architecture is read from, and the 4-D convolution weights they must be.
 _ANCHORS = ("stem.conv1.weight", "res2.0.conv2.weight", "res2.0.conv3.weight")
 
 
-def _expected_shape(key: str, architecture: Architecture) -> tuple[int, ...] | None:
-    """The shape ``key`` has in the ResNet/ResNeXt ``architecture`` describes (detectron2's
-    BottleneckBlock: bottleneck C*d and output channels doubling per stage, the first block of a
-    stage taking the previous stage's output), or None for a key this does not describe."""
-    stem = architecture.stem_out_channels
-    if _STEM_NORM.match(key):
-        return (stem,)
-    m = _BLOCK_TENSOR.match(key)
-    if m is None:
-        return None
-    stage, block, conv, field = int(m[1]) - 2, int(m[2]), m[3], m[4]
-    bottleneck = architecture.cardinality * architecture.width_per_group * 2**stage
-    out = architecture.res2_out_channels * 2**stage
-    if block > 0:
-        inp = out
-    else:
-        inp = stem if stage == 0 else architecture.res2_out_channels * 2 ** (stage - 1)
-    conv_shape = {
-        "conv1": (bottleneck, inp, 1, 1),
-        "conv2": (bottleneck, bottleneck // architecture.cardinality, 3, 3),
-        "conv3": (out, bottleneck, 1, 1),
-        "shortcut": (out, inp, 1, 1),
-    }[conv]
-    return conv_shape if field == "weight" else conv_shape[:1]
+def _model_shapes(architecture: Architecture) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of the grouped ResNet/ResNeXt ``architecture`` describes, from
+    the backbone itself (built on the meta device: no memory, no initialisation); empty for an
+    architecture the backbone does not build (another depth: the loader names it)."""
+    import torch
+
+    from ..backbone import make_resnext
+    from ..spec import STAGE_NAMES, ResNeXtSpec
+
+    if architecture.depth is None:
+        return {}
+    try:
+        spec = ResNeXtSpec(
+            depth=architecture.depth,
+            cardinality=architecture.cardinality,
+            width_per_group=architecture.width_per_group,
+            stem_out_channels=architecture.stem_out_channels,
+            res2_out_channels=architecture.res2_out_channels,
+        )
+    except ValueError:
+        return {}
+    with torch.device("meta"):
+        model = make_resnext(spec, out_features=STAGE_NAMES)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _check_shapes(
     resnet: Mapping[str, Any], architecture: Architecture, where: str, mapping: Mapping[str, str]
 ) -> None:
+    expected = _model_shapes(architecture)
     shapes = {k: tuple(v.shape) for k, v in resnet.items()}
     wrong = [
-        (key, shapes[key], want)
+        (key, shapes[key], expected[key])
         for key in sorted(shapes)
-        if (want := _expected_shape(key, architecture)) is not None and shapes[key] != want
+        if key in expected and shapes[key] != expected[key]
     ]
     if wrong:
         key, got, want = wrong[0]
