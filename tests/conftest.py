@@ -54,6 +54,19 @@ def tiny_cfg(**resnets):
     return cfg
 
 
+# The tiny ResNeXt (X-26-2x4d, stem 8, res2 16) of the weights-file tests.
+TINY_SPEC = resnext_det.ResNeXtSpec(26, 2, 4, stem_out_channels=8, res2_out_channels=16)
+
+
+@pytest.fixture(scope="module")
+def tv_state() -> dict[str, torch.Tensor]:
+    """A tiny torchvision-layout state_dict of ``TINY_SPEC``'s network (seeded)."""
+    from resnext_det.weights import detectron2_to_torchvision
+
+    torch.manual_seed(0)
+    return detectron2_to_torchvision(resnext_det.make_resnext(TINY_SPEC).state_dict())
+
+
 @pytest.fixture
 def tiny_detector_cfg():
     return tiny_cfg()

@@ -13,25 +13,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SPEC
 
-from resnext_det import ResNeXtSpec, make_resnext
+from resnext_det import make_resnext
 from resnext_det.commands.convert import main as convert_main
 from resnext_det.weights import (
     CheckpointError,
     convert_checkpoint,
-    detectron2_to_torchvision,
     read_weights,
 )
 from resnext_det.weights.reader import recorded_classes
-
-SPEC = ResNeXtSpec(26, 2, 4, stem_out_channels=8, res2_out_channels=16)
-
-
-@pytest.fixture(scope="module")
-def tv_state() -> dict[str, torch.Tensor]:
-    """A tiny torchvision-layout state_dict (X-26-2x4d, stem 8)."""
-    torch.manual_seed(0)
-    return detectron2_to_torchvision(make_resnext(SPEC).state_dict())
 
 
 @pytest.fixture
@@ -175,7 +166,7 @@ def test_a_tensor_of_the_wrong_shape_is_refused_naming_key_and_shapes(tmp_path, 
         with pytest.raises(CheckpointError, match=r"'layer1.0.conv2.weight' has shape .*no ResNet"):
             read_weights(path)
     # consistent weights pass, in detectron2's layout too
-    torch.save({"model": make_resnext(SPEC).state_dict()}, path)
+    torch.save({"model": make_resnext(TINY_SPEC).state_dict()}, path)
     assert read_weights(path).architecture.name == "X-26-2x4d"
 
 

@@ -16,29 +16,18 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TINY_SPEC
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resnext_det import ResNeXtSpec, make_resnext
+from resnext_det import make_resnext
 from resnext_det.weights import (
     CheckpointError,
     check_finite,
     convert_checkpoint,
-    detectron2_to_torchvision,
     load_pretrained,
     read_weights,
 )
-
-SPEC = ResNeXtSpec(26, 2, 4, stem_out_channels=8, res2_out_channels=16)
-
-
-@pytest.fixture(scope="module")
-def tv_state() -> dict[str, torch.Tensor]:
-    """A tiny torchvision-layout state_dict (X-26-2x4d, stem 8)."""
-    torch.manual_seed(0)
-    return detectron2_to_torchvision(make_resnext(SPEC).state_dict())
-
 
 # ------------------------------------------------------------------ 5: convert_weights OUT == SRC
 
@@ -244,7 +233,7 @@ def test_item12_nan_and_inf_weights_are_refused_at_load_and_conversion(tmp_path,
         r"\(3: 3 NaN, 0 Inf\), layer4.1.bn3.running_var \(1: 0 NaN, 1 Inf\)"
     )
     with pytest.raises(CheckpointError, match=message):
-        load_pretrained(make_resnext(SPEC), path)
+        load_pretrained(make_resnext(TINY_SPEC), path)
     out = tmp_path / "out.pth"
     with pytest.raises(CheckpointError, match=message):
         convert_checkpoint(path, out)
