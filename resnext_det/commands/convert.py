@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     done = convert_checkpoint(args.src, args.out, format=args.format, preset=args.preset)
     weights = done.weights
-    arch = weights.architecture.name if weights.architecture else "no ResNet"
-    print(
-        f"# {args.src}: {weights.layout} layout ({weights.container}), {arch}; "
+    print(  # (convert_checkpoint refuses a file without a ResNet)
+        f"# {args.src}: {weights.layout} layout ({weights.container}), "
+        f"{weights.architecture.name}; "
         f"{done.written} tensors written -> {args.out}"
     )
     if done.left_out:
